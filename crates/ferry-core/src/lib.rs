@@ -1,1 +1,25 @@
-//! ferry-core
+//! Types shared by every part of Ferry.
+//!
+//! Data flows one way through the workspace: the source (`ferry-postgres`) turns PostgreSQL's
+//! wire formats into the values defined here, the engine (`ferry-flow`) moves them, and the
+//! destination (`ferry-clickhouse`) encodes them for ClickHouse. Nothing in this crate knows
+//! either server's protocol; it only fixes the vocabulary they share:
+//!
+//! - [`Lsn`]: a WAL position;
+//! - [`Value`] and [`Numeric`]: one column value, lossless for every mapped PostgreSQL type;
+//! - [`schema`]: tables, columns and how each PostgreSQL type is carried ([`ValueKind`]);
+//! - [`peer`]: connection settings of source and destination peers;
+//! - [`ident`]: the one place identifiers are quoted for either server;
+//! - [`error`]: the error kinds that decide what is retried.
+
+pub mod error;
+pub mod ident;
+pub mod lsn;
+pub mod peer;
+pub mod schema;
+pub mod value;
+
+pub use error::ErrorKind;
+pub use lsn::Lsn;
+pub use schema::{ColumnSchema, TableName, TableSchema, ValueKind};
+pub use value::{Numeric, Value};

@@ -1,0 +1,92 @@
+//! Error kinds and the retry policy.
+//!
+//! Every error that can stop a mirror says which [`ErrorKind`] it is. The engine asks
+//! [`ErrorKind::is_retryable`] and nothing else when it decides whether to try again: a
+//! transient error (a connection dropped, a server restarting, a timeout) is retried with
+//! [`Backoff`]; any other kind is definite and is recorded on the table or mirror for a person
+//! to act on.
+
+use std::time::Duration;
+
+/// What kind of failure an error is, which decides what Ferry does about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A network failure or a server that is restarting or overloaded: retry.
+    Transient,
+    /// The user's input is wrong (bad option, unknown table): report it, never retry.
+    InvalidInput,
+    /// Credentials were refused or privileges are missing.
+    Permission,
+    /// Something named does not exist (peer, mirror, table, database).
+    NotFound,
+    /// Something named exists already.
+    AlreadyExists,
+    /// A value or type that Ferry cannot carry without loss.
+    Unsupported,
+    /// The source or destination is in a state Ferry cannot work with (e.g. `wal_level`).
+    Misconfigured,
+    /// A bug or a broken invariant: report it, never retry.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Whether an operation that failed with this kind may succeed if simply tried again.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::Transient)
+    }
+}
+
+/// Exponential backoff with a ceiling, for transient errors.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Starts at `initial` and doubles on every [`Backoff::next_delay`] up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff { next: initial, max }
+    }
+
+    /// The delay to wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_is_retried() {
+        assert!(ErrorKind::Transient.is_retryable());
+        for k in [
+            ErrorKind::InvalidInput,
+            ErrorKind::Permission,
+            ErrorKind::NotFound,
+            ErrorKind::AlreadyExists,
+            ErrorKind::Unsupported,
+            ErrorKind::Misconfigured,
+            ErrorKind::Internal,
+        ] {
+            assert!(!k.is_retryable(), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_ceiling() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let got: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(got, [100, 200, 350, 350]);
+    }
+}
