@@ -1,1 +1,18 @@
-//! ferry-catalog
+//! Ferry's catalog: peers, mirrors and all their state, kept in a PostgreSQL database.
+//!
+//! The catalog is the only state Ferry has: a daemon restarted on another machine with the
+//! same catalog URL and secret key carries on where the last one stopped. [`migrate`] brings a
+//! database to the current schema at start; [`Catalog`] reads and writes it; [`secret`] seals
+//! peer passwords so the catalog never holds one in clear.
+
+mod error;
+pub mod migrate;
+mod peers;
+mod pool;
+pub mod secret;
+
+pub use error::CatalogError;
+pub use migrate::{migrate, MigrationReport};
+pub use peers::StoredPeer;
+pub use pool::Catalog;
+pub use secret::SecretKey;
