@@ -54,6 +54,10 @@ pub async fn migrate_with(
     client: &mut Client,
     migrations: &[Migration],
 ) -> Result<MigrationReport, CatalogError> {
+    // IF NOT EXISTS notices are noise in the daemon's log.
+    client
+        .batch_execute("SET client_min_messages = warning")
+        .await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await?;

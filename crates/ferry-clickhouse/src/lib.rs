@@ -1,1 +1,2 @@
 //! ferry-clickhouse
+pub mod connect;

@@ -1,1 +1,2 @@
 //! ferry-postgres
+pub mod connect;

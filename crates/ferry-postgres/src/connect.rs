@@ -1,0 +1,106 @@
+//! Ordinary (non-replication) connections to a source PostgreSQL.
+
+use std::time::Duration;
+
+use ferry_core::peer::PostgresConfig;
+use ferry_core::ErrorKind;
+use tokio_postgres::{Client, Config, NoTls};
+use tracing::debug;
+
+/// How long a connection attempt may take before the peer counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failure talking to a source PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    pub kind: ErrorKind,
+    /// The SQLSTATE PostgreSQL answered with, or the one that best describes a network failure.
+    pub sqlstate: String,
+    pub message: String,
+    pub hint: Option<String>,
+    #[source]
+    pub source: Option<tokio_postgres::Error>,
+}
+
+impl SourceError {
+    /// Describes an error of a connection to `cfg`, keeping PostgreSQL's own SQLSTATE.
+    pub fn from_pg(cfg: &PostgresConfig, e: tokio_postgres::Error) -> SourceError {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code().to_owned();
+            let kind = match code.as_str() {
+                c if c.starts_with("28") || c == "42501" => ErrorKind::Permission,
+                "3D000" | "42P01" | "42704" => ErrorKind::NotFound,
+                c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => ErrorKind::Transient,
+                _ => ErrorKind::Internal,
+            };
+            let hint = db.hint().map(str::to_owned);
+            return SourceError {
+                kind,
+                sqlstate: code,
+                message: format!("PostgreSQL at {}:{}: {}", cfg.host, cfg.port, db.message()),
+                hint,
+                source: Some(e),
+            };
+        }
+        let detail = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+        SourceError {
+            kind: ErrorKind::Transient,
+            sqlstate: "08001".into(),
+            message: format!("could not connect to PostgreSQL at {}:{}: {detail}", cfg.host, cfg.port),
+            hint: Some("Check that the server is running and that host and port are right.".into()),
+            source: Some(e),
+        }
+    }
+}
+
+/// The tokio-postgres settings for a peer.
+pub fn pg_config(cfg: &PostgresConfig, application_name: &str) -> Config {
+    let mut c = Config::new();
+    c.host(&cfg.host)
+        .port(cfg.port)
+        .user(&cfg.user)
+        .dbname(&cfg.database)
+        .application_name(application_name)
+        .connect_timeout(CONNECT_TIMEOUT);
+    if !cfg.password.is_empty() {
+        c.password(&cfg.password);
+    }
+    c
+}
+
+/// Opens a connection; the connection task runs in the background until the client drops.
+pub async fn connect(cfg: &PostgresConfig, application_name: &str) -> Result<Client, SourceError> {
+    let pg = pg_config(cfg, application_name);
+    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(NoTls)).await;
+    let (client, connection) = match attempt {
+        Ok(r) => r.map_err(|e| SourceError::from_pg(cfg, e))?,
+        Err(_) => {
+            return Err(SourceError {
+                kind: ErrorKind::Transient,
+                sqlstate: "08001".into(),
+                message: format!(
+                    "could not connect to PostgreSQL at {}:{}: timed out after {}s",
+                    cfg.host,
+                    cfg.port,
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+                hint: Some("Check that the host is reachable from Ferry.".into()),
+                source: None,
+            })
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(error = %e, "source connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Connects to a peer and checks that it answers, for `CREATE PEER`.
+pub async fn check_peer(cfg: &PostgresConfig) -> Result<(), SourceError> {
+    let client = connect(cfg, "ferry").await?;
+    client.simple_query("SELECT 1").await.map_err(|e| SourceError::from_pg(cfg, e))?;
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! Analysis: parsed statements → commands with typed, checked arguments.
+//!
+//! The parser (`ferry-sql`) knows only syntax. Here a statement's options are typed against
+//! what the peer kind accepts, names are checked, and every statement becomes a [`Command`]
+//! that the executor runs. Nothing here does I/O.
+
+use ferry_core::peer::{OptionValue, PeerConfig, PeerKind};
+use ferry_sql::{Parsed, PeerType, SqlOption, Statement};
+use sqlparser::ast::Statement as SqlStatement;
+
+use crate::error::{code, ClientError};
+
+/// PostgreSQL's limit on identifier length (NAMEDATALEN - 1).
+const MAX_NAME_BYTES: usize = 63;
+
+/// What the executor is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    CreatePeer {
+        name: String,
+        if_not_exists: bool,
+        config: PeerConfig,
+    },
+    DropPeer {
+        name: String,
+        if_exists: bool,
+    },
+    /// A statement run against the catalog database in a read-only transaction.
+    Catalog {
+        text: String,
+        offset: usize,
+    },
+    /// Transaction control, answered without touching the catalog: every catalog
+    /// statement runs in a read-only transaction of its own.
+    Transaction {
+        tag: &'static str,
+    },
+    /// A statement Ferry knows but does not carry out yet.
+    NotYet {
+        what: &'static str,
+    },
+}
+
+/// Turns one parsed statement into a command.
+pub fn analyze(parsed: &Parsed<'_>) -> Result<Command, ClientError> {
+    Ok(match &parsed.statement {
+        Statement::CreatePeer(p) => {
+            let name = check_name("peer", &p.name.value)?;
+            let kind = match p.peer_type {
+                PeerType::Postgres => PeerKind::Postgres,
+                PeerType::Clickhouse => PeerKind::Clickhouse,
+            };
+            let options = typed_options(&p.options);
+            let config = PeerConfig::from_options(kind, &options).map_err(|e| {
+                let position = option_position(&e, &p.options);
+                let mut c = ClientError::from(e);
+                c.position = position;
+                c
+            })?;
+            Command::CreatePeer {
+                name,
+                if_not_exists: p.if_not_exists,
+                config,
+            }
+        }
+        Statement::DropPeer(p) => Command::DropPeer {
+            name: p.name.value.clone(),
+            if_exists: p.if_exists,
+        },
+        Statement::CreateMirror(_) => Command::NotYet {
+            what: "CREATE MIRROR",
+        },
+        Statement::DropMirror(_) => Command::NotYet {
+            what: "DROP MIRROR",
+        },
+        Statement::PauseMirror(_) => Command::NotYet {
+            what: "PAUSE MIRROR",
+        },
+        Statement::ResumeMirror(_) => Command::NotYet {
+            what: "RESUME MIRROR",
+        },
+        Statement::ResyncMirror(_) => Command::NotYet {
+            what: "RESYNC MIRROR",
+        },
+        Statement::Sql(stmt) => match transaction_tag(stmt) {
+            Some(tag) => Command::Transaction { tag },
+            None => Command::Catalog {
+                text: parsed.text.to_owned(),
+                offset: parsed.offset,
+            },
+        },
+    })
+}
+
+fn transaction_tag(stmt: &SqlStatement) -> Option<&'static str> {
+    match stmt {
+        SqlStatement::StartTransaction { .. } => Some("BEGIN"),
+        SqlStatement::Commit { .. } => Some("COMMIT"),
+        SqlStatement::Rollback {
+            savepoint: None, ..
+        } => Some("ROLLBACK"),
+        SqlStatement::Rollback {
+            savepoint: Some(_), ..
+        } => Some("ROLLBACK"),
+        SqlStatement::Savepoint { .. } => Some("SAVEPOINT"),
+        SqlStatement::ReleaseSavepoint { .. } => Some("RELEASE"),
+        _ => None,
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<String, ClientError> {
+    if name.is_empty() {
+        return Err(ClientError::new(
+            code::SYNTAX_ERROR,
+            format!("{what} name must not be empty"),
+        ));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(ClientError::new(
+            "42622",
+            format!("{what} name \"{name}\" is longer than {MAX_NAME_BYTES} bytes"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn typed_options(options: &[SqlOption]) -> Vec<(String, OptionValue)> {
+    options
+        .iter()
+        .map(|o| {
+            let v = match &o.value {
+                ferry_sql::OptionValue::String(s) => OptionValue::String(s.clone()),
+                ferry_sql::OptionValue::Number(n) => OptionValue::Number(n.clone()),
+                ferry_sql::OptionValue::Bool(b) => OptionValue::Bool(*b),
+                ferry_sql::OptionValue::Ident(s) => OptionValue::Ident(s.clone()),
+            };
+            (o.name.clone(), v)
+        })
+        .collect()
+}
+
+/// Where the option an error names was written, for the error's position.
+fn option_position(e: &ferry_core::peer::OptionError, options: &[SqlOption]) -> Option<usize> {
+    use ferry_core::peer::OptionError as E;
+    let name = match e {
+        E::Unknown { name, .. } | E::WrongType { name, .. } | E::Duplicate { name } => {
+            name.as_str()
+        }
+        E::Missing { .. } => return None,
+    };
+    options
+        .iter()
+        .find(|o| o.name == name)
+        .map(|o| o.position)
+        .filter(|p| *p > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> Result<Command, ClientError> {
+        let parsed = ferry_sql::parse_spanned(sql).map_err(ClientError::from)?;
+        analyze(&parsed[0])
+    }
+
+    #[test]
+    fn create_peer_types_options() {
+        let c = one("CREATE PEER src FROM POSTGRES WITH (host='h', port=1, user='u', password='p', database='d')")
+            .unwrap();
+        let Command::CreatePeer {
+            name,
+            config: PeerConfig::Postgres(pg),
+            ..
+        } = c
+        else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            (name.as_str(), pg.port, pg.password.as_str()),
+            ("src", 1, "p")
+        );
+    }
+
+    #[test]
+    fn unknown_option_points_at_it() {
+        let sql = "CREATE PEER c FROM CLICKHOUSE WITH (host = 'h', colour = 'red')";
+        let e = one(sql).unwrap_err();
+        assert_eq!(e.sqlstate, code::SYNTAX_ERROR);
+        assert!(e.message.contains("\"colour\""), "{e:?}");
+        assert_eq!(e.position, Some(sql.find("colour").unwrap() + 1));
+        assert!(e.hint.unwrap().contains("disable_tls"));
+    }
+
+    #[test]
+    fn wrong_type_and_missing() {
+        let e = one("CREATE PEER c FROM CLICKHOUSE WITH (host = 'h', port = 'x')").unwrap_err();
+        assert_eq!(e.sqlstate, code::INVALID_PARAMETER_VALUE);
+        let e = one("CREATE PEER c FROM POSTGRES WITH (host = 'h', user = 'u')").unwrap_err();
+        assert!(e.message.contains("\"database\""), "{e:?}");
+    }
+
+    #[test]
+    fn long_names_are_refused() {
+        let sql = format!(
+            "DROP PEER x; CREATE PEER {} FROM CLICKHOUSE WITH (host='h')",
+            "a".repeat(64)
+        );
+        let parsed = ferry_sql::parse_spanned(&sql).unwrap();
+        assert_eq!(analyze(&parsed[1]).unwrap_err().sqlstate, "42622");
+    }
+
+    #[test]
+    fn sql_passes_through_with_its_text_and_transactions_are_local() {
+        let c = one("  select 1 ").unwrap();
+        assert_eq!(
+            c,
+            Command::Catalog {
+                text: "select 1".into(),
+                offset: 2
+            }
+        );
+        assert_eq!(one("BEGIN").unwrap(), Command::Transaction { tag: "BEGIN" });
+        assert_eq!(
+            one("commit").unwrap(),
+            Command::Transaction { tag: "COMMIT" }
+        );
+    }
+}

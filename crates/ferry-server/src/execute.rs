@@ -1,0 +1,129 @@
+//! Execution of commands that change Ferry's state.
+
+use ferry_catalog::Catalog;
+use ferry_core::peer::PeerConfig;
+use tracing::info;
+
+use crate::error::{code, ClientError};
+
+/// What a command did, for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The command tag (`CREATE PEER`).
+    pub tag: &'static str,
+    /// A notice to show, e.g. for `IF NOT EXISTS` when the thing exists.
+    pub notice: Option<String>,
+}
+
+impl Outcome {
+    fn done(tag: &'static str) -> Self {
+        Outcome { tag, notice: None }
+    }
+
+    fn skipped(tag: &'static str, notice: String) -> Self {
+        Outcome {
+            tag,
+            notice: Some(notice),
+        }
+    }
+}
+
+/// Checks the peer answers, then stores it. Nothing is stored when anything fails.
+pub async fn create_peer(
+    catalog: &Catalog,
+    name: &str,
+    if_not_exists: bool,
+    config: &PeerConfig,
+) -> Result<Outcome, ClientError> {
+    const TAG: &str = "CREATE PEER";
+    let exists = || {
+        ClientError::new(
+            code::DUPLICATE_OBJECT,
+            format!("peer \"{name}\" already exists"),
+        )
+    };
+    if catalog.peer(name).await?.is_some() {
+        if if_not_exists {
+            return Ok(Outcome::skipped(
+                TAG,
+                format!("peer \"{name}\" already exists, skipping"),
+            ));
+        }
+        return Err(exists());
+    }
+    check_peer(config).await.map_err(|mut e| {
+        e.message = format!("cannot create peer \"{name}\": {}", e.message);
+        e
+    })?;
+    if !catalog.insert_peer(name, config).await? {
+        // Created by someone else since the check above.
+        if if_not_exists {
+            return Ok(Outcome::skipped(
+                TAG,
+                format!("peer \"{name}\" already exists, skipping"),
+            ));
+        }
+        return Err(exists());
+    }
+    info!(peer = %name, kind = %config.kind(), "peer created");
+    Ok(Outcome::done(TAG))
+}
+
+/// Connects to a peer as `CREATE PEER` does.
+pub async fn check_peer(config: &PeerConfig) -> Result<(), ClientError> {
+    match config {
+        PeerConfig::Postgres(c) => ferry_postgres::connect::check_peer(c)
+            .await
+            .map_err(ClientError::from),
+        PeerConfig::Clickhouse(c) => ferry_clickhouse::connect::check_peer(c)
+            .await
+            .map_err(ClientError::from),
+    }
+}
+
+/// Removes a peer no mirror uses.
+pub async fn drop_peer(
+    catalog: &Catalog,
+    name: &str,
+    if_exists: bool,
+) -> Result<Outcome, ClientError> {
+    const TAG: &str = "DROP PEER";
+    let Some(peer) = catalog.peer(name).await? else {
+        if if_exists {
+            return Ok(Outcome::skipped(
+                TAG,
+                format!("peer \"{name}\" does not exist, skipping"),
+            ));
+        }
+        return Err(ClientError::new(
+            code::UNDEFINED_OBJECT,
+            format!("peer \"{name}\" does not exist"),
+        ));
+    };
+    let users = catalog.mirrors_using_peer(peer.id).await?;
+    if !users.is_empty() {
+        return Err(in_use(name, &users));
+    }
+    match catalog.delete_peer(name).await {
+        Ok(_) => {}
+        // A mirror created since the check above: the foreign key refuses the delete.
+        Err(e) if e.sqlstate() == Some("23503") => {
+            let users = catalog.mirrors_using_peer(peer.id).await?;
+            return Err(in_use(name, &users));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    info!(peer = %name, "peer dropped");
+    Ok(Outcome::done(TAG))
+}
+
+fn in_use(name: &str, mirrors: &[String]) -> ClientError {
+    ClientError::new(
+        code::DEPENDENT_OBJECTS_STILL_EXIST,
+        format!(
+            "cannot drop peer \"{name}\" because mirrors use it: {}",
+            mirrors.join(", ")
+        ),
+    )
+    .with_hint("Drop those mirrors first.")
+}

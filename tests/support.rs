@@ -1,0 +1,119 @@
+//! A Ferry daemon run in-process for a test, with its own catalog database.
+
+use std::net::SocketAddr;
+
+use ferry_catalog::{Catalog, SecretKey};
+use ferry_server::{run, Shared, Shutdown};
+use ferry_testkit::{PgServer, TempPgDatabase};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+pub use ferry_testkit::{ChServer, PgServer as Pg};
+
+pub const USER: &str = "ferry";
+pub const PASSWORD: &str = "test-password";
+pub const KEY: &str = "5f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
+
+/// A running daemon; stopped when dropped.
+pub struct TestFerry {
+    pub addr: SocketAddr,
+    pub catalog_db: TempPgDatabase,
+    shutdown: Shutdown,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestFerry {
+    /// Starts a daemon on a free port with a fresh catalog database.
+    pub async fn start() -> TestFerry {
+        let catalog_db = PgServer::from_env().temp_database("ferry_catalog").await;
+        let key = SecretKey::from_hex(KEY).expect("test key");
+        let (catalog, _) = Catalog::open(&catalog_db.url(), key)
+            .await
+            .expect("open catalog");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shared = Shared::new(catalog, USER, PASSWORD);
+        let shutdown = Shutdown::default();
+        let waiter = shutdown.clone();
+        let task = tokio::spawn(run(listener, shared, async move { waiter.wait().await }));
+        TestFerry {
+            addr,
+            catalog_db,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Connection settings for a client.
+    pub fn conn_str(&self, user: &str, password: &str) -> String {
+        format!(
+            "host={} port={} user={user} password={password} dbname=ferry",
+            self.addr.ip(),
+            self.addr.port()
+        )
+    }
+
+    /// Connects as the configured user.
+    pub async fn connect(&self) -> Client {
+        self.try_connect(USER, PASSWORD)
+            .await
+            .expect("connect to ferry")
+    }
+
+    pub async fn try_connect(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(&self.conn_str(user, password), NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// A direct connection to the catalog database, to check what Ferry stored.
+    pub async fn catalog(&self) -> Client {
+        self.catalog_db.connect().await
+    }
+
+    /// Stops the daemon and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task").expect("server result");
+        }
+    }
+}
+
+impl Drop for TestFerry {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// The SQLSTATE of an error from a client call.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// `CREATE PEER … FROM POSTGRES` for the test PostgreSQL, with extra/overriding options.
+pub fn pg_peer_sql(name: &str, database: &str, password: &str) -> String {
+    let pg = PgServer::from_env();
+    format!(
+        "CREATE PEER {name} FROM POSTGRES WITH (host = '{}', port = {}, user = '{}', password = '{password}', database = '{database}')",
+        pg.host, pg.port, pg.user
+    )
+}
+
+/// `CREATE PEER … FROM CLICKHOUSE` for the test ClickHouse.
+pub fn ch_peer_sql(name: &str, database: &str) -> String {
+    let ch = ChServer::from_env();
+    format!(
+        "CREATE PEER {name} FROM CLICKHOUSE WITH (host = '{}', port = {}, user = 'default', password = '', database = '{database}', disable_tls = true)",
+        ch.host, ch.http_port
+    )
+}
