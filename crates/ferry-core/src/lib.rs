@@ -22,4 +22,4 @@ pub mod value;
 pub use error::ErrorKind;
 pub use lsn::Lsn;
 pub use schema::{ColumnSchema, TableName, TableSchema, ValueKind};
-pub use value::{Numeric, Value};
+pub use value::{civil_from_days, days_from_civil, Numeric, Value};

@@ -1,2 +1,6 @@
-//! ferry-postgres
+//! The PostgreSQL source: type mapping and value decoding ([`types`]) and the binary COPY
+//! decoder of the snapshot path ([`copy`]).
+
 pub mod connect;
+pub mod copy;
+pub mod types;

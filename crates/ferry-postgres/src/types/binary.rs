@@ -1,0 +1,294 @@
+//! PostgreSQL's binary send formats.
+//!
+//! All integers are big-endian:
+//!
+//! | kind | format |
+//! |---|---|
+//! | `Bool` | 1 byte, 0 or 1 |
+//! | `Int16` / `Int32` / `Int64` / `UInt32` | 2 / 4 / 8 / 4 bytes |
+//! | `Float32` / `Float64` | IEEE 754 bits, 4 / 8 bytes |
+//! | `Decimal` | `numeric_send` (see [`super::numeric`]) |
+//! | `Text` | the UTF-8 bytes (the connection's client encoding must be UTF8) |
+//! | `Bytes` | the bytes |
+//! | `Uuid` | 16 bytes |
+//! | `Date` | i32 days since 2000-01-01 (`i32::MAX`/`MIN` = ±infinity) |
+//! | `Timestamp` / `TimestampTz` | i64 µs since 2000-01-01 (UTC) (`i64::MAX`/`MIN` = ±infinity) |
+//! | `Array` | see below |
+//!
+//! An array (`array_send`) is `ndim i32 | has_nulls i32 | element oid u32`, then `ndim` pairs
+//! of `length i32 | lower bound i32`, then every element in row-major order as `length i32`
+//! (−1 for NULL) and that many bytes in the element's own binary format. An empty array has
+//! `ndim = 0` and nothing after the header.
+
+use ferry_core::{Value, ValueKind};
+
+use super::{numeric, DecodeError};
+
+/// PostgreSQL's `MAXDIM`.
+const MAX_DIMS: usize = 6;
+
+/// Decodes one non-NULL field in PostgreSQL's binary format as a value of `kind`.
+pub fn decode_binary(kind: &ValueKind, raw: &[u8]) -> Result<Value, DecodeError> {
+    Ok(match kind {
+        ValueKind::Bool => match fixed::<1>(raw, "bool")? {
+            [0] => Value::Bool(false),
+            [1] => Value::Bool(true),
+            _ => return Err(DecodeError::invalid("bool", "byte is neither 0 nor 1")),
+        },
+        ValueKind::Int16 => Value::Int16(i16::from_be_bytes(fixed(raw, "int2")?)),
+        ValueKind::Int32 => Value::Int32(i32::from_be_bytes(fixed(raw, "int4")?)),
+        ValueKind::Int64 => Value::Int64(i64::from_be_bytes(fixed(raw, "int8")?)),
+        ValueKind::UInt32 => Value::UInt32(u32::from_be_bytes(fixed(raw, "oid")?)),
+        ValueKind::Float32 => Value::Float32(f32::from_be_bytes(fixed(raw, "float4")?)),
+        ValueKind::Float64 => Value::Float64(f64::from_be_bytes(fixed(raw, "float8")?)),
+        ValueKind::Decimal { .. } => Value::Numeric(numeric::decode_binary(raw)?),
+        ValueKind::Text => Value::Text(
+            std::str::from_utf8(raw)
+                .map_err(|_| DecodeError::Utf8)?
+                .to_owned(),
+        ),
+        ValueKind::Bytes => Value::Bytes(raw.to_vec()),
+        ValueKind::Uuid => Value::Uuid(fixed(raw, "uuid")?),
+        ValueKind::Date => Value::Date(i32::from_be_bytes(fixed(raw, "date")?)),
+        ValueKind::Timestamp => Value::Timestamp(i64::from_be_bytes(fixed(raw, "timestamp")?)),
+        ValueKind::TimestampTz => {
+            Value::TimestampTz(i64::from_be_bytes(fixed(raw, "timestamptz")?))
+        }
+        ValueKind::Array { element, .. } => decode_array(element, raw)?,
+    })
+}
+
+fn fixed<const N: usize>(raw: &[u8], what: &'static str) -> Result<[u8; N], DecodeError> {
+    raw.try_into().map_err(|_| DecodeError::Length {
+        what,
+        expected: N,
+        got: raw.len(),
+    })
+}
+
+/// Reads big-endian integers off the front of a slice.
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.rest.len() < n {
+            return Err(DecodeError::Truncated { what: "array" });
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn i32(&mut self) -> Result<i32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+fn decode_array(element: &ValueKind, raw: &[u8]) -> Result<Value, DecodeError> {
+    const WHAT: &str = "array";
+    if matches!(element, ValueKind::Array { .. }) {
+        return Err(DecodeError::invalid(WHAT, "element kind is an array"));
+    }
+    let mut r = Reader { rest: raw };
+    let ndim = r.i32()?;
+    let _has_nulls = r.i32()?;
+    let _element_oid = r.i32()?;
+    let ndim = usize::try_from(ndim)
+        .ok()
+        .filter(|&n| n <= MAX_DIMS)
+        .ok_or(DecodeError::invalid(WHAT, "bad number of dimensions"))?;
+    let mut dims = Vec::with_capacity(ndim);
+    let mut count: usize = 1;
+    for _ in 0..ndim {
+        let len = r.i32()?;
+        let _lower_bound = r.i32()?;
+        let n = usize::try_from(len).map_err(|_| DecodeError::invalid(WHAT, "negative length"))?;
+        // Each element takes at least its 4-byte length, which bounds the count by the input.
+        count = count
+            .checked_mul(n)
+            .filter(|&c| c <= r.rest.len() / 4)
+            .ok_or(DecodeError::Truncated { what: WHAT })?;
+        dims.push(len);
+    }
+    if ndim == 0 {
+        count = 0;
+    }
+    let mut elements = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = r.i32()?;
+        if len == -1 {
+            elements.push(Value::Null);
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| DecodeError::invalid(WHAT, "bad length"))?;
+        elements.push(decode_binary(element, r.take(len)?)?);
+    }
+    if !r.rest.is_empty() {
+        return Err(DecodeError::TrailingBytes {
+            what: WHAT,
+            extra: r.rest.len(),
+        });
+    }
+    Ok(Value::Array { dims, elements })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn array(elem_oid: u32, dims: &[(i32, i32)], elements: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(dims.len() as i32).to_be_bytes());
+        v.extend_from_slice(&i32::from(elements.iter().any(Option::is_none)).to_be_bytes());
+        v.extend_from_slice(&elem_oid.to_be_bytes());
+        for (len, lb) in dims {
+            v.extend_from_slice(&len.to_be_bytes());
+            v.extend_from_slice(&lb.to_be_bytes());
+        }
+        for e in elements {
+            match e {
+                None => v.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(b) => {
+                    v.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                    v.extend_from_slice(b);
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn scalars() {
+        use ValueKind as K;
+        assert_eq!(decode_binary(&K::Bool, &[1]), Ok(Value::Bool(true)));
+        assert_eq!(
+            decode_binary(&K::Int16, &[0xFF, 0xFE]),
+            Ok(Value::Int16(-2))
+        );
+        assert_eq!(
+            decode_binary(&K::Int64, &i64::MIN.to_be_bytes()),
+            Ok(Value::Int64(i64::MIN))
+        );
+        assert_eq!(
+            decode_binary(&K::UInt32, &u32::MAX.to_be_bytes()),
+            Ok(Value::UInt32(u32::MAX))
+        );
+        assert_eq!(
+            decode_binary(&K::Float64, &f64::NEG_INFINITY.to_be_bytes()),
+            Ok(Value::Float64(f64::NEG_INFINITY))
+        );
+        assert!(matches!(
+            decode_binary(&K::Float32, &f32::NAN.to_be_bytes()),
+            Ok(Value::Float32(f)) if f.is_nan()
+        ));
+        assert_eq!(
+            decode_binary(&K::Text, "é\0".as_bytes()),
+            Ok(Value::Text("é\0".into()))
+        );
+        assert_eq!(decode_binary(&K::Text, &[0xFF]), Err(DecodeError::Utf8));
+        assert_eq!(
+            decode_binary(&K::Bytes, &[0, 0xFF]),
+            Ok(Value::Bytes(vec![0, 0xFF]))
+        );
+        assert_eq!(
+            decode_binary(&K::Date, &i32::MAX.to_be_bytes()),
+            Ok(Value::Date(i32::MAX))
+        );
+        assert_eq!(
+            decode_binary(&K::TimestampTz, &(-1i64).to_be_bytes()),
+            Ok(Value::TimestampTz(-1))
+        );
+    }
+
+    #[test]
+    fn arrays() {
+        let kind = ValueKind::Array {
+            element: Box::new(ValueKind::Int32),
+            dims: 2,
+        };
+        let one = 1i32.to_be_bytes();
+        let two = 2i32.to_be_bytes();
+        let raw = array(23, &[(2, 1), (2, 0)], &[Some(&one), None, Some(&two), None]);
+        assert_eq!(
+            decode_binary(&kind, &raw),
+            Ok(Value::Array {
+                dims: vec![2, 2],
+                elements: vec![Value::Int32(1), Value::Null, Value::Int32(2), Value::Null],
+            })
+        );
+        let empty = array(23, &[], &[]);
+        assert_eq!(
+            decode_binary(&kind, &empty),
+            Ok(Value::Array {
+                dims: vec![],
+                elements: vec![],
+            })
+        );
+    }
+
+    /// Every prefix of a valid value, and a few corruptions, are errors, never panics.
+    #[test]
+    fn malformed_never_panics() {
+        let kinds = [
+            ValueKind::Bool,
+            ValueKind::Int16,
+            ValueKind::Int32,
+            ValueKind::Int64,
+            ValueKind::Float64,
+            ValueKind::Uuid,
+            ValueKind::Date,
+            ValueKind::Timestamp,
+            ValueKind::Decimal {
+                precision: 10,
+                scale: 2,
+            },
+        ];
+        for kind in &kinds {
+            for n in 0..20 {
+                let _ = decode_binary(kind, &vec![0x41; n]);
+            }
+        }
+        let kind = ValueKind::Array {
+            element: Box::new(ValueKind::Text),
+            dims: 1,
+        };
+        let raw = array(25, &[(3, 1)], &[Some(b"ab"), None, Some(b"")]);
+        assert!(decode_binary(&kind, &raw).is_ok());
+        for n in 0..raw.len() {
+            assert!(decode_binary(&kind, &raw[..n]).is_err(), "prefix {n}");
+        }
+        let mut trailing = raw.clone();
+        trailing.push(0);
+        assert!(decode_binary(&kind, &trailing).is_err());
+        // Absurd dimensions must not allocate or overflow.
+        let huge = array(25, &[(i32::MAX, 1), (i32::MAX, 1)], &[]);
+        assert!(decode_binary(&kind, &huge).is_err());
+        let negative = array(25, &[(-1, 1)], &[]);
+        assert!(decode_binary(&kind, &negative).is_err());
+        let mut deep = array(25, &[], &[]);
+        deep[..4].copy_from_slice(&7i32.to_be_bytes());
+        assert!(decode_binary(&kind, &deep).is_err());
+        // Pseudo-random bytes.
+        let mut x: u32 = 12345;
+        for _ in 0..2000 {
+            let len = (x % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (x >> 16) as u8 % 4
+                })
+                .collect();
+            let _ = decode_binary(&kind, &bytes);
+            let _ = decode_binary(
+                &ValueKind::Decimal {
+                    precision: 5,
+                    scale: 0,
+                },
+                &bytes,
+            );
+        }
+    }
+}
