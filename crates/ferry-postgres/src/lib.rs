@@ -3,4 +3,6 @@
 
 pub mod connect;
 pub mod copy;
+pub mod pgoutput;
+pub mod replication;
 pub mod types;

@@ -115,12 +115,16 @@ impl Drop for TempPgDatabase {
                         tokio::spawn(async move {
                             let _ = conn.await;
                         });
+                        // Two statements: DROP DATABASE cannot run in the transaction
+                        // that one query string makes.
                         let _ = client
                             .batch_execute(&format!(
                                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                                 WHERE database = '{name}' AND NOT active;
-                                 DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                                 WHERE database = '{name}' AND NOT active"
                             ))
+                            .await;
+                        let _ = client
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                             .await;
                     }
                 })

@@ -1,0 +1,511 @@
+//! Unit tests: the command texts, the CopyData formats, and a scripted fake server for the
+//! handshake variants and the stream's cancel safety. The real server is exercised by
+//! `tests/replication.rs`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+use super::stream::{parse_copy_data, standby_status_update};
+use super::wire::kind_of_sqlstate;
+use super::*;
+
+#[test]
+fn server_versions() {
+    for (text, num) in [
+        ("15.4 (Debian 15.4-1.pgdg120+1)", Some(150_004)),
+        ("15.18", Some(150_018)),
+        ("16beta1", Some(160_000)),
+        ("10.23", Some(100_023)),
+        ("9.6.24", Some(90_624)),
+        ("17", Some(170_000)),
+        ("", None),
+        ("devel", None),
+    ] {
+        assert_eq!(parse_server_version(text), num, "{text}");
+    }
+}
+
+#[test]
+fn slot_names() {
+    for ok in ["a", "ferry_mirror_1", &"x".repeat(63)] {
+        assert!(validate_slot_name(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        "Upper",
+        "with-dash",
+        "sp ace",
+        "quote\"",
+        "é",
+        &"x".repeat(64),
+    ] {
+        let e = validate_slot_name(bad).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput, "{bad}");
+        assert_eq!(e.sqlstate, "22023");
+    }
+}
+
+#[test]
+fn create_slot_syntax_follows_the_server_version() {
+    assert_eq!(
+        create_slot_command("s1", true, 150_004),
+        "CREATE_REPLICATION_SLOT \"s1\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
+    );
+    assert_eq!(
+        create_slot_command("s1", false, 140_010),
+        "CREATE_REPLICATION_SLOT \"s1\" LOGICAL pgoutput EXPORT_SNAPSHOT"
+    );
+}
+
+#[test]
+fn start_replication_quotes_publications() {
+    let options = PgOutputOptions {
+        publication_names: vec!["pub1".into(), "we\"ird".into(), "it's, ok".into()],
+        proto_version: 2,
+        streaming: true,
+        messages: true,
+    };
+    assert_eq!(
+        start_replication_command("s1", Lsn(0x16_B374_D848), &options).unwrap(),
+        "START_REPLICATION SLOT \"s1\" LOGICAL 16/B374D848 (proto_version '2', \
+         publication_names '\"pub1\",\"we\"\"ird\",\"it''s, ok\"', messages 'true', \
+         streaming 'on')"
+    );
+    let v1 = PgOutputOptions {
+        publication_names: vec!["p".into()],
+        ..PgOutputOptions::default()
+    };
+    assert_eq!(
+        start_replication_command("s1", Lsn::ZERO, &v1).unwrap(),
+        "START_REPLICATION SLOT \"s1\" LOGICAL 0/0 (proto_version '1', publication_names '\"p\"')"
+    );
+    let streaming_v1 = PgOutputOptions {
+        streaming: true,
+        ..v1
+    };
+    assert!(start_replication_command("s1", Lsn::ZERO, &streaming_v1).is_err());
+    assert!(start_replication_command("s1", Lsn::ZERO, &PgOutputOptions::default()).is_err());
+}
+
+#[test]
+fn copy_data_messages() {
+    let mut w = vec![b'w'];
+    w.extend_from_slice(&0x10u64.to_be_bytes());
+    w.extend_from_slice(&0x20u64.to_be_bytes());
+    w.extend_from_slice(&(-5i64).to_be_bytes());
+    w.extend_from_slice(b"BEGIN");
+    assert_eq!(
+        parse_copy_data(Bytes::from(w)),
+        Ok(ReplicationMessage::XLogData {
+            wal_start: Lsn(0x10),
+            wal_end: Lsn(0x20),
+            server_time_micros: -5,
+            data: Bytes::from_static(b"BEGIN"),
+        })
+    );
+    let mut k = vec![b'k'];
+    k.extend_from_slice(&0x30u64.to_be_bytes());
+    k.extend_from_slice(&7i64.to_be_bytes());
+    k.push(1);
+    assert_eq!(
+        parse_copy_data(Bytes::from(k.clone())),
+        Ok(ReplicationMessage::PrimaryKeepalive {
+            wal_end: Lsn(0x30),
+            server_time_micros: 7,
+            reply_requested: true,
+        })
+    );
+    k.pop();
+    assert!(parse_copy_data(Bytes::from(k)).is_err());
+    assert!(parse_copy_data(Bytes::from_static(b"w123")).is_err());
+    assert!(parse_copy_data(Bytes::from_static(b"q")).is_err());
+    assert!(parse_copy_data(Bytes::new()).is_err());
+}
+
+#[test]
+fn standby_status_update_layout() {
+    let b = standby_status_update(Lsn(1), Lsn(2), Lsn(3), 4, true);
+    assert_eq!(b[0], b'r');
+    assert_eq!(&b[1..9], &1u64.to_be_bytes());
+    assert_eq!(&b[9..17], &2u64.to_be_bytes());
+    assert_eq!(&b[17..25], &3u64.to_be_bytes());
+    assert_eq!(&b[25..33], &4i64.to_be_bytes());
+    assert_eq!(b[33], 1);
+}
+
+#[test]
+fn sqlstates_decide_the_kind() {
+    for (code, kind) in [
+        ("28P01", ErrorKind::Permission),
+        ("42501", ErrorKind::Permission),
+        ("3D000", ErrorKind::NotFound),
+        ("42704", ErrorKind::NotFound),
+        ("42710", ErrorKind::AlreadyExists),
+        ("55006", ErrorKind::Transient),
+        ("55000", ErrorKind::Misconfigured),
+        ("53400", ErrorKind::Misconfigured),
+        ("57P01", ErrorKind::Transient),
+        ("08006", ErrorKind::Transient),
+        ("42601", ErrorKind::Internal),
+    ] {
+        assert_eq!(kind_of_sqlstate(code), kind, "{code}");
+    }
+}
+
+// ---- a scripted fake server ----
+
+fn backend(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn cstrs(parts: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend_from_slice(p.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn auth(code: i32, extra: &[u8]) -> Vec<u8> {
+    let mut body = code.to_be_bytes().to_vec();
+    body.extend_from_slice(extra);
+    backend(b'R', &body)
+}
+
+fn ready() -> Vec<u8> {
+    backend(b'Z', b"I")
+}
+
+fn error_response(severity: &str, code: &str, message: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (t, v) in [
+        (b'S', severity),
+        (b'V', severity),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        body.push(t);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    backend(b'E', &body)
+}
+
+/// What follows a successful authentication.
+fn welcome() -> Vec<u8> {
+    let mut out = auth(0, &[]);
+    out.extend(backend(
+        b'S',
+        &cstrs(&["server_version", "15.4 (Debian 15.4-1.pgdg120+1)"]),
+    ));
+    let mut key = 4242i32.to_be_bytes().to_vec();
+    key.extend_from_slice(&7i32.to_be_bytes());
+    out.extend(backend(b'K', &key));
+    out.extend(ready());
+    out
+}
+
+async fn read_startup(s: &mut TcpStream) -> HashMap<String, String> {
+    let len = s.read_u32().await.unwrap() as usize;
+    let mut body = vec![0; len - 4];
+    s.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body[..4], &196_608u32.to_be_bytes());
+    let parts: Vec<String> = body[4..]
+        .split(|&b| b == 0)
+        .map(|p| String::from_utf8(p.to_vec()).unwrap())
+        .collect();
+    parts
+        .chunks(2)
+        .filter(|c| c.len() == 2 && !c[0].is_empty())
+        .map(|c| (c[0].clone(), c[1].clone()))
+        .collect()
+}
+
+async fn read_frontend(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let tag = s.read_u8().await.unwrap();
+    let len = s.read_u32().await.unwrap() as usize;
+    let mut body = vec![0; len - 4];
+    s.read_exact(&mut body).await.unwrap();
+    (tag, body)
+}
+
+async fn listen() -> (TcpListener, PostgresConfig) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cfg = PostgresConfig {
+        host: "127.0.0.1".into(),
+        port,
+        user: "alice".into(),
+        password: "secret".into(),
+        database: "db".into(),
+    };
+    (listener, cfg)
+}
+
+#[tokio::test]
+async fn cleartext_password_and_startup_parameters() {
+    let (listener, cfg) = listen().await;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let params = read_startup(&mut s).await;
+        s.write_all(&auth(3, &[])).await.unwrap();
+        let (tag, body) = read_frontend(&mut s).await;
+        assert_eq!((tag, &body[..]), (b'p', &b"secret\0"[..]));
+        s.write_all(&welcome()).await.unwrap();
+        params
+    });
+    let conn = ReplicationConnection::connect(&cfg).await.unwrap();
+    assert_eq!(conn.server_version_num(), 150_004);
+    assert_eq!(conn.backend_pid(), Some(4242));
+    assert_eq!(
+        conn.parameter("server_version").map(|v| &v[..4]),
+        Some("15.4")
+    );
+    let params = server.await.unwrap();
+    assert_eq!(params["user"], "alice");
+    assert_eq!(params["database"], "db");
+    assert_eq!(params["replication"], "database");
+    assert_eq!(params["application_name"], "ferry");
+    assert_eq!(params["options"], STARTUP_OPTIONS);
+}
+
+#[tokio::test]
+async fn md5_password() {
+    let (listener, cfg) = listen().await;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_startup(&mut s).await;
+        s.write_all(&auth(5, &[1, 2, 3, 4])).await.unwrap();
+        let (tag, body) = read_frontend(&mut s).await;
+        assert_eq!(tag, b'p');
+        let expected =
+            postgres_protocol::authentication::md5_hash(b"alice", b"secret", [1, 2, 3, 4]);
+        assert_eq!(&body[..body.len() - 1], expected.as_bytes());
+        s.write_all(&welcome()).await.unwrap();
+    });
+    ReplicationConnection::connect(&cfg).await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn refused_password_keeps_the_sqlstate() {
+    let (listener, cfg) = listen().await;
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_startup(&mut s).await;
+        s.write_all(&auth(3, &[])).await.unwrap();
+        read_frontend(&mut s).await;
+        s.write_all(&error_response(
+            "FATAL",
+            "28P01",
+            "password authentication failed",
+        ))
+        .await
+        .unwrap();
+    });
+    let e = ReplicationConnection::connect(&cfg).await.unwrap_err();
+    assert_eq!(
+        (e.kind, e.sqlstate.as_str()),
+        (ErrorKind::Permission, "28P01")
+    );
+    assert!(e.message.contains("password authentication failed"), "{e}");
+}
+
+#[tokio::test]
+async fn unsupported_authentication_is_refused() {
+    let (listener, cfg) = listen().await;
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_startup(&mut s).await;
+        s.write_all(&auth(7, &[])).await.unwrap();
+        let _ = s.read_u8().await;
+    });
+    let e = ReplicationConnection::connect(&cfg).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unsupported);
+    assert!(e.message.contains("GSSAPI"), "{e}");
+}
+
+#[tokio::test]
+async fn nothing_listening_is_transient_08001() {
+    let (listener, cfg) = listen().await;
+    drop(listener);
+    let e = ReplicationConnection::connect(&cfg).await.unwrap_err();
+    assert_eq!(
+        (e.kind, e.sqlstate.as_str()),
+        (ErrorKind::Transient, "08001")
+    );
+}
+
+/// Connects to a fake server that authenticates with cleartext; returns its socket.
+async fn connected() -> (ReplicationConnection, TcpStream) {
+    let (listener, cfg) = listen().await;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_startup(&mut s).await;
+        s.write_all(&auth(3, &[])).await.unwrap();
+        read_frontend(&mut s).await;
+        s.write_all(&welcome()).await.unwrap();
+        s
+    });
+    let conn = ReplicationConnection::connect(&cfg).await.unwrap();
+    (conn, server.await.unwrap())
+}
+
+#[tokio::test]
+async fn simple_query_rows_nulls_and_errors() {
+    let (mut conn, mut s) = connected().await;
+    let server = tokio::spawn(async move {
+        let (tag, body) = read_frontend(&mut s).await;
+        assert_eq!((tag, &body[..]), (b'Q', &b"IDENTIFY_SYSTEM\0"[..]));
+        let mut row = 2u16.to_be_bytes().to_vec();
+        row.extend_from_slice(&2i32.to_be_bytes());
+        row.extend_from_slice(b"ab");
+        row.extend_from_slice(&(-1i32).to_be_bytes());
+        let mut out = backend(b'D', &row);
+        out.extend(backend(b'C', b"IDENTIFY_SYSTEM\0"));
+        out.extend(ready());
+        s.write_all(&out).await.unwrap();
+
+        read_frontend(&mut s).await;
+        // Not fatal: the connection stays usable.
+        let mut out = error_response("ERROR", "42601", "syntax error");
+        out.extend(ready());
+        s.write_all(&out).await.unwrap();
+        s
+    });
+    let rows = conn.simple_query("IDENTIFY_SYSTEM").await.unwrap();
+    assert_eq!(rows, vec![vec![Some("ab".to_owned()), None]]);
+    let e = conn.simple_query("NONSENSE").await.unwrap_err();
+    assert_eq!(
+        (e.kind, e.sqlstate.as_str()),
+        (ErrorKind::Internal, "42601")
+    );
+    server.await.unwrap();
+}
+
+fn copy_data(payload: &[u8]) -> Vec<u8> {
+    backend(b'd', payload)
+}
+
+fn xlog_data(start: u64, data: &[u8]) -> Vec<u8> {
+    let mut p = vec![b'w'];
+    p.extend_from_slice(&start.to_be_bytes());
+    p.extend_from_slice(&(start + 100).to_be_bytes());
+    p.extend_from_slice(&0i64.to_be_bytes());
+    p.extend_from_slice(data);
+    copy_data(&p)
+}
+
+#[tokio::test]
+async fn next_is_cancel_safe_and_stop_drains() {
+    let (conn, mut s) = connected().await;
+    let (resume_tx, resume_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (tag, _) = read_frontend(&mut s).await;
+        assert_eq!(tag, b'Q');
+        let mut out = backend(b'W', &[0, 0, 0]);
+        let msg = xlog_data(0x40, b"payload");
+        let (first, second) = msg.split_at(msg.len() - 3);
+        out.extend_from_slice(first);
+        s.write_all(&out).await.unwrap();
+        resume_rx.await.unwrap();
+        s.write_all(second).await.unwrap();
+
+        // The status update, then CopyDone; answer with data in flight, CopyDone,
+        // CommandComplete and ReadyForQuery.
+        let (tag, body) = read_frontend(&mut s).await;
+        assert_eq!((tag, body[0], body.len()), (b'd', b'r', 34));
+        assert_eq!(&body[9..17], &0x99u64.to_be_bytes());
+        let (tag, _) = read_frontend(&mut s).await;
+        assert_eq!(tag, b'c');
+        let mut out = xlog_data(0x50, b"late");
+        out.extend(backend(b'c', &[]));
+        out.extend(backend(b'C', b"START_REPLICATION\0"));
+        out.extend(ready());
+        s.write_all(&out).await.unwrap();
+        s
+    });
+    let options = PgOutputOptions {
+        publication_names: vec!["p".into()],
+        ..PgOutputOptions::default()
+    };
+    let mut stream = conn
+        .start_replication("s1", Lsn::ZERO, &options)
+        .await
+        .unwrap();
+
+    // Drop `next()` futures until the partial message has been read into the buffer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stream.buffered() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing arrived");
+        let r = tokio::time::timeout(Duration::from_millis(10), stream.next()).await;
+        assert!(r.is_err(), "a message cannot be complete yet: {r:?}");
+    }
+    resume_tx.send(()).unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the rest arrives")
+        .unwrap();
+    assert_eq!(
+        m,
+        Some(ReplicationMessage::XLogData {
+            wal_start: Lsn(0x40),
+            wal_end: Lsn(0x40 + 100),
+            server_time_micros: 0,
+            data: Bytes::from_static(b"payload"),
+        })
+    );
+
+    stream
+        .send_status(Lsn(0x99), Lsn(0x99), Lsn(0x99), false)
+        .await
+        .unwrap();
+    let _conn = stream.stop().await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn server_going_away_is_transient() {
+    let (conn, mut s) = connected().await;
+    let server = tokio::spawn(async move {
+        read_frontend(&mut s).await;
+        s.write_all(&backend(b'W', &[0, 0, 0])).await.unwrap();
+        s.write_all(&error_response(
+            "FATAL",
+            "57P01",
+            "terminating connection due to administrator command",
+        ))
+        .await
+        .unwrap();
+        s
+    });
+    let options = PgOutputOptions {
+        publication_names: vec!["p".into()],
+        ..PgOutputOptions::default()
+    };
+    let mut stream = conn
+        .start_replication("s1", Lsn::ZERO, &options)
+        .await
+        .unwrap();
+    let e = stream.next().await.unwrap_err();
+    assert_eq!(
+        (e.kind, e.sqlstate.as_str()),
+        (ErrorKind::Transient, "57P01")
+    );
+    drop(server.await.unwrap());
+    let e = stream.next().await.unwrap_err();
+    assert_eq!(
+        (e.kind, e.sqlstate.as_str()),
+        (ErrorKind::Transient, "08006")
+    );
+}

@@ -1,0 +1,462 @@
+//! Framing of the frontend/backend protocol over one TCP stream, and the startup handshake.
+//!
+//! Reads go into a buffer owned by [`Wire`] and a message is taken out of it only once it is
+//! complete, so a read future dropped half-way (a `tokio::select!` branch that lost) loses
+//! nothing. Writes are staged in a second buffer and flushed with `write_buf`, which advances
+//! it only by what the socket took, so an interrupted flush resumes where it stopped.
+
+use std::collections::HashMap;
+use std::io;
+
+use bytes::{Buf, BytesMut};
+use ferry_core::peer::PostgresConfig;
+use ferry_core::ErrorKind;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::{ErrorFields, Message};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::fallible_iterator::FallibleIterator;
+use tracing::debug;
+
+use crate::connect::SourceError;
+
+/// The tag of CopyBothResponse, which `Message::parse` does not know.
+const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
+
+/// How much to make room for before each socket read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One message from the server.
+pub(super) enum Backend {
+    /// `W`: the server entered COPY BOTH mode (START_REPLICATION succeeded).
+    CopyBothResponse,
+    Message(Message),
+}
+
+/// The socket, its buffers, and what the server told us about itself.
+pub(super) struct Wire {
+    stream: TcpStream,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    /// `host:port`, for messages.
+    pub(super) peer: String,
+    /// The latest ParameterStatus values.
+    pub(super) parameters: HashMap<String, String>,
+    pub(super) backend_pid: Option<i32>,
+}
+
+impl Wire {
+    pub(super) fn new(stream: TcpStream, peer: String) -> Wire {
+        Wire {
+            stream,
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            write_buf: BytesMut::new(),
+            peer,
+            parameters: HashMap::new(),
+            backend_pid: None,
+        }
+    }
+
+    /// Bytes received but not yet taken out as a message (for tests of cancel safety).
+    #[cfg(test)]
+    pub(super) fn buffered(&self) -> usize {
+        self.read_buf.len()
+    }
+
+    /// The buffer that [`Wire::flush`] sends.
+    pub(super) fn out(&mut self) -> &mut BytesMut {
+        &mut self.write_buf
+    }
+
+    /// Sends everything staged in the write buffer.
+    pub(super) async fn flush(&mut self) -> Result<(), SourceError> {
+        while self.write_buf.has_remaining() {
+            let n = self
+                .stream
+                .write_buf(&mut self.write_buf)
+                .await
+                .map_err(|e| self.io_error(e))?;
+            if n == 0 {
+                return Err(self.io_error(io::ErrorKind::WriteZero.into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The next complete message, reading from the socket as needed. Cancel-safe.
+    pub(super) async fn read(&mut self) -> Result<Backend, SourceError> {
+        loop {
+            if let Some(m) = self.take_message()? {
+                return Ok(m);
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+                self.read_buf.reserve(READ_CHUNK);
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.read_buf)
+                .await
+                .map_err(|e| self.io_error(e))?;
+            if n == 0 {
+                return Err(self.io_error(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Takes one complete message out of the read buffer, if there is one.
+    fn take_message(&mut self) -> Result<Option<Backend>, SourceError> {
+        let buf = &self.read_buf;
+        if buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        if !(4..=i32::MAX as u32).contains(&len) {
+            return Err(self.protocol_error(format!("invalid message length {len}")));
+        }
+        let total = len as usize + 1;
+        if buf.len() < total {
+            self.read_buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        if buf[0] == COPY_BOTH_RESPONSE_TAG {
+            // Overall format and per-column formats: always text/binary 0 for replication.
+            self.read_buf.advance(total);
+            return Ok(Some(Backend::CopyBothResponse));
+        }
+        match Message::parse(&mut self.read_buf) {
+            Ok(Some(m)) => Ok(Some(Backend::Message(m))),
+            Ok(None) => Err(self.protocol_error("incomplete message after length check".into())),
+            Err(e) => Err(self.protocol_error(e.to_string())),
+        }
+    }
+
+    /// Records ParameterStatus, BackendKeyData and notices; returns the messages it did not
+    /// absorb. These may arrive at any time, so every reader passes messages through here.
+    pub(super) fn absorb(&mut self, m: Backend) -> Result<Option<Backend>, SourceError> {
+        match m {
+            Backend::Message(Message::ParameterStatus(p)) => {
+                let (name, value) = match (p.name(), p.value()) {
+                    (Ok(n), Ok(v)) => (n.to_owned(), v.to_owned()),
+                    _ => return Err(self.protocol_error("invalid ParameterStatus".into())),
+                };
+                self.parameters.insert(name, value);
+                Ok(None)
+            }
+            Backend::Message(Message::BackendKeyData(k)) => {
+                self.backend_pid = Some(k.process_id());
+                Ok(None)
+            }
+            Backend::Message(Message::NoticeResponse(n)) => {
+                let f = ServerError::parse(n.fields());
+                debug!(peer = %self.peer, severity = %f.severity, code = %f.code,
+                       message = %f.message, "notice from replication connection");
+                Ok(None)
+            }
+            other => Ok(Some(other)),
+        }
+    }
+
+    /// Reads the next message that is not a notice or parameter report.
+    pub(super) async fn read_significant(&mut self) -> Result<Backend, SourceError> {
+        loop {
+            let m = self.read().await?;
+            if let Some(m) = self.absorb(m)? {
+                return Ok(m);
+            }
+        }
+    }
+
+    pub(super) fn io_error(&self, e: io::Error) -> SourceError {
+        let detail = if e.kind() == io::ErrorKind::UnexpectedEof {
+            "the server closed the connection".to_owned()
+        } else {
+            e.to_string()
+        };
+        SourceError {
+            kind: ErrorKind::Transient,
+            sqlstate: "08006".into(),
+            message: format!(
+                "replication connection to PostgreSQL at {} failed: {detail}",
+                self.peer
+            ),
+            hint: None,
+            source: None,
+        }
+    }
+
+    pub(super) fn protocol_error(&self, what: String) -> SourceError {
+        SourceError {
+            kind: ErrorKind::Internal,
+            sqlstate: "08P01".into(),
+            message: format!(
+                "protocol violation on the replication connection to PostgreSQL at {}: {what}",
+                self.peer
+            ),
+            hint: None,
+            source: None,
+        }
+    }
+
+    /// The error for an ErrorResponse.
+    pub(super) fn server_error(&self, fields: ErrorFields<'_>) -> SourceError {
+        ServerError::parse(fields).into_source_error(&self.peer)
+    }
+
+    /// An error for a message that has no business arriving now.
+    pub(super) fn unexpected(&self, m: &Backend, during: &str) -> SourceError {
+        let what = match m {
+            Backend::CopyBothResponse => "CopyBothResponse".to_owned(),
+            Backend::Message(m) => message_name(m).to_owned(),
+        };
+        self.protocol_error(format!("unexpected {what} during {during}"))
+    }
+}
+
+/// The fields of an ErrorResponse or NoticeResponse that Ferry uses.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct ServerError {
+    /// The non-localized severity (`V`), falling back to the localized one (`S`).
+    pub(super) severity: String,
+    pub(super) code: String,
+    pub(super) message: String,
+    pub(super) detail: Option<String>,
+    pub(super) hint: Option<String>,
+}
+
+impl ServerError {
+    pub(super) fn parse(mut fields: ErrorFields<'_>) -> ServerError {
+        let mut e = ServerError::default();
+        // A malformed field list ends the loop; what was read so far is still worth reporting.
+        while let Ok(Some(f)) = fields.next() {
+            let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
+            match f.type_() {
+                b'V' => e.severity = v,
+                b'S' if e.severity.is_empty() => e.severity = v,
+                b'C' => e.code = v,
+                b'M' => e.message = v,
+                b'D' => e.detail = Some(v),
+                b'H' => e.hint = Some(v),
+                _ => {}
+            }
+        }
+        if e.code.is_empty() {
+            e.code = "XX000".into();
+        }
+        e
+    }
+
+    /// Whether the server ends the session after this error.
+    pub(super) fn is_fatal(&self) -> bool {
+        matches!(self.severity.as_str(), "FATAL" | "PANIC")
+    }
+
+    pub(super) fn into_source_error(self, peer: &str) -> SourceError {
+        let message = match &self.detail {
+            Some(d) => format!("PostgreSQL at {peer}: {} ({d})", self.message),
+            None => format!("PostgreSQL at {peer}: {}", self.message),
+        };
+        SourceError {
+            kind: kind_of_sqlstate(&self.code),
+            sqlstate: self.code,
+            message,
+            hint: self.hint,
+            source: None,
+        }
+    }
+}
+
+/// What to do about a SQLSTATE, as [`SourceError::from_pg`] decides it, plus the states the
+/// replication commands add.
+pub(super) fn kind_of_sqlstate(code: &str) -> ErrorKind {
+    match code {
+        c if c.starts_with("28") || c == "42501" => ErrorKind::Permission,
+        "3D000" | "42P01" | "42704" => ErrorKind::NotFound,
+        // duplicate_object: the slot exists already.
+        "42710" => ErrorKind::AlreadyExists,
+        // object_in_use: the slot is held by another walsender, typically one that has not
+        // noticed yet that its client went away.
+        "55006" => ErrorKind::Transient,
+        // object_not_in_prerequisite_state (wal_level, a slot of another database or one that
+        // lost its WAL) and configuration_limit_exceeded (max_replication_slots).
+        "55000" | "53400" => ErrorKind::Misconfigured,
+        "22023" => ErrorKind::InvalidInput,
+        c if c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "57014" => {
+            ErrorKind::Transient
+        }
+        _ => ErrorKind::Internal,
+    }
+}
+
+fn message_name(m: &Message) -> &'static str {
+    match m {
+        Message::AuthenticationOk => "AuthenticationOk",
+        Message::BackendKeyData(_) => "BackendKeyData",
+        Message::CommandComplete(_) => "CommandComplete",
+        Message::CopyData(_) => "CopyData",
+        Message::CopyDone => "CopyDone",
+        Message::CopyInResponse(_) => "CopyInResponse",
+        Message::CopyOutResponse(_) => "CopyOutResponse",
+        Message::DataRow(_) => "DataRow",
+        Message::EmptyQueryResponse => "EmptyQueryResponse",
+        Message::ErrorResponse(_) => "ErrorResponse",
+        Message::ParameterStatus(_) => "ParameterStatus",
+        Message::ReadyForQuery(_) => "ReadyForQuery",
+        Message::RowDescription(_) => "RowDescription",
+        _ => "message",
+    }
+}
+
+/// Runs the startup handshake: StartupMessage, authentication, then parameters up to the
+/// first ReadyForQuery.
+pub(super) async fn startup(
+    wire: &mut Wire,
+    cfg: &PostgresConfig,
+    params: &[(&str, &str)],
+) -> Result<(), SourceError> {
+    frontend::startup_message(params.iter().copied(), wire.out())
+        .map_err(|e| invalid_input(format!("invalid connection parameter: {e}")))?;
+    wire.flush().await?;
+    authenticate(wire, cfg).await?;
+    // ParameterStatus and BackendKeyData are absorbed on the way to ReadyForQuery.
+    match wire.read_significant().await? {
+        Backend::Message(Message::ReadyForQuery(_)) => Ok(()),
+        Backend::Message(Message::ErrorResponse(e)) => Err(wire.server_error(e.fields())),
+        other => Err(wire.unexpected(&other, "startup")),
+    }
+}
+
+async fn authenticate(wire: &mut Wire, cfg: &PostgresConfig) -> Result<(), SourceError> {
+    loop {
+        let m = match wire.read_significant().await? {
+            Backend::Message(m) => m,
+            other => return Err(wire.unexpected(&other, "authentication")),
+        };
+        match m {
+            Message::AuthenticationOk => return Ok(()),
+            Message::ErrorResponse(e) => return Err(wire.server_error(e.fields())),
+            Message::AuthenticationCleartextPassword => {
+                let password = password(wire, cfg)?;
+                frontend::password_message(password.as_bytes(), wire.out())
+                    .map_err(|e| invalid_input(format!("invalid password: {e}")))?;
+                wire.flush().await?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let password = password(wire, cfg)?;
+                let hash = md5_hash(cfg.user.as_bytes(), password.as_bytes(), body.salt());
+                frontend::password_message(hash.as_bytes(), wire.out())
+                    .map_err(|e| invalid_input(format!("invalid password: {e}")))?;
+                wire.flush().await?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let mut mechanisms = body.mechanisms();
+                let mut scram = false;
+                while let Some(m) = mechanisms
+                    .next()
+                    .map_err(|e| wire.protocol_error(e.to_string()))?
+                {
+                    scram |= m == SCRAM_SHA_256;
+                }
+                if !scram {
+                    return Err(unsupported_auth(
+                        wire,
+                        "a SASL mechanism other than SCRAM-SHA-256",
+                    ));
+                }
+                scram_sha_256(wire, cfg).await?;
+            }
+            Message::AuthenticationKerberosV5 => return Err(unsupported_auth(wire, "Kerberos")),
+            Message::AuthenticationScmCredential => {
+                return Err(unsupported_auth(wire, "SCM credentials"))
+            }
+            Message::AuthenticationGss | Message::AuthenticationGssContinue(_) => {
+                return Err(unsupported_auth(wire, "GSSAPI"))
+            }
+            Message::AuthenticationSspi => return Err(unsupported_auth(wire, "SSPI")),
+            other => {
+                return Err(wire.unexpected(&Backend::Message(other), "authentication"));
+            }
+        }
+    }
+}
+
+/// SCRAM-SHA-256 without channel binding (the connection has no TLS to bind to).
+async fn scram_sha_256(wire: &mut Wire, cfg: &PostgresConfig) -> Result<(), SourceError> {
+    let password = password(wire, cfg)?;
+    let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), wire.out())
+        .map_err(|e| wire.protocol_error(e.to_string()))?;
+    wire.flush().await?;
+
+    match wire.read_significant().await? {
+        Backend::Message(Message::AuthenticationSaslContinue(body)) => {
+            scram
+                .update(body.data())
+                .map_err(|e| wire.protocol_error(format!("SCRAM: {e}")))?;
+        }
+        Backend::Message(Message::ErrorResponse(e)) => return Err(wire.server_error(e.fields())),
+        other => return Err(wire.unexpected(&other, "SCRAM authentication")),
+    }
+    frontend::sasl_response(scram.message(), wire.out())
+        .map_err(|e| wire.protocol_error(e.to_string()))?;
+    wire.flush().await?;
+
+    match wire.read_significant().await? {
+        Backend::Message(Message::AuthenticationSaslFinal(body)) => {
+            scram.finish(body.data()).map_err(|e| SourceError {
+                kind: ErrorKind::Permission,
+                sqlstate: "28000".into(),
+                message: format!(
+                    "PostgreSQL at {} failed to prove that it knows the password: {e}",
+                    wire.peer
+                ),
+                hint: None,
+                source: None,
+            })
+        }
+        Backend::Message(Message::ErrorResponse(e)) => Err(wire.server_error(e.fields())),
+        other => Err(wire.unexpected(&other, "SCRAM authentication")),
+    }
+}
+
+fn password<'a>(wire: &Wire, cfg: &'a PostgresConfig) -> Result<&'a str, SourceError> {
+    if cfg.password.is_empty() {
+        return Err(SourceError {
+            kind: ErrorKind::Permission,
+            sqlstate: "28P01".into(),
+            message: format!(
+                "PostgreSQL at {} asks for a password but the peer has none",
+                wire.peer
+            ),
+            hint: Some("Set the peer's password option.".into()),
+            source: None,
+        });
+    }
+    Ok(&cfg.password)
+}
+
+fn unsupported_auth(wire: &Wire, method: &str) -> SourceError {
+    SourceError {
+        kind: ErrorKind::Unsupported,
+        sqlstate: "28000".into(),
+        message: format!(
+            "PostgreSQL at {} asks for {method} authentication, which Ferry does not support",
+            wire.peer
+        ),
+        hint: Some(
+            "Let the user log in with scram-sha-256, md5 or password in pg_hba.conf.".into(),
+        ),
+        source: None,
+    }
+}
+
+pub(super) fn invalid_input(message: String) -> SourceError {
+    SourceError {
+        kind: ErrorKind::InvalidInput,
+        sqlstate: "22023".into(),
+        message,
+        hint: None,
+        source: None,
+    }
+}
