@@ -117,3 +117,39 @@ pub fn ch_peer_sql(name: &str, database: &str) -> String {
         ch.host, ch.http_port
     )
 }
+
+/// Polls `mirror_status` through Ferry until the mirror reaches `state` (or `failed`, which
+/// ends the wait early unless it is the state awaited). Panics after `timeout`.
+pub async fn wait_for_state(
+    client: &Client,
+    mirror: &str,
+    state: &str,
+    timeout: std::time::Duration,
+) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let rows = client
+            .query(
+                "SELECT state, coalesce(last_error, '') FROM mirror_status WHERE mirror = $1",
+                &[&mirror],
+            )
+            .await
+            .expect("read mirror_status");
+        if let Some(r) = rows.first() {
+            let s: String = r.get(0);
+            let err: String = r.get(1);
+            if s == state {
+                return s;
+            }
+            if s == "failed" {
+                panic!("mirror {mirror} failed while waiting for {state}: {err}");
+            }
+            last = s;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("mirror {mirror} did not reach {state} in {timeout:?} (last state {last:?})");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -7,12 +7,14 @@
 
 mod error;
 pub mod migrate;
+mod mirrors;
 mod peers;
 mod pool;
 pub mod secret;
 
 pub use error::CatalogError;
 pub use migrate::{migrate, MigrationReport};
+pub use mirrors::{MirrorRow, NewTable, PartitionRow, TableRow};
 pub use peers::StoredPeer;
 pub use pool::Catalog;
 pub use secret::SecretKey;

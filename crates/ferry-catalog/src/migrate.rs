@@ -22,11 +22,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "catalog",
-    sql: include_str!("../../../migrations/0001_catalog.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "catalog",
+        sql: include_str!("../../../migrations/0001_catalog.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "mirrors",
+        sql: include_str!("../../../migrations/0002_mirrors.sql"),
+    },
+];
 
 /// Arbitrary key of the advisory lock that serialises migration runs.
 const LOCK_KEY: i64 = 0x4645_5252_595f_4d47; // "FERRY_MG"

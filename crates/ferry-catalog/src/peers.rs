@@ -93,3 +93,17 @@ impl Catalog {
         Ok(n == 1)
     }
 }
+
+impl Catalog {
+    /// The peer with this id, if any.
+    pub async fn peer_by_id(&self, id: i64) -> Result<Option<StoredPeer>, CatalogError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, name, type, options, secret FROM ferry.peers WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        row.map(|r| self.peer_from_row(&r)).transpose()
+    }
+}

@@ -29,9 +29,8 @@ impl DestinationError {
                     Some(57) | Some(82) => ErrorKind::AlreadyExists,
                     // TOO_MANY_SIMULTANEOUS_QUERIES, MEMORY_LIMIT_EXCEEDED, TIMEOUT_EXCEEDED,
                     // NETWORK_ERROR, SOCKET_TIMEOUT, ALL_CONNECTION_TRIES_FAILED, TABLE_IS_READ_ONLY
-                    Some(202) | Some(241) | Some(159) | Some(210) | Some(209) | Some(279) | Some(242) => {
-                        ErrorKind::Transient
-                    }
+                    Some(202) | Some(241) | Some(159) | Some(210) | Some(209) | Some(279)
+                    | Some(242) => ErrorKind::Transient,
                     Some(_) => ErrorKind::Internal,
                     // An HTTP error without a ClickHouse code: a proxy, or the server restarting.
                     None => ErrorKind::Transient,
@@ -39,7 +38,12 @@ impl DestinationError {
                 DestinationError {
                     kind,
                     code,
-                    message: format!("ClickHouse at {}:{}: {}", cfg.host, cfg.port, first_line(text)),
+                    message: format!(
+                        "ClickHouse at {}:{}: {}",
+                        cfg.host,
+                        cfg.port,
+                        first_line(text)
+                    ),
                     hint: None,
                     source: Some(e),
                 }
@@ -86,7 +90,10 @@ impl DestinationError {
 }
 
 fn first_line(text: &str) -> &str {
-    text.lines().find(|l| !l.trim().is_empty()).unwrap_or(text).trim()
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(text)
+        .trim()
 }
 
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
@@ -106,7 +113,10 @@ fn server_code(text: &str) -> Option<u32> {
 
 /// A client for the peer's database.
 pub fn client(cfg: &ClickhouseConfig) -> clickhouse::Client {
-    let mut c = clickhouse::Client::default().with_url(cfg.url()).with_user(&cfg.user).with_database(&cfg.database);
+    let mut c = clickhouse::Client::default()
+        .with_url(cfg.url())
+        .with_user(&cfg.user)
+        .with_database(&cfg.database);
     if !cfg.password.is_empty() {
         c = c.with_password(&cfg.password);
     }
@@ -119,7 +129,8 @@ pub async fn check_peer(cfg: &ClickhouseConfig) -> Result<(), DestinationError> 
         return Err(DestinationError {
             kind: ErrorKind::Unsupported,
             code: None,
-            message: "TLS connections to ClickHouse are not supported by this build of Ferry".into(),
+            message: "TLS connections to ClickHouse are not supported by this build of Ferry"
+                .into(),
             hint: Some("Set disable_tls = true to connect over plain HTTP.".into()),
             source: None,
         });
@@ -129,7 +140,10 @@ pub async fn check_peer(cfg: &ClickhouseConfig) -> Result<(), DestinationError> 
     match tokio::time::timeout(std::time::Duration::from_secs(10), fut).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(DestinationError::from_client(cfg, e)),
-        Err(_) => Err(DestinationError::from_client(cfg, clickhouse::error::Error::TimedOut)),
+        Err(_) => Err(DestinationError::from_client(
+            cfg,
+            clickhouse::error::Error::TimedOut,
+        )),
     }
 }
 
@@ -139,7 +153,10 @@ mod tests {
 
     #[test]
     fn reads_server_code() {
-        assert_eq!(server_code("Code: 81. DB::Exception: Database x does not exist."), Some(81));
+        assert_eq!(
+            server_code("Code: 81. DB::Exception: Database x does not exist."),
+            Some(81)
+        );
         assert_eq!(server_code("bad gateway"), None);
     }
 }

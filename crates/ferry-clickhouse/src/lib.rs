@@ -4,4 +4,5 @@
 pub mod connect;
 pub mod decimal;
 pub mod rowbinary;
+pub mod table;
 pub mod types;

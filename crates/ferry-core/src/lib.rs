@@ -9,12 +9,14 @@
 //! - [`Value`] and [`Numeric`]: one column value, lossless for every mapped PostgreSQL type;
 //! - [`schema`]: tables, columns and how each PostgreSQL type is carried ([`ValueKind`]);
 //! - [`peer`]: connection settings of source and destination peers;
+//! - [`mirror`]: what a mirror copies and how;
 //! - [`ident`]: the one place identifiers are quoted for either server;
 //! - [`error`]: the error kinds that decide what is retried.
 
 pub mod error;
 pub mod ident;
 pub mod lsn;
+pub mod mirror;
 pub mod peer;
 pub mod schema;
 pub mod value;

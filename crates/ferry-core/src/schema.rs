@@ -2,10 +2,12 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::ident::pg_qualified;
 
 /// A schema-qualified PostgreSQL table name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TableName {
     pub schema: String,
     pub name: String,
@@ -37,7 +39,7 @@ impl fmt::Display for TableName {
 /// The source decides the kind from the column's PostgreSQL type (see the mapping table in the
 /// README); the destination derives its column type from it. Types that have no lossless
 /// native counterpart travel as [`ValueKind::Text`] in PostgreSQL's own text form.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ValueKind {
     Bool,
     Int16,
@@ -69,7 +71,7 @@ pub enum ValueKind {
 }
 
 /// One column of a replicated table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ColumnSchema {
     pub name: String,
     /// The column's type OID (a domain's base type already resolved).
@@ -84,7 +86,7 @@ pub struct ColumnSchema {
 }
 
 /// A replicated table: its name, OID and the columns Ferry copies, in the source's order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableSchema {
     pub name: TableName,
     pub oid: u32,

@@ -65,7 +65,8 @@ impl fmt::Display for Numeric {
 /// Days since 1970-01-01 of a date in the proleptic Gregorian calendar, with astronomical year
 /// numbering (year 0 is 1 BC, as PostgreSQL counts internally). Exact for any `i32` year.
 pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    // Howard Hinnant's algorithm: shift the year to start in March so that the leap day is last.
+    // Count in 400-year eras of 146097 days, with years starting in March so that the leap day
+    // falls at the end of a year.
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400); // [0, 399]

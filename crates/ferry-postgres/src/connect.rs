@@ -31,7 +31,9 @@ impl SourceError {
             let kind = match code.as_str() {
                 c if c.starts_with("28") || c == "42501" => ErrorKind::Permission,
                 "3D000" | "42P01" | "42704" => ErrorKind::NotFound,
-                c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => ErrorKind::Transient,
+                c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
+                    ErrorKind::Transient
+                }
                 _ => ErrorKind::Internal,
             };
             let hint = db.hint().map(str::to_owned);
@@ -43,11 +45,16 @@ impl SourceError {
                 source: Some(e),
             };
         }
-        let detail = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+        let detail = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| e.to_string());
         SourceError {
             kind: ErrorKind::Transient,
             sqlstate: "08001".into(),
-            message: format!("could not connect to PostgreSQL at {}:{}: {detail}", cfg.host, cfg.port),
+            message: format!(
+                "could not connect to PostgreSQL at {}:{}: {detail}",
+                cfg.host, cfg.port
+            ),
             hint: Some("Check that the server is running and that host and port are right.".into()),
             source: Some(e),
         }
@@ -101,6 +108,9 @@ pub async fn connect(cfg: &PostgresConfig, application_name: &str) -> Result<Cli
 /// Connects to a peer and checks that it answers, for `CREATE PEER`.
 pub async fn check_peer(cfg: &PostgresConfig) -> Result<(), SourceError> {
     let client = connect(cfg, "ferry").await?;
-    client.simple_query("SELECT 1").await.map_err(|e| SourceError::from_pg(cfg, e))?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| SourceError::from_pg(cfg, e))?;
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 pub mod connect;
 pub mod copy;
+pub mod ctid;
 pub mod pgoutput;
 pub mod replication;
+pub mod source;
 pub mod types;

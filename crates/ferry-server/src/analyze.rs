@@ -4,7 +4,9 @@
 //! what the peer kind accepts, names are checked, and every statement becomes a [`Command`]
 //! that the executor runs. Nothing here does I/O.
 
+use ferry_core::mirror::{Destination, Mapping, MirrorOptions, MirrorSpec, TableMapping};
 use ferry_core::peer::{OptionValue, PeerConfig, PeerKind};
+use ferry_core::TableName;
 use ferry_sql::{Parsed, PeerType, SqlOption, Statement};
 use sqlparser::ast::Statement as SqlStatement;
 
@@ -24,6 +26,23 @@ pub enum Command {
     DropPeer {
         name: String,
         if_exists: bool,
+    },
+    CreateMirror {
+        name: String,
+        if_not_exists: bool,
+        source: String,
+        destination: String,
+        spec: MirrorSpec,
+    },
+    DropMirror {
+        name: String,
+        if_exists: bool,
+    },
+    PauseMirror {
+        name: String,
+    },
+    ResumeMirror {
+        name: String,
     },
     /// A statement run against the catalog database in a read-only transaction.
     Catalog {
@@ -67,17 +86,16 @@ pub fn analyze(parsed: &Parsed<'_>) -> Result<Command, ClientError> {
             name: p.name.value.clone(),
             if_exists: p.if_exists,
         },
-        Statement::CreateMirror(_) => Command::NotYet {
-            what: "CREATE MIRROR",
+        Statement::CreateMirror(m) => analyze_create_mirror(m)?,
+        Statement::DropMirror(m) => Command::DropMirror {
+            name: m.name.value.clone(),
+            if_exists: m.if_exists,
         },
-        Statement::DropMirror(_) => Command::NotYet {
-            what: "DROP MIRROR",
+        Statement::PauseMirror(m) => Command::PauseMirror {
+            name: m.name.value.clone(),
         },
-        Statement::PauseMirror(_) => Command::NotYet {
-            what: "PAUSE MIRROR",
-        },
-        Statement::ResumeMirror(_) => Command::NotYet {
-            what: "RESUME MIRROR",
+        Statement::ResumeMirror(m) => Command::ResumeMirror {
+            name: m.name.value.clone(),
         },
         Statement::ResyncMirror(_) => Command::NotYet {
             what: "RESYNC MIRROR",
@@ -89,6 +107,52 @@ pub fn analyze(parsed: &Parsed<'_>) -> Result<Command, ClientError> {
                 offset: parsed.offset,
             },
         },
+    })
+}
+
+fn analyze_create_mirror(m: &ferry_sql::CreateMirror) -> Result<Command, ClientError> {
+    let name = check_name("mirror", &m.name.value)?;
+    let options = typed_options(&m.options);
+    let options = MirrorOptions::from_options(&options).map_err(|e| {
+        let position = option_position(&e, &m.options);
+        let mut c = ClientError::from(e);
+        c.position = position;
+        c
+    })?;
+    let mapping = match &m.mapping {
+        ferry_sql::Mapping::Tables(entries) => Mapping::Tables(
+            entries
+                .iter()
+                .map(|e| TableMapping {
+                    // An unqualified source table is in public, as PostgreSQL's search path has it.
+                    source: TableName::new(
+                        e.source
+                            .schema
+                            .as_ref()
+                            .map_or("public", |s| s.value.as_str()),
+                        e.source.name.value.clone(),
+                    ),
+                    destination: Destination {
+                        database: e.destination.schema.as_ref().map(|s| s.value.clone()),
+                        table: e.destination.name.value.clone(),
+                    },
+                    exclude: e.exclude.iter().map(|c| c.value.clone()).collect(),
+                })
+                .collect(),
+        ),
+        ferry_sql::Mapping::Schemas(pairs) => Mapping::Schemas(
+            pairs
+                .iter()
+                .map(|p| (p.source.value.clone(), p.destination.value.clone()))
+                .collect(),
+        ),
+    };
+    Ok(Command::CreateMirror {
+        name,
+        if_not_exists: m.if_not_exists,
+        source: m.source.value.clone(),
+        destination: m.destination.value.clone(),
+        spec: MirrorSpec { mapping, options },
     })
 }
 
@@ -198,6 +262,35 @@ mod tests {
         assert_eq!(e.sqlstate, code::INVALID_PARAMETER_VALUE);
         let e = one("CREATE PEER c FROM POSTGRES WITH (host = 'h', user = 'u')").unwrap_err();
         assert!(e.message.contains("\"database\""), "{e:?}");
+    }
+
+    #[test]
+    fn create_mirror_maps_tables_and_options() {
+        let c = one(
+            "CREATE MIRROR m FROM s TO d WITH TABLE MAPPING (orders:o, public.users:analytics.users, \
+             { from: x.events, to: events, exclude: [raw] }) WITH (do_initial_copy = true)",
+        )
+        .unwrap();
+        let Command::CreateMirror { spec, .. } = c else {
+            panic!("{c:?}")
+        };
+        let Mapping::Tables(t) = spec.mapping else {
+            panic!()
+        };
+        assert_eq!(t[0].source, TableName::new("public", "orders"));
+        assert_eq!(
+            t[1].destination,
+            Destination {
+                database: Some("analytics".into()),
+                table: "users".into()
+            }
+        );
+        assert_eq!(
+            (t[2].source.schema.as_str(), t[2].exclude.as_slice()),
+            ("x", ["raw".to_string()].as_slice())
+        );
+        let e = one("CREATE MIRROR m FROM s TO d WITH TABLE MAPPING (a:b)").unwrap_err();
+        assert!(e.message.contains("do_initial_copy"), "{e:?}");
     }
 
     #[test]

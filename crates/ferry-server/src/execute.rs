@@ -1,7 +1,11 @@
 //! Execution of commands that change Ferry's state.
 
-use ferry_catalog::Catalog;
+use std::sync::Arc;
+
+use ferry_catalog::{Catalog, StoredPeer};
+use ferry_core::mirror::MirrorSpec;
 use ferry_core::peer::PeerConfig;
+use ferry_flow::{CreateMirror, Engine, FlowError};
 use tracing::info;
 
 use crate::error::{code, ClientError};
@@ -126,4 +130,77 @@ fn in_use(name: &str, mirrors: &[String]) -> ClientError {
         ),
     )
     .with_hint("Drop those mirrors first.")
+}
+
+impl From<FlowError> for ClientError {
+    fn from(e: FlowError) -> Self {
+        let mut c = ClientError::new(&e.sqlstate, e.message);
+        c.hint = e.hint;
+        c
+    }
+}
+
+async fn existing_peer(catalog: &Catalog, name: &str) -> Result<StoredPeer, ClientError> {
+    catalog.peer(name).await?.ok_or_else(|| {
+        ClientError::new(
+            code::UNDEFINED_OBJECT,
+            format!("peer \"{name}\" does not exist"),
+        )
+    })
+}
+
+/// Checks and sets a mirror up; the initial load then runs in the background.
+pub async fn create_mirror(
+    catalog: &Catalog,
+    engine: &Arc<Engine>,
+    name: &str,
+    if_not_exists: bool,
+    source: &str,
+    destination: &str,
+    spec: MirrorSpec,
+) -> Result<Outcome, ClientError> {
+    const TAG: &str = "CREATE MIRROR";
+    let source = existing_peer(catalog, source).await?;
+    let destination = existing_peer(catalog, destination).await?;
+    let req = CreateMirror {
+        name: name.to_owned(),
+        if_not_exists,
+        source,
+        destination,
+        spec,
+    };
+    if engine.create_mirror(req).await? {
+        Ok(Outcome::done(TAG))
+    } else {
+        Ok(Outcome::skipped(
+            TAG,
+            format!("mirror \"{name}\" already exists, skipping"),
+        ))
+    }
+}
+
+pub async fn drop_mirror(
+    engine: &Engine,
+    name: &str,
+    if_exists: bool,
+) -> Result<Outcome, ClientError> {
+    const TAG: &str = "DROP MIRROR";
+    if engine.drop_mirror(name, if_exists).await? {
+        Ok(Outcome::done(TAG))
+    } else {
+        Ok(Outcome::skipped(
+            TAG,
+            format!("mirror \"{name}\" does not exist, skipping"),
+        ))
+    }
+}
+
+pub async fn pause_mirror(engine: &Engine, name: &str) -> Result<Outcome, ClientError> {
+    engine.pause_mirror(name).await?;
+    Ok(Outcome::done("PAUSE MIRROR"))
+}
+
+pub async fn resume_mirror(engine: &Arc<Engine>, name: &str) -> Result<Outcome, ClientError> {
+    engine.resume_mirror(name).await?;
+    Ok(Outcome::done("RESUME MIRROR"))
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_catalog::Catalog;
+use ferry_flow::Engine;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -34,6 +35,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// What every session shares.
 pub struct Shared {
     pub catalog: Catalog,
+    pub engine: Arc<Engine>,
     pub credentials: Arc<Credentials>,
     pub metrics: Arc<Metrics>,
 }
@@ -41,6 +43,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(catalog: Catalog, user: &str, password: &str) -> Arc<Shared> {
         Arc::new(Shared {
+            engine: Engine::new(catalog.clone()),
             catalog,
             credentials: Arc::new(Credentials::new(user, password)),
             metrics: Arc::new(Metrics::default()),

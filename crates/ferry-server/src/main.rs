@@ -97,6 +97,14 @@ async fn serve(args: ServerArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let shared = Shared::new(catalog, &args.user, &args.password);
+    let resumed = shared
+        .engine
+        .resume_all()
+        .await
+        .context("resuming mirrors")?;
+    if resumed > 0 {
+        info!(mirrors = resumed, "resumed mirrors");
+    }
     let shutdown = Shutdown::default();
 
     if let Some(addr) = args.metrics_listen {
@@ -122,6 +130,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
         async move { waiter.wait().await },
     )
     .await?;
+    shared.engine.shutdown().await;
     info!("stopped");
     Ok(())
 }

@@ -70,6 +70,33 @@ impl Session {
             Command::DropPeer { name, if_exists } => {
                 execute::drop_peer(&self.shared.catalog, name, *if_exists).await?
             }
+            Command::CreateMirror {
+                name,
+                if_not_exists,
+                source,
+                destination,
+                spec,
+            } => {
+                execute::create_mirror(
+                    &self.shared.catalog,
+                    &self.shared.engine,
+                    name,
+                    *if_not_exists,
+                    source,
+                    destination,
+                    spec.clone(),
+                )
+                .await?
+            }
+            Command::DropMirror { name, if_exists } => {
+                execute::drop_mirror(&self.shared.engine, name, *if_exists).await?
+            }
+            Command::PauseMirror { name } => {
+                execute::pause_mirror(&self.shared.engine, name).await?
+            }
+            Command::ResumeMirror { name } => {
+                execute::resume_mirror(&self.shared.engine, name).await?
+            }
             Command::Catalog { text, offset } => return self.sql.run_text(text, *offset).await,
             Command::Transaction { tag } => return Ok(Response::Execution(Tag::new(tag))),
             Command::NotYet { what } => {

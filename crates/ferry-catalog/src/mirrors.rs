@@ -1,0 +1,384 @@
+//! Mirrors, their tables and their partitions in the catalog.
+
+use ferry_core::mirror::MirrorState;
+use ferry_core::TableName;
+use tokio_postgres::Row;
+
+use crate::{Catalog, CatalogError};
+
+/// A mirror as stored.
+#[derive(Debug, Clone)]
+pub struct MirrorRow {
+    pub id: i64,
+    pub name: String,
+    pub source_peer: i64,
+    pub destination_peer: i64,
+    pub spec: serde_json::Value,
+    pub state: MirrorState,
+    pub publication_name: Option<String>,
+    pub created_publication: bool,
+    pub slot_name: Option<String>,
+    pub snapshot_lsn: Option<String>,
+}
+
+/// A table of a mirror, to be stored.
+#[derive(Debug, Clone)]
+pub struct NewTable {
+    pub source: TableName,
+    pub source_oid: u32,
+    pub destination_database: String,
+    pub destination_table: String,
+    pub columns: serde_json::Value,
+    pub rows_estimated: i64,
+}
+
+/// A table of a mirror as stored.
+#[derive(Debug, Clone)]
+pub struct TableRow {
+    pub id: i64,
+    pub source: TableName,
+    pub source_oid: u32,
+    pub destination_database: String,
+    pub destination_table: String,
+    pub columns: serde_json::Value,
+    pub state: String,
+    pub rows_copied: i64,
+}
+
+/// One CTID range of a table's initial load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionRow {
+    pub table_id: i64,
+    pub partition_no: i32,
+    /// The relation read, quoted for PostgreSQL.
+    pub relation: String,
+    pub start_block: i64,
+    pub end_block: Option<i64>,
+    pub state: String,
+    pub rows_copied: i64,
+    pub attempts: i32,
+}
+
+const MIRROR_COLUMNS: &str =
+    "id, name, source_peer, destination_peer, spec, state, publication_name, \
+                              created_publication, slot_name, snapshot_lsn::text";
+
+fn mirror_from_row(row: &Row) -> Result<MirrorRow, CatalogError> {
+    let state: String = row.get(5);
+    Ok(MirrorRow {
+        id: row.get(0),
+        name: row.get(1),
+        source_peer: row.get(2),
+        destination_peer: row.get(3),
+        spec: row.get(4),
+        state: MirrorState::parse(&state)
+            .ok_or_else(|| CatalogError::Corrupt(format!("mirror has unknown state {state:?}")))?,
+        publication_name: row.get(6),
+        created_publication: row.get(7),
+        slot_name: row.get(8),
+        snapshot_lsn: row.get(9),
+    })
+}
+
+fn table_from_row(row: &Row) -> TableRow {
+    TableRow {
+        id: row.get(0),
+        source: TableName::new(row.get::<_, String>(1), row.get::<_, String>(2)),
+        source_oid: row.get(3),
+        destination_database: row.get(4),
+        destination_table: row.get(5),
+        columns: row.get(6),
+        state: row.get(7),
+        rows_copied: row.get(8),
+    }
+}
+
+impl Catalog {
+    /// Stores a new mirror and its tables in state `setting_up`. Returns `None` (and stores
+    /// nothing) when a mirror of that name exists.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_mirror(
+        &self,
+        name: &str,
+        source_peer: i64,
+        destination_peer: i64,
+        spec: &serde_json::Value,
+        publication_name: &str,
+        created_publication: bool,
+        slot_name: &str,
+        tables: &[NewTable],
+    ) -> Result<Option<i64>, CatalogError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                "INSERT INTO ferry.mirrors (name, source_peer, destination_peer, spec, state,
+                     publication_name, created_publication, slot_name)
+                 VALUES ($1, $2, $3, $4, 'setting_up', $5, $6, $7)
+                 ON CONFLICT (name) DO NOTHING RETURNING id",
+                &[
+                    &name,
+                    &source_peer,
+                    &destination_peer,
+                    spec,
+                    &publication_name,
+                    &created_publication,
+                    &slot_name,
+                ],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: i64 = row.get(0);
+        for t in tables {
+            tx.execute(
+                "INSERT INTO ferry.mirror_table (mirror_id, source_schema, source_table, source_oid,
+                     destination_database, destination_table, columns, rows_estimated)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &id,
+                    &t.source.schema,
+                    &t.source.name,
+                    &t.source_oid,
+                    &t.destination_database,
+                    &t.destination_table,
+                    &t.columns,
+                    &t.rows_estimated,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(id))
+    }
+
+    pub async fn mirror(&self, name: &str) -> Result<Option<MirrorRow>, CatalogError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {MIRROR_COLUMNS} FROM ferry.mirrors WHERE name = $1"),
+                &[&name],
+            )
+            .await?;
+        row.as_ref().map(mirror_from_row).transpose()
+    }
+
+    /// Mirrors that have work to do when the daemon starts.
+    pub async fn active_mirrors(&self) -> Result<Vec<MirrorRow>, CatalogError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {MIRROR_COLUMNS} FROM ferry.mirrors WHERE state IN ('snapshot', 'running') ORDER BY id"),
+                &[],
+            )
+            .await?;
+        rows.iter().map(mirror_from_row).collect()
+    }
+
+    /// Sets a mirror's state; `error` (message, hint) is recorded, or cleared when `None`.
+    pub async fn set_mirror_state(
+        &self,
+        id: i64,
+        state: MirrorState,
+        error: Option<(&str, Option<&str>)>,
+    ) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        let (message, hint) = match error {
+            Some((m, h)) => (Some(m), h),
+            None => (None, None),
+        };
+        client
+            .execute(
+                "UPDATE ferry.mirrors SET state = $2, error = $3, error_hint = $4, updated_at = now(),
+                     finished_at = CASE WHEN $2 = 'completed' THEN now() ELSE finished_at END,
+                     snapshot_done_at = CASE WHEN $2 IN ('running', 'completed') AND snapshot_done_at IS NULL
+                                             THEN now() ELSE snapshot_done_at END
+                 WHERE id = $1",
+                &[&id, &state.as_str(), &message, &hint],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records that the slot exists, and the position of its snapshot.
+    pub async fn set_mirror_snapshot(
+        &self,
+        id: i64,
+        snapshot_lsn: &str,
+    ) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE ferry.mirrors SET snapshot_lsn = $2::text::pg_lsn, state = 'snapshot',
+                     started_at = coalesce(started_at, now()), updated_at = now()
+                 WHERE id = $1",
+                &[&id, &snapshot_lsn],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_mirror(&self, id: i64) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM ferry.mirrors WHERE id = $1", &[&id])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn mirror_tables(&self, mirror_id: i64) -> Result<Vec<TableRow>, CatalogError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, source_schema, source_table, source_oid, destination_database, destination_table,
+                        columns, state, rows_copied
+                 FROM ferry.mirror_table WHERE mirror_id = $1 ORDER BY id",
+                &[&mirror_id],
+            )
+            .await?;
+        Ok(rows.iter().map(table_from_row).collect())
+    }
+
+    /// Sets a table's state; `error` is recorded, or cleared when `None`.
+    pub async fn set_table_state(
+        &self,
+        table_id: i64,
+        state: &str,
+        error: Option<&str>,
+    ) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE ferry.mirror_table SET state = $2, error = $3,
+                     started_at = CASE WHEN $2 = 'copying' THEN coalesce(started_at, now()) ELSE started_at END,
+                     finished_at = CASE WHEN $2 = 'done' THEN now() ELSE NULL END
+                 WHERE id = $1",
+                &[&table_id, &state, &error],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records rows copied so far (done partitions plus those in flight).
+    pub async fn set_table_progress(
+        &self,
+        table_id: i64,
+        rows_copied: i64,
+    ) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE ferry.mirror_table SET rows_copied = $2 WHERE id = $1",
+                &[&table_id, &rows_copied],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a table's partitions, unless it has some already; returns what is stored.
+    pub async fn plan_partitions(
+        &self,
+        table_id: i64,
+        partitions: &[(String, i64, Option<i64>)],
+    ) -> Result<Vec<PartitionRow>, CatalogError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let existing: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM ferry.mirror_partition WHERE table_id = $1",
+                &[&table_id],
+            )
+            .await?
+            .get(0);
+        if existing == 0 {
+            for (no, (relation, start, end)) in partitions.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO ferry.mirror_partition (table_id, partition_no, relation, start_block, end_block)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[&table_id, &(no as i32), relation, start, end],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        drop(client);
+        self.partitions(table_id).await
+    }
+
+    pub async fn partitions(&self, table_id: i64) -> Result<Vec<PartitionRow>, CatalogError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT table_id, partition_no, relation, start_block, end_block, state, rows_copied, attempts
+                 FROM ferry.mirror_partition WHERE table_id = $1 ORDER BY partition_no",
+                &[&table_id],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| PartitionRow {
+                table_id: r.get(0),
+                partition_no: r.get(1),
+                relation: r.get(2),
+                start_block: r.get(3),
+                end_block: r.get(4),
+                state: r.get(5),
+                rows_copied: r.get(6),
+                attempts: r.get(7),
+            })
+            .collect())
+    }
+
+    /// Marks a partition copied, with the snapshot it was read in.
+    pub async fn finish_partition(
+        &self,
+        table_id: i64,
+        partition_no: i32,
+        rows: i64,
+        snapshot: Option<&str>,
+    ) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE ferry.mirror_partition SET state = 'done', rows_copied = $3, snapshot = $4, error = NULL,
+                     attempts = attempts + 1, finished_at = now()
+                 WHERE table_id = $1 AND partition_no = $2",
+                &[&table_id, &partition_no, &rows, &snapshot],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt at a partition; `definite` marks it failed for good.
+    pub async fn fail_partition(
+        &self,
+        table_id: i64,
+        partition_no: i32,
+        error: &str,
+        definite: bool,
+    ) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE ferry.mirror_partition SET attempts = attempts + 1, error = $3,
+                     state = CASE WHEN $4 THEN 'failed' ELSE state END
+                 WHERE table_id = $1 AND partition_no = $2",
+                &[&table_id, &partition_no, &error, &definite],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Puts failed partitions and tables of a mirror back to pending, to try them again.
+    pub async fn reset_failed(&self, mirror_id: i64) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        client
+            .batch_execute(&format!(
+                "UPDATE ferry.mirror_partition SET state = 'pending' WHERE state = 'failed' AND table_id IN
+                     (SELECT id FROM ferry.mirror_table WHERE mirror_id = {mirror_id});
+                 UPDATE ferry.mirror_table SET state = 'pending', error = NULL
+                     WHERE mirror_id = {mirror_id} AND state = 'failed';"
+            ))
+            .await?;
+        Ok(())
+    }
+}

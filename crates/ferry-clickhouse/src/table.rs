@@ -1,0 +1,288 @@
+//! Destination tables: their layout, and writing rows into them.
+//!
+//! Every replicated table is a `ReplacingMergeTree` ordered by the source's key, with three
+//! columns of Ferry's own after the source's:
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `_ferry_version` | `UInt64` | 0 for rows of the initial load; the change's LSN for streamed changes, so a later change always wins and replaying the same WAL writes the same rows |
+//! | `_ferry_is_deleted` | `UInt8` | 1 for a row deleted at the source |
+//! | `_ferry_synced_at` | `DateTime64(9)` | when ClickHouse received the row |
+//!
+//! ClickHouse keeps, per key, the row with the highest version (after merges, or at once with
+//! `FINAL`), so the current state of a table is
+//! `SELECT … FROM t FINAL WHERE _ferry_is_deleted = 0`.
+
+use bytes::Bytes;
+use ferry_core::ident::{ch_ident, ch_literal, ch_qualified};
+use ferry_core::peer::ClickhouseConfig;
+use ferry_core::{ColumnSchema, Value};
+
+use crate::connect::DestinationError;
+use crate::rowbinary::{encode, Clamped, EncodeError};
+use crate::types::clickhouse_type;
+
+/// The version column.
+pub const VERSION_COLUMN: &str = "_ferry_version";
+/// The deletion marker column.
+pub const IS_DELETED_COLUMN: &str = "_ferry_is_deleted";
+/// The arrival time column.
+pub const SYNCED_AT_COLUMN: &str = "_ferry_synced_at";
+
+/// Bytes of RowBinary gathered before they are sent as one chunk of an insert.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// `CREATE TABLE` for a replicated table.
+pub fn create_table_sql(database: &str, table: &str, columns: &[ColumnSchema]) -> String {
+    let mut defs: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                ch_ident(&c.name),
+                clickhouse_type(&c.kind, c.nullable)
+            )
+        })
+        .collect();
+    defs.push(format!("{} UInt64", ch_ident(VERSION_COLUMN)));
+    defs.push(format!("{} UInt8", ch_ident(IS_DELETED_COLUMN)));
+    defs.push(format!(
+        "{} DateTime64(9) DEFAULT now64(9)",
+        ch_ident(SYNCED_AT_COLUMN)
+    ));
+    let mut keys: Vec<&ColumnSchema> = columns
+        .iter()
+        .filter(|c| c.key_position.is_some())
+        .collect();
+    keys.sort_by_key(|c| c.key_position);
+    // REPLICA IDENTITY FULL without a key: the whole row identifies it.
+    let key_columns: Vec<&ColumnSchema> = if keys.is_empty() {
+        columns.iter().collect()
+    } else {
+        keys
+    };
+    let order_by: Vec<String> = key_columns.iter().map(|c| ch_ident(&c.name)).collect();
+    let nullable_key = key_columns.iter().any(|c| c.nullable);
+    format!(
+        "CREATE TABLE {} (\n  {}\n) ENGINE = ReplacingMergeTree({}, {})\nORDER BY ({}){}",
+        ch_qualified(database, table),
+        defs.join(",\n  "),
+        ch_ident(VERSION_COLUMN),
+        ch_ident(IS_DELETED_COLUMN),
+        order_by.join(", "),
+        if nullable_key {
+            "\nSETTINGS allow_nullable_key = 1"
+        } else {
+            ""
+        }
+    )
+}
+
+/// A destination ClickHouse: DDL and inserts, with errors classified.
+#[derive(Clone)]
+pub struct Destination {
+    cfg: ClickhouseConfig,
+    client: clickhouse::Client,
+}
+
+impl Destination {
+    pub fn new(cfg: &ClickhouseConfig) -> Destination {
+        Destination {
+            cfg: cfg.clone(),
+            client: crate::connect::client(cfg),
+        }
+    }
+
+    /// The peer's own database, where unqualified destination names go.
+    pub fn default_database(&self) -> &str {
+        &self.cfg.database
+    }
+
+    fn err(&self, e: clickhouse::error::Error) -> DestinationError {
+        DestinationError::from_client(&self.cfg, e)
+    }
+
+    /// Runs a statement that returns nothing.
+    pub async fn execute(&self, sql: &str) -> Result<(), DestinationError> {
+        self.client
+            .query(sql)
+            .execute()
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    pub async fn database_exists(&self, database: &str) -> Result<bool, DestinationError> {
+        let sql = format!(
+            "SELECT count() FROM system.databases WHERE name = {}",
+            ch_literal(database)
+        );
+        let n: u64 = self
+            .client
+            .query(&sql)
+            .fetch_one()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    pub async fn table_exists(
+        &self,
+        database: &str,
+        table: &str,
+    ) -> Result<bool, DestinationError> {
+        let sql = format!(
+            "SELECT count() FROM system.tables WHERE database = {} AND name = {}",
+            ch_literal(database),
+            ch_literal(table)
+        );
+        let n: u64 = self
+            .client
+            .query(&sql)
+            .fetch_one()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    /// Creates a database if it is missing.
+    pub async fn ensure_database(&self, database: &str) -> Result<(), DestinationError> {
+        self.execute(&format!(
+            "CREATE DATABASE IF NOT EXISTS {}",
+            ch_ident(database)
+        ))
+        .await
+    }
+
+    /// Creates a replicated table (see the module doc for its layout).
+    pub async fn create_table(
+        &self,
+        database: &str,
+        table: &str,
+        columns: &[ColumnSchema],
+    ) -> Result<(), DestinationError> {
+        self.execute(&create_table_sql(database, table, columns))
+            .await
+    }
+
+    /// Starts one insert into a replicated table, streamed in chunks.
+    pub fn insert(&self, database: &str, table: &str, columns: &[ColumnSchema]) -> RowInsert {
+        let mut names: Vec<String> = columns.iter().map(|c| ch_ident(&c.name)).collect();
+        names.push(ch_ident(VERSION_COLUMN));
+        names.push(ch_ident(IS_DELETED_COLUMN));
+        let sql = format!(
+            "INSERT INTO {} ({}) FORMAT RowBinary",
+            ch_qualified(database, table),
+            names.join(", ")
+        );
+        RowInsert {
+            destination: self.clone(),
+            insert: Some(self.client.insert_formatted_with(sql)),
+            columns: columns
+                .iter()
+                .map(|c| (c.kind.clone(), c.nullable))
+                .collect(),
+            buf: Vec::with_capacity(CHUNK_BYTES + 64 * 1024),
+            rows: 0,
+            clamped: 0,
+        }
+    }
+}
+
+/// An insert in progress. Dropping it without [`RowInsert::finish`] aborts the insert.
+pub struct RowInsert {
+    destination: Destination,
+    insert: Option<clickhouse::insert_formatted::InsertFormatted>,
+    columns: Vec<(ferry_core::ValueKind, bool)>,
+    buf: Vec<u8>,
+    rows: u64,
+    clamped: u64,
+}
+
+/// Why a row could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("column {column}: {source}")]
+    Encode {
+        /// The column's position in the insert's column list.
+        column: usize,
+        #[source]
+        source: EncodeError,
+    },
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
+}
+
+impl RowInsert {
+    /// Adds a row (values in column order) with its version and deletion marker, and sends a
+    /// chunk when enough has gathered. A row that cannot be encoded is not added.
+    pub async fn push(
+        &mut self,
+        values: &[Value],
+        version: u64,
+        is_deleted: bool,
+    ) -> Result<(), WriteError> {
+        let start = self.buf.len();
+        let mut clamped = Clamped::No;
+        for (i, ((kind, nullable), v)) in self.columns.iter().zip(values).enumerate() {
+            match encode(kind, *nullable, v, &mut self.buf) {
+                Ok(c) => clamped |= c,
+                Err(e) => {
+                    self.buf.truncate(start);
+                    return Err(WriteError::Encode {
+                        column: i,
+                        source: e,
+                    });
+                }
+            }
+        }
+        self.buf.extend_from_slice(&version.to_le_bytes());
+        self.buf.push(u8::from(is_deleted));
+        self.rows += 1;
+        if clamped == Clamped::Yes {
+            self.clamped += 1;
+        }
+        if self.buf.len() >= CHUNK_BYTES {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self) -> Result<(), DestinationError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(CHUNK_BYTES + 64 * 1024),
+        ));
+        match self.insert.as_mut() {
+            Some(insert) => insert
+                .send(chunk)
+                .await
+                .map_err(|e| self.destination.err(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Rows added so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Rows with a date or timestamp moved into ClickHouse's range.
+    pub fn clamped(&self) -> u64 {
+        self.clamped
+    }
+
+    /// Sends what is left and waits for ClickHouse to confirm the insert.
+    pub async fn finish(mut self) -> Result<u64, DestinationError> {
+        if self.rows == 0 {
+            return Ok(0);
+        }
+        self.send().await?;
+        if let Some(insert) = self.insert.take() {
+            insert.end().await.map_err(|e| self.destination.err(e))?;
+        }
+        Ok(self.rows)
+    }
+}

@@ -1,0 +1,226 @@
+//! Mirrors: what `CREATE MIRROR` asks for, typed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::peer::{OptionError, OptionReader, OptionValue};
+use crate::schema::TableName;
+
+/// A mirror's settings from its `WITH (…)` list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorOptions {
+    /// Copy the existing rows before streaming.
+    pub do_initial_copy: bool,
+    /// Stop after the initial copy (no streaming); the slot is dropped then.
+    pub initial_copy_only: bool,
+    /// Rows a CTID partition should hold, roughly.
+    pub rows_per_partition: u64,
+    /// Partitions of one table copied at once.
+    pub max_parallel_workers: u16,
+    /// Tables copied at once.
+    pub tables_in_parallel: u16,
+    /// Publication to read; Ferry creates `ferry_<mirror>_pub` when not given.
+    pub publication_name: Option<String>,
+    /// Slot to create; `ferry_<mirror>_slot` when not given.
+    pub slot_name: Option<String>,
+    /// Longest time a batch of changes is held before it is written, in seconds.
+    pub sync_interval_secs: u32,
+    /// Most rows in one batch of changes.
+    pub max_batch_size: u32,
+    /// Warn and mark the mirror when the slot retains more WAL than this.
+    pub max_slot_lag_bytes: Option<u64>,
+}
+
+impl MirrorOptions {
+    /// Types and checks a `CREATE MIRROR … WITH (…)` option list.
+    pub fn from_options(options: &[(String, OptionValue)]) -> Result<MirrorOptions, OptionError> {
+        let mut r = OptionReader::new("a mirror", options)?;
+        let do_initial_copy =
+            r.boolean("do_initial_copy")?
+                .ok_or_else(|| OptionError::Missing {
+                    name: "do_initial_copy",
+                    context: "a mirror".into(),
+                })?;
+        let o = MirrorOptions {
+            do_initial_copy,
+            initial_copy_only: r.boolean("initial_copy_only")?.unwrap_or(false),
+            rows_per_partition: r
+                .integer("snapshot_num_rows_per_partition", 1_000, 1_000_000_000)?
+                .unwrap_or(500_000) as u64,
+            max_parallel_workers: r
+                .integer("snapshot_max_parallel_workers", 1, 64)?
+                .unwrap_or(4) as u16,
+            tables_in_parallel: r
+                .integer("snapshot_num_tables_in_parallel", 1, 64)?
+                .unwrap_or(1) as u16,
+            publication_name: r.string("publication_name")?,
+            slot_name: r.string("replication_slot_name")?,
+            sync_interval_secs: r.integer("sync_interval", 1, 3600)?.unwrap_or(1) as u32,
+            max_batch_size: r
+                .integer("max_batch_size", 1, 10_000_000)?
+                .unwrap_or(100_000) as u32,
+            max_slot_lag_bytes: r
+                .integer("max_slot_lag_bytes", 1, i64::MAX)?
+                .map(|v| v as u64),
+        };
+        r.finish()?;
+        if o.initial_copy_only && !o.do_initial_copy {
+            return Err(OptionError::WrongType {
+                name: "initial_copy_only".into(),
+                expected: "false when do_initial_copy is false",
+                got: "true".into(),
+            });
+        }
+        Ok(o)
+    }
+}
+
+/// Where a source table goes: a database (the peer's when `None`) and a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    pub database: Option<String>,
+    pub table: String,
+}
+
+/// One `source:destination` entry of a table mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableMapping {
+    pub source: TableName,
+    pub destination: Destination,
+    /// Source columns not copied.
+    pub exclude: Vec<String>,
+}
+
+/// Which tables a mirror copies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mapping {
+    Tables(Vec<TableMapping>),
+    /// Every table of each source schema, into the database named beside it.
+    Schemas(Vec<(String, String)>),
+}
+
+/// What a mirror is: stored as JSON in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorSpec {
+    pub mapping: Mapping,
+    pub options: MirrorOptions,
+}
+
+/// A mirror's state, as `mirror_status.state` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MirrorState {
+    SettingUp,
+    Snapshot,
+    Running,
+    Paused,
+    Completed,
+    Failed,
+}
+
+impl MirrorState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorState::SettingUp => "setting_up",
+            MirrorState::Snapshot => "snapshot",
+            MirrorState::Running => "running",
+            MirrorState::Paused => "paused",
+            MirrorState::Completed => "completed",
+            MirrorState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MirrorState> {
+        Some(match s {
+            "setting_up" => MirrorState::SettingUp,
+            "snapshot" => MirrorState::Snapshot,
+            "running" => MirrorState::Running,
+            "paused" => MirrorState::Paused,
+            "completed" => MirrorState::Completed,
+            "failed" => MirrorState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for MirrorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(list: &[(&str, OptionValue)]) -> Vec<(String, OptionValue)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn do_initial_copy_is_required_and_defaults_apply() {
+        let e = MirrorOptions::from_options(&[]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OptionError::Missing {
+                    name: "do_initial_copy",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let o = MirrorOptions::from_options(&opts(&[("do_initial_copy", OptionValue::Bool(true))]))
+            .unwrap();
+        assert_eq!(
+            (
+                o.rows_per_partition,
+                o.max_parallel_workers,
+                o.sync_interval_secs
+            ),
+            (500_000, 4, 1)
+        );
+    }
+
+    #[test]
+    fn unknown_and_out_of_range_options_are_named() {
+        let o = opts(&[
+            ("do_initial_copy", OptionValue::Bool(true)),
+            ("snapshot_workers", OptionValue::Number("2".into())),
+        ]);
+        let e = MirrorOptions::from_options(&o).unwrap_err();
+        assert!(
+            matches!(&e, OptionError::Unknown { name, .. } if name == "snapshot_workers"),
+            "{e}"
+        );
+        let o = opts(&[
+            ("do_initial_copy", OptionValue::Bool(true)),
+            (
+                "snapshot_max_parallel_workers",
+                OptionValue::Number("0".into()),
+            ),
+        ]);
+        assert!(MirrorOptions::from_options(&o).is_err());
+    }
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let spec = MirrorSpec {
+            mapping: Mapping::Tables(vec![TableMapping {
+                source: TableName::new("public", "t"),
+                destination: Destination {
+                    database: None,
+                    table: "t".into(),
+                },
+                exclude: vec!["x".into()],
+            }]),
+            options: MirrorOptions::from_options(&opts(&[(
+                "do_initial_copy",
+                OptionValue::Bool(true),
+            )]))
+            .unwrap(),
+        };
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(serde_json::from_value::<MirrorSpec>(json).unwrap(), spec);
+    }
+}
