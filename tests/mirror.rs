@@ -432,3 +432,71 @@ async fn a_failing_table_does_not_stop_the_others_and_drop_cleans_up() {
     assert_eq!(sqlstate(&e), "42704");
     s.ferry.stop().await;
 }
+
+#[tokio::test]
+async fn resync_reloads_into_fresh_tables_and_swaps_them_in() {
+    let s = setup().await;
+    s.src
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, name text, qty int);
+             INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 2000) g;",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute(
+            "CREATE MIRROR inv FROM src TO dst WITH TABLE MAPPING (items:items)
+             WITH (do_initial_copy = true, initial_copy_only = true, snapshot_num_rows_per_partition = 1000)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&s.client, "inv", "completed", LOAD_TIMEOUT).await;
+
+    // The source changes behind the completed mirror; a resync brings ClickHouse up to date.
+    s.src
+        .batch_execute(
+            "DELETE FROM items WHERE id <= 500;
+             UPDATE items SET qty = -qty WHERE id % 2 = 0;
+             INSERT INTO items SELECT g, 'new ' || g, 0 FROM generate_series(3000, 3099) g;",
+        )
+        .await
+        .unwrap();
+    s.client.batch_execute("RESYNC MIRROR inv").await.unwrap();
+    wait_for_state(&s.client, "inv", "completed", LOAD_TIMEOUT).await;
+
+    let ch = s.dest.client();
+    let (count, sum_qty, min_id): (u64, i64, i32) = ch
+        .query("SELECT count(), sum(assumeNotNull(qty)), min(id) FROM items FINAL WHERE _ferry_is_deleted = 0")
+        .fetch_one()
+        .await
+        .unwrap();
+    let r = s
+        .src
+        .query_one("SELECT count(*), sum(qty)::int8, min(id) FROM items", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (count as i64, sum_qty, min_id),
+        (r.get(0), r.get(1), r.get(2))
+    );
+    let leftovers: u64 = ch
+        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name LIKE '%ferry_resync%'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(leftovers, 0);
+    let slots: i64 = s
+        .src
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        slots, 0,
+        "the resync's slot is dropped when an initial_copy_only mirror completes"
+    );
+    s.ferry.stop().await;
+}

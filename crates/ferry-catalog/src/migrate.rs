@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "mirrors",
         sql: include_str!("../../../migrations/0002_mirrors.sql"),
     },
+    Migration {
+        version: 3,
+        name: "resync",
+        sql: include_str!("../../../migrations/0003_resync.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock that serialises migration runs.

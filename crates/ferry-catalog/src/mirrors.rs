@@ -43,6 +43,18 @@ pub struct TableRow {
     pub columns: serde_json::Value,
     pub state: String,
     pub rows_copied: i64,
+    /// While a resync runs: the fresh table the load writes into, and its ClickHouse UUID.
+    pub load_table: Option<String>,
+    pub load_table_uuid: Option<String>,
+}
+
+impl TableRow {
+    /// The table the initial load writes into: the fresh one during a resync.
+    pub fn target_table(&self) -> &str {
+        self.load_table
+            .as_deref()
+            .unwrap_or(&self.destination_table)
+    }
 }
 
 /// One CTID range of a table's initial load.
@@ -90,6 +102,8 @@ fn table_from_row(row: &Row) -> TableRow {
         columns: row.get(6),
         state: row.get(7),
         rows_copied: row.get(8),
+        load_table: row.get(9),
+        load_table_uuid: row.get(10),
     }
 }
 
@@ -230,7 +244,7 @@ impl Catalog {
         let rows = client
             .query(
                 "SELECT id, source_schema, source_table, source_oid, destination_database, destination_table,
-                        columns, state, rows_copied
+                        columns, state, rows_copied, load_table, load_table_uuid
                  FROM ferry.mirror_table WHERE mirror_id = $1 ORDER BY id",
                 &[&mirror_id],
             )
@@ -378,6 +392,58 @@ impl Catalog {
                  UPDATE ferry.mirror_table SET state = 'pending', error = NULL
                      WHERE mirror_id = {mirror_id} AND state = 'failed';"
             ))
+            .await?;
+        Ok(())
+    }
+}
+
+impl Catalog {
+    /// Starts a resync in the catalog: every table is to be loaded again into its fresh table
+    /// (`load_tables`: table id → (name, UUID, columns)), partitions are forgotten, and the
+    /// mirror is back in `snapshot` at the new slot's position.
+    pub async fn begin_resync(
+        &self,
+        mirror_id: i64,
+        snapshot_lsn: &str,
+        load_tables: &[(i64, String, String, serde_json::Value)],
+    ) -> Result<(), CatalogError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "DELETE FROM ferry.mirror_partition WHERE table_id IN
+                 (SELECT id FROM ferry.mirror_table WHERE mirror_id = $1)",
+            &[&mirror_id],
+        )
+        .await?;
+        for (id, name, uuid, columns) in load_tables {
+            tx.execute(
+                "UPDATE ferry.mirror_table SET load_table = $2, load_table_uuid = $3, columns = $4,
+                     state = 'pending', rows_copied = 0, error = NULL, started_at = NULL, finished_at = NULL
+                 WHERE id = $1",
+                &[id, name, uuid, columns],
+            )
+            .await?;
+        }
+        tx.execute(
+            "UPDATE ferry.mirrors SET state = 'snapshot', snapshot_lsn = $2::text::pg_lsn, error = NULL,
+                 error_hint = NULL, started_at = now(), snapshot_done_at = NULL, finished_at = NULL,
+                 updated_at = now()
+             WHERE id = $1",
+            &[&mirror_id, &snapshot_lsn],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records that a table's fresh load has been swapped in.
+    pub async fn end_resync_table(&self, table_id: i64) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE ferry.mirror_table SET load_table = NULL, load_table_uuid = NULL WHERE id = $1",
+                &[&table_id],
+            )
             .await?;
         Ok(())
     }

@@ -164,6 +164,49 @@ impl Destination {
             .await
     }
 
+    /// A table's UUID, or `None` when there is no such table.
+    pub async fn table_uuid(
+        &self,
+        database: &str,
+        table: &str,
+    ) -> Result<Option<String>, DestinationError> {
+        let sql = format!(
+            "SELECT toString(uuid) FROM system.tables WHERE database = {} AND name = {}",
+            ch_literal(database),
+            ch_literal(table)
+        );
+        let rows: Vec<String> = self
+            .client
+            .query(&sql)
+            .fetch_all()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Swaps two tables' names atomically.
+    pub async fn exchange_tables(
+        &self,
+        database: &str,
+        a: &str,
+        b: &str,
+    ) -> Result<(), DestinationError> {
+        self.execute(&format!(
+            "EXCHANGE TABLES {} AND {}",
+            ch_qualified(database, a),
+            ch_qualified(database, b)
+        ))
+        .await
+    }
+
+    pub async fn drop_table(&self, database: &str, table: &str) -> Result<(), DestinationError> {
+        self.execute(&format!(
+            "DROP TABLE IF EXISTS {} SYNC",
+            ch_qualified(database, table)
+        ))
+        .await
+    }
+
     /// Starts one insert into a replicated table, streamed in chunks.
     pub fn insert(&self, database: &str, table: &str, columns: &[ColumnSchema]) -> RowInsert {
         let mut names: Vec<String> = columns.iter().map(|c| ch_ident(&c.name)).collect();

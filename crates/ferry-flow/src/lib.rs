@@ -200,6 +200,92 @@ impl Engine {
         Ok(())
     }
 
+    /// Loads every table of a mirror again from a new snapshot into fresh tables, and swaps
+    /// them in when the load is done; until then the old tables stay as they are.
+    pub async fn resync_mirror(self: &Arc<Self>, name: &str) -> Result<(), FlowError> {
+        let row = self
+            .catalog
+            .mirror(name)
+            .await?
+            .ok_or_else(|| not_found(name))?;
+        if row.state == MirrorState::SettingUp {
+            return Err(FlowError::invalid(
+                "55000",
+                format!("mirror \"{name}\" is still being set up"),
+            ));
+        }
+        let spec: MirrorSpec = serde_json::from_value(row.spec.clone()).map_err(|e| {
+            FlowError::internal(format!("mirror {name}: stored spec unreadable: {e}"))
+        })?;
+        let source = self.peer_by_id(row.source_peer).await?;
+        let destination = self.peer_by_id(row.destination_peer).await?;
+        let (src_cfg, dst_cfg) = setup::peer_configs(&source, &destination)?;
+        let dest = Destination::new(&dst_cfg);
+        self.stop(name).await;
+
+        // Fresh tables beside the live ones, from the tables' current shape.
+        let client = ferry_postgres::connect::connect(&src_cfg, "ferry resync").await?;
+        let money_scale = ferry_postgres::source::money_scale(&client, &src_cfg).await?;
+        let mut fresh = Vec::new();
+        for t in self.catalog.mirror_tables(row.id).await? {
+            let exclude = match &spec.mapping {
+                ferry_core::mirror::Mapping::Tables(m) => m
+                    .iter()
+                    .find(|e| e.source == t.source)
+                    .map(|e| e.exclude.clone())
+                    .unwrap_or_default(),
+                ferry_core::mirror::Mapping::Schemas(_) => Vec::new(),
+            };
+            let described = ferry_postgres::source::describe_table(
+                &client,
+                &src_cfg,
+                &t.source,
+                &exclude,
+                money_scale,
+            )
+            .await?
+            .ok_or_else(|| {
+                FlowError::new(
+                    ErrorKind::NotFound,
+                    "42P01",
+                    format!("table {} no longer exists on the source", t.source),
+                )
+            })?;
+            let load_table = format!("{}_ferry_resync", t.destination_table);
+            dest.drop_table(&t.destination_database, &load_table)
+                .await?;
+            dest.create_table(&t.destination_database, &load_table, &described.columns)
+                .await?;
+            let uuid = dest
+                .table_uuid(&t.destination_database, &load_table)
+                .await?
+                .unwrap_or_default();
+            let columns = serde_json::to_value(&described.columns)
+                .map_err(|e| FlowError::internal(e.to_string()))?;
+            fresh.push((t.id, load_table, uuid, columns));
+        }
+        drop(client);
+
+        // A new slot and snapshot: the old slot's position is behind the new load.
+        let slot = row
+            .slot_name
+            .clone()
+            .unwrap_or_else(|| setup::default_names(name, &spec).1);
+        setup::drop_source_objects(&src_cfg, None, Some(&slot)).await?;
+        let mut repl = ReplicationConnection::connect(&src_cfg).await?;
+        let created = repl.create_slot(&slot, false).await?;
+        self.catalog
+            .begin_resync(row.id, &created.consistent_point.to_string(), &fresh)
+            .await?;
+        let row = self
+            .catalog
+            .mirror(name)
+            .await?
+            .ok_or_else(|| not_found(name))?;
+        info!(mirror = %name, lsn = %created.consistent_point, "resync started");
+        self.spawn(row, Some((repl, created.snapshot_name))).await
+    }
+
     /// Stops every mirror task, keeping their state for the next start.
     pub async fn shutdown(&self) {
         let names: Vec<String> = self.lock().keys().cloned().collect();
@@ -355,6 +441,9 @@ impl MirrorTask {
         };
         // The exported snapshot is no longer needed.
         drop(holder);
+        if outcome == snapshot::LoadOutcome::Done {
+            self.swap_resynced().await?;
+        }
         match outcome {
             snapshot::LoadOutcome::Stopped => Ok(None),
             snapshot::LoadOutcome::Failed { tables } => {
@@ -398,6 +487,41 @@ impl MirrorTask {
                 Ok(Some(MirrorState::Running))
             }
         }
+    }
+
+    /// After a resync's load: each fresh table takes its live table's name, and the old data
+    /// is dropped. A swap interrupted by a crash is recognised by the fresh table's UUID.
+    async fn swap_resynced(&self) -> Result<(), FlowError> {
+        for t in self.catalog.mirror_tables(self.row.id).await? {
+            let (Some(load_table), Some(uuid)) = (&t.load_table, &t.load_table_uuid) else {
+                continue;
+            };
+            let db = &t.destination_database;
+            let live = self
+                .destination
+                .table_uuid(db, &t.destination_table)
+                .await?;
+            if live.as_deref() != Some(uuid.as_str()) || uuid.is_empty() {
+                if live.is_some() {
+                    self.destination
+                        .exchange_tables(db, &t.destination_table, load_table)
+                        .await?;
+                } else {
+                    // The live table was dropped by hand: the fresh one simply takes its name.
+                    self.destination
+                        .execute(&format!(
+                            "RENAME TABLE {} TO {}",
+                            ferry_core::ident::ch_qualified(db, load_table),
+                            ferry_core::ident::ch_qualified(db, &t.destination_table)
+                        ))
+                        .await?;
+                }
+            }
+            self.catalog.end_resync_table(t.id).await?;
+            self.destination.drop_table(db, load_table).await?;
+            info!(table = %t.source, destination = %format!("{db}.{}", t.destination_table), "resynced table swapped in");
+        }
+        Ok(())
     }
 
     /// Streaming changes. Not built yet: the slot keeps every change until it is.

@@ -396,10 +396,7 @@ async fn copy_partition(
     sent: &AtomicU64,
 ) -> Result<u64, FlowError> {
     let (select, columns) = (&table.select, &table.columns);
-    let (db, dest_table) = (
-        &table.row.destination_database,
-        &table.row.destination_table,
-    );
+    let (db, dest_table) = (&table.row.destination_database, table.row.target_table());
     let cfg = &ctx.source;
     let pg = |e: tokio_postgres::Error| FlowError::from(SourceError::from_pg(cfg, e));
     let client = connect(cfg, "ferry snapshot").await?;

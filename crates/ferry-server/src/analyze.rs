@@ -44,6 +44,9 @@ pub enum Command {
     ResumeMirror {
         name: String,
     },
+    ResyncMirror {
+        name: String,
+    },
     /// A statement run against the catalog database in a read-only transaction.
     Catalog {
         text: String,
@@ -53,10 +56,6 @@ pub enum Command {
     /// statement runs in a read-only transaction of its own.
     Transaction {
         tag: &'static str,
-    },
-    /// A statement Ferry knows but does not carry out yet.
-    NotYet {
-        what: &'static str,
     },
 }
 
@@ -97,8 +96,8 @@ pub fn analyze(parsed: &Parsed<'_>) -> Result<Command, ClientError> {
         Statement::ResumeMirror(m) => Command::ResumeMirror {
             name: m.name.value.clone(),
         },
-        Statement::ResyncMirror(_) => Command::NotYet {
-            what: "RESYNC MIRROR",
+        Statement::ResyncMirror(m) => Command::ResyncMirror {
+            name: m.name.value.clone(),
         },
         Statement::Sql(stmt) => match transaction_tag(stmt) {
             Some(tag) => Command::Transaction { tag },

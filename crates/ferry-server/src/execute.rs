@@ -204,3 +204,8 @@ pub async fn resume_mirror(engine: &Arc<Engine>, name: &str) -> Result<Outcome, 
     engine.resume_mirror(name).await?;
     Ok(Outcome::done("RESUME MIRROR"))
 }
+
+pub async fn resync_mirror(engine: &Arc<Engine>, name: &str) -> Result<Outcome, ClientError> {
+    engine.resync_mirror(name).await?;
+    Ok(Outcome::done("RESYNC MIRROR"))
+}

@@ -99,11 +99,8 @@ impl Session {
             }
             Command::Catalog { text, offset } => return self.sql.run_text(text, *offset).await,
             Command::Transaction { tag } => return Ok(Response::Execution(Tag::new(tag))),
-            Command::NotYet { what } => {
-                return Err(ClientError::new(
-                    code::FEATURE_NOT_SUPPORTED,
-                    format!("{what} is not supported yet"),
-                ))
+            Command::ResyncMirror { name } => {
+                execute::resync_mirror(&self.shared.engine, name).await?
             }
         };
         if let Some(notice) = outcome.notice {
