@@ -14,7 +14,7 @@ pub mod secret;
 
 pub use error::CatalogError;
 pub use migrate::{migrate, MigrationReport};
-pub use mirrors::{MirrorRow, NewTable, PartitionRow, TableRow};
+pub use mirrors::{BatchRecord, MirrorRow, NewTable, PartitionRow, TableRow};
 pub use peers::StoredPeer;
 pub use pool::Catalog;
 pub use secret::SecretKey;

@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "resync",
         sql: include_str!("../../../migrations/0003_resync.sql"),
     },
+    Migration {
+        version: 4,
+        name: "streaming",
+        sql: include_str!("../../../migrations/0004_streaming.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock that serialises migration runs.

@@ -19,6 +19,7 @@ pub struct MirrorRow {
     pub created_publication: bool,
     pub slot_name: Option<String>,
     pub snapshot_lsn: Option<String>,
+    pub confirmed_lsn: Option<String>,
 }
 
 /// A table of a mirror, to be stored.
@@ -73,7 +74,7 @@ pub struct PartitionRow {
 
 const MIRROR_COLUMNS: &str =
     "id, name, source_peer, destination_peer, spec, state, publication_name, \
-                              created_publication, slot_name, snapshot_lsn::text";
+                              created_publication, slot_name, snapshot_lsn::text, confirmed_lsn::text";
 
 fn mirror_from_row(row: &Row) -> Result<MirrorRow, CatalogError> {
     let state: String = row.get(5);
@@ -89,6 +90,7 @@ fn mirror_from_row(row: &Row) -> Result<MirrorRow, CatalogError> {
         created_publication: row.get(7),
         slot_name: row.get(8),
         snapshot_lsn: row.get(9),
+        confirmed_lsn: row.get(10),
     })
 }
 
@@ -443,6 +445,108 @@ impl Catalog {
             .execute(
                 "UPDATE ferry.mirror_table SET load_table = NULL, load_table_uuid = NULL WHERE id = $1",
                 &[&table_id],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// What one batch of streamed changes did, for the catalog.
+#[derive(Debug, Clone)]
+pub struct BatchRecord {
+    pub rows: i64,
+    pub first_lsn: String,
+    pub last_lsn: String,
+    /// Microseconds since 2000-01-01 UTC (PostgreSQL's epoch), as pgoutput gives times.
+    pub started_micros: i64,
+    pub finished_micros: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    /// Source commit time of the batch's last transaction.
+    pub last_commit_micros: Option<i64>,
+}
+
+/// Batches kept per mirror in `ferry.cdc_batch`.
+const BATCHES_KEPT: i64 = 500;
+
+const FROM_PG_MICROS: &str = "timestamptz '2000-01-01 00:00:00+00' + interval '1 microsecond' *";
+
+impl Catalog {
+    /// Records that everything before `confirmed` is in the destination, with the batch that
+    /// got it there (if any). The caller confirms `confirmed` to the source only after this.
+    pub async fn confirm(
+        &self,
+        mirror_id: i64,
+        confirmed: &str,
+        source_lsn: &str,
+        batch: Option<&BatchRecord>,
+    ) -> Result<(), CatalogError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        match batch {
+            None => {
+                tx.execute(
+                    "UPDATE ferry.mirrors SET confirmed_lsn = $2::text::pg_lsn, source_lsn = $3::text::pg_lsn
+                     WHERE id = $1",
+                    &[&mirror_id, &confirmed, &source_lsn],
+                )
+                .await?;
+            }
+            Some(b) => {
+                tx.execute(
+                    &format!(
+                        "UPDATE ferry.mirrors SET confirmed_lsn = $2::text::pg_lsn, source_lsn = $3::text::pg_lsn,
+                             rows_inserted = rows_inserted + $4, rows_updated = rows_updated + $5,
+                             rows_deleted = rows_deleted + $6, last_batch_at = {FROM_PG_MICROS} $7::int8,
+                             last_commit_at = coalesce({FROM_PG_MICROS} $8::int8, last_commit_at)
+                         WHERE id = $1"
+                    ),
+                    &[
+                        &mirror_id,
+                        &confirmed,
+                        &source_lsn,
+                        &b.inserted,
+                        &b.updated,
+                        &b.deleted,
+                        &b.finished_micros,
+                        &b.last_commit_micros,
+                    ],
+                )
+                .await?;
+                tx.execute(
+                    &format!(
+                        "INSERT INTO ferry.cdc_batch (mirror_id, batch_id, rows, first_lsn, last_lsn, started_at, finished_at)
+                         SELECT $1, coalesce(max(batch_id), 0) + 1, $2, $3::text::pg_lsn, $4::text::pg_lsn,
+                                {FROM_PG_MICROS} $5::int8, {FROM_PG_MICROS} $6::int8
+                         FROM ferry.cdc_batch WHERE mirror_id = $1"
+                    ),
+                    &[&mirror_id, &b.rows, &b.first_lsn, &b.last_lsn, &b.started_micros, &b.finished_micros],
+                )
+                .await?;
+                tx.execute(
+                    "DELETE FROM ferry.cdc_batch WHERE mirror_id = $1 AND batch_id <=
+                         (SELECT max(batch_id) FROM ferry.cdc_batch WHERE mirror_id = $1) - $2",
+                    &[&mirror_id, &BATCHES_KEPT],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces a table's stored columns (after the source added one).
+    pub async fn set_table_columns(
+        &self,
+        table_id: i64,
+        columns: &serde_json::Value,
+    ) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE ferry.mirror_table SET columns = $2 WHERE id = $1",
+                &[&table_id, columns],
             )
             .await?;
         Ok(())

@@ -11,6 +11,7 @@
 //!                   └──► failed (a table failed; RESUME MIRROR tries it again)
 //! ```
 
+pub mod cdc;
 mod error;
 pub mod setup;
 pub mod snapshot;
@@ -24,7 +25,7 @@ use ferry_clickhouse::table::Destination;
 use ferry_core::error::Backoff;
 use ferry_core::mirror::{MirrorSpec, MirrorState};
 use ferry_core::peer::PostgresConfig;
-use ferry_core::ErrorKind;
+use ferry_core::{ErrorKind, Lsn};
 use ferry_postgres::replication::ReplicationConnection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -270,7 +271,7 @@ impl Engine {
         let slot = row
             .slot_name
             .clone()
-            .unwrap_or_else(|| setup::default_names(name, &spec).1);
+            .unwrap_or_else(|| setup::mirror_names(name, &spec).1);
         setup::drop_source_objects(&src_cfg, None, Some(&slot)).await?;
         let mut repl = ReplicationConnection::connect(&src_cfg).await?;
         let created = repl.create_slot(&slot, false).await?;
@@ -349,6 +350,12 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Completes once `stop` turns true (or its sender is gone). Unlike `wait_for`, holds no
+/// borrow of the value afterwards, so it can sit in a `select!` whose other arms await.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn not_found(name: &str) -> FlowError {
@@ -524,11 +531,35 @@ impl MirrorTask {
         Ok(())
     }
 
-    /// Streaming changes. Not built yet: the slot keeps every change until it is.
+    /// Streams changes from the catalog's confirmed position until stopped.
     async fn stream(&self) -> Result<Option<MirrorState>, FlowError> {
-        warn!("streaming changes is not implemented yet; the slot retains the changes until it is");
-        let mut stop = self.stop.clone();
-        let _ = stop.wait_for(|s| *s).await;
+        let row = self
+            .catalog
+            .mirror(&self.row.name)
+            .await?
+            .ok_or_else(|| FlowError::internal("the mirror vanished from the catalog"))?;
+        let start = row
+            .confirmed_lsn
+            .as_deref()
+            .or(row.snapshot_lsn.as_deref())
+            .ok_or_else(|| FlowError::internal("the mirror has no position to stream from"))?;
+        let start: Lsn = start
+            .parse()
+            .map_err(|e| FlowError::internal(format!("stored LSN: {e}")))?;
+        let ctx = Arc::new(cdc::StreamContext {
+            mirror: self.row.name.clone(),
+            mirror_id: self.row.id,
+            source: self.source.clone(),
+            destination: self.destination.clone(),
+            catalog: self.catalog.clone(),
+            slot: row.slot_name.clone().unwrap_or_default(),
+            publication: row.publication_name.clone().unwrap_or_default(),
+            start,
+            sync_interval: Duration::from_secs(u64::from(self.spec.options.sync_interval_secs)),
+            max_batch_size: self.spec.options.max_batch_size as usize,
+            stop: self.stop.clone(),
+        });
+        cdc::Streamer::new(ctx).await?.run().await?;
         Ok(None)
     }
 }

@@ -146,7 +146,7 @@ pub async fn plan(
     dest: &Destination,
     spec: &MirrorSpec,
 ) -> Result<Plan, FlowError> {
-    let (_, slot) = default_names(mirror, spec);
+    let (_, slot) = mirror_names(mirror, spec);
     ferry_postgres::replication::validate_slot_name(&slot).map_err(|e| {
         FlowError::from(e).with_hint("Name the slot with replication_slot_name: lower-case letters, digits and _, at most 63.")
     })?;
@@ -199,8 +199,11 @@ pub async fn plan(
     Ok(Plan { tables })
 }
 
-/// The publication and slot names of a mirror.
-pub fn default_names(mirror: &str, spec: &MirrorSpec) -> (String, String) {
+/// The publication and slot names of a new mirror: the ones its options give, or
+/// `ferry_<mirror>_pub` and `ferry_<mirror>_<random>` (slots are shared by every database of a
+/// server, so Ferry's own slot names never collide with another mirror's, even one of another
+/// Ferry with the same mirror name).
+pub fn mirror_names(mirror: &str, spec: &MirrorSpec) -> (String, String) {
     let clean: String = mirror
         .chars()
         .map(|c| {
@@ -210,6 +213,7 @@ pub fn default_names(mirror: &str, spec: &MirrorSpec) -> (String, String) {
                 '_'
             }
         })
+        .take(40)
         .collect();
     let publication = spec
         .options
@@ -220,7 +224,7 @@ pub fn default_names(mirror: &str, spec: &MirrorSpec) -> (String, String) {
         .options
         .slot_name
         .clone()
-        .unwrap_or_else(|| format!("ferry_{clean}_slot"));
+        .unwrap_or_else(|| format!("ferry_{clean}_{:08x}", rand::random::<u32>()));
     (publication, slot)
 }
 
@@ -314,7 +318,7 @@ pub async fn create(
     spec: &MirrorSpec,
     plan: &Plan,
 ) -> Result<Option<SetUp>, FlowError> {
-    let (publication, slot) = default_names(name, spec);
+    let (publication, slot) = mirror_names(name, spec);
     let tables: Vec<NewTable> = plan
         .tables
         .iter()

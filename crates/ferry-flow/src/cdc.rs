@@ -1,0 +1,942 @@
+//! Streaming changes: pgoutput from the slot, in batches, into ClickHouse.
+//!
+//! # Versions
+//!
+//! Every change is written as a row of the destination table with `_ferry_version` set to the
+//! LSN of the change's own WAL record (what pgoutput sends as the XLogData start). A row's
+//! changes reach the WAL in the order they commit — a writer holds the row's lock until it
+//! commits, so the next writer's record comes later — and a change's LSN is the same every
+//! time the WAL is decoded. So the newest change of each row wins in `ReplacingMergeTree`,
+//! and replaying WAL after a crash writes exactly the rows it wrote before, which collapse
+//! into them. Rows of the initial load have version 0, below every change.
+//!
+//! # Checkpoints
+//!
+//! Changes gather in a batch, closed at a transaction boundary once it holds `max_batch_size`
+//! rows or is `sync_interval` old. A batch is one insert per table. Only after ClickHouse has
+//! confirmed every insert of a batch does the catalog record the commit LSN of the batch's
+//! last transaction, and only then is that LSN confirmed to PostgreSQL (the flush position of
+//! the standby status update), which lets the server discard the WAL before it. A restart
+//! resumes the slot from the catalog's LSN; what was written after it is written again, with
+//! the same versions.
+//!
+//! A transaction too large for one batch is written in several inserts as it arrives (pgoutput
+//! protocol 1 sends a transaction only once it has committed, so nothing written can be rolled
+//! back); the confirmed LSN moves only past its commit. Memory stays bounded by the batch size.
+//!
+//! When nothing is pending, keepalives move the confirmed LSN to the server's sent position,
+//! so an idle mirror, or one whose tables see no writes, does not hold WAL back.
+//!
+//! # Unchanged TOAST values
+//!
+//! An UPDATE that leaves a large (TOASTed) column alone does not carry its value. Ferry takes
+//! the value from an earlier change of the same row in the batch, or else reads it from the
+//! source by key. The source may have moved on since this change; the value read is then that
+//! of a later change of the row, which follows in the stream and is applied after this one, so
+//! the row still ends in the source's state. Ferry never writes an empty or default value for
+//! an unchanged column.
+//!
+//! # Schema changes
+//!
+//! A column added at the source is added to the destination table (`ALTER TABLE … ADD COLUMN`)
+//! before the first row that carries it is written. A dropped column is no longer written; it
+//! stays in ClickHouse. A column whose type changes stops the mirror with an error naming it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_catalog::{BatchRecord, Catalog, TableRow};
+use ferry_clickhouse::table::{Destination, WriteError};
+use ferry_core::ident::{ch_ident, ch_qualified, pg_ident};
+use ferry_core::peer::PostgresConfig;
+use ferry_core::value::PG_EPOCH_UNIX_MICROS;
+use ferry_core::{ColumnSchema, ErrorKind, Lsn, TableName, Value, ValueKind};
+use ferry_postgres::connect::{connect, SourceError};
+use ferry_postgres::pgoutput::{
+    PgOutputDecoder, PgOutputMessage, RelationBody, TupleColumn, TupleData,
+};
+use ferry_postgres::replication::{
+    PgOutputOptions, ReplicationConnection, ReplicationMessage, ReplicationStream,
+};
+use ferry_postgres::types::decode_text;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::FlowError;
+
+/// How often the position is reported to the source when nothing else happens.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// What the stream needs to know about its mirror.
+pub struct StreamContext {
+    pub mirror: String,
+    pub mirror_id: i64,
+    pub source: PostgresConfig,
+    pub destination: Destination,
+    pub catalog: Catalog,
+    pub slot: String,
+    pub publication: String,
+    /// Where to resume: the catalog's confirmed LSN, or the snapshot's.
+    pub start: Lsn,
+    pub sync_interval: Duration,
+    pub max_batch_size: usize,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// A destination table and the columns written to it.
+struct Target {
+    row: TableRow,
+    columns: Vec<ColumnSchema>,
+}
+
+/// The source's current description of a relation, mapped onto its target.
+struct Relation {
+    target: usize,
+    /// For each column of the relation, its index among the target's columns.
+    positions: Vec<usize>,
+}
+
+/// One change, as a destination row.
+struct PendingRow {
+    /// Values of the active columns (see [`Batch::active`]).
+    values: Vec<Value>,
+    /// Columns whose value was an unchanged TOAST value not found in the batch.
+    unresolved: Vec<usize>,
+    version: u64,
+    deleted: bool,
+}
+
+#[derive(Default)]
+struct TableBatch {
+    /// Target column indices written by this batch, in insert order.
+    active: Vec<usize>,
+    rows: Vec<PendingRow>,
+    /// The latest row of each key in `rows`, for unchanged TOAST values.
+    latest: HashMap<String, usize>,
+}
+
+#[derive(Default)]
+struct Batch {
+    tables: HashMap<usize, TableBatch>,
+    rows: usize,
+    first_lsn: Option<Lsn>,
+    started: Option<SystemTime>,
+    inserted: i64,
+    updated: i64,
+    deleted: i64,
+    last_commit_micros: Option<i64>,
+}
+
+fn now_pg_micros() -> i64 {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    unix - PG_EPOCH_UNIX_MICROS
+}
+
+fn pg_micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+        - PG_EPOCH_UNIX_MICROS
+}
+
+/// A stand-in for a column a change does not carry, in a row that only marks a deletion.
+fn placeholder(kind: &ValueKind, nullable: bool) -> Value {
+    if nullable {
+        return Value::Null;
+    }
+    match kind {
+        ValueKind::Bool => Value::Bool(false),
+        ValueKind::Int16 => Value::Int16(0),
+        ValueKind::Int32 => Value::Int32(0),
+        ValueKind::Int64 => Value::Int64(0),
+        ValueKind::UInt32 => Value::UInt32(0),
+        ValueKind::Float32 => Value::Float32(0.0),
+        ValueKind::Float64 => Value::Float64(0.0),
+        ValueKind::Decimal { .. } => Value::Numeric(ferry_core::Numeric::Finite("0".into())),
+        ValueKind::Text => Value::Text(String::new()),
+        ValueKind::Bytes => Value::Bytes(Vec::new()),
+        ValueKind::Uuid => Value::Uuid([0; 16]),
+        ValueKind::Date => Value::Date(0),
+        ValueKind::Timestamp => Value::Timestamp(0),
+        ValueKind::TimestampTz => Value::TimestampTz(0),
+        ValueKind::Array { .. } => Value::Array {
+            dims: Vec::new(),
+            elements: Vec::new(),
+        },
+    }
+}
+
+/// The stream of one mirror.
+pub struct Streamer {
+    ctx: Arc<StreamContext>,
+    targets: Vec<Target>,
+    relations: HashMap<u32, Option<Relation>>,
+    batch: Batch,
+    /// Everything up to here is in ClickHouse and the catalog.
+    confirmed: Lsn,
+    /// End of the last transaction received in full.
+    committed: Lsn,
+    /// Where the server says it is.
+    server_lsn: Lsn,
+    in_transaction: bool,
+    commit_micros: i64,
+    batch_opened: Option<Instant>,
+}
+
+impl Streamer {
+    pub async fn new(ctx: Arc<StreamContext>) -> Result<Streamer, FlowError> {
+        let mut targets = Vec::new();
+        for row in ctx.catalog.mirror_tables(ctx.mirror_id).await? {
+            let columns: Vec<ColumnSchema> =
+                serde_json::from_value(row.columns.clone()).map_err(|e| {
+                    FlowError::internal(format!(
+                        "table {}: stored columns unreadable: {e}",
+                        row.source
+                    ))
+                })?;
+            targets.push(Target { row, columns });
+        }
+        let start = ctx.start;
+        Ok(Streamer {
+            ctx,
+            targets,
+            relations: HashMap::new(),
+            batch: Batch::default(),
+            confirmed: start,
+            committed: start,
+            server_lsn: start,
+            in_transaction: false,
+            commit_micros: 0,
+            batch_opened: None,
+        })
+    }
+
+    /// Streams until stopped (`Ok`) or an error.
+    pub async fn run(mut self) -> Result<(), FlowError> {
+        let conn = ReplicationConnection::connect(&self.ctx.source).await?;
+        let options = PgOutputOptions {
+            publication_names: vec![self.ctx.publication.clone()],
+            proto_version: 1,
+            streaming: false,
+            messages: false,
+        };
+        let mut stream = conn
+            .start_replication(&self.ctx.slot, self.ctx.start, &options)
+            .await?;
+        info!(slot = %self.ctx.slot, lsn = %self.ctx.start, "streaming changes");
+        let mut decoder = PgOutputDecoder::new();
+        let mut stop = self.ctx.stop.clone();
+        let mut status = tokio::time::interval(STATUS_EVERY);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg? else {
+                        return Err(FlowError::new(ErrorKind::Transient, "08006", "the source ended the replication stream"));
+                    };
+                    match msg {
+                        ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
+                            self.server_lsn = self.server_lsn.max(wal_end);
+                            let message = decoder.decode(data).map_err(SourceError::from)?;
+                            self.handle(wal_start, message).await?;
+                            if self.batch.rows >= self.ctx.max_batch_size {
+                                self.flush(&mut stream).await?;
+                            }
+                        }
+                        ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. } => {
+                            self.server_lsn = self.server_lsn.max(wal_end);
+                            if self.batch.rows == 0 && !self.in_transaction && wal_end > self.confirmed {
+                                // Nothing pending: everything the server sent is applied.
+                                self.advance_idle(wal_end).await?;
+                            }
+                            if reply_requested {
+                                self.report(&mut stream).await?;
+                            }
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let due = self.batch_opened.is_some_and(|t| t.elapsed() >= self.ctx.sync_interval);
+                    if due && !self.in_transaction {
+                        self.flush(&mut stream).await?;
+                    }
+                }
+                _ = status.tick() => self.report(&mut stream).await?,
+                _ = crate::stopped(&mut stop) => {
+                    if !self.in_transaction && self.batch.rows > 0 {
+                        self.flush(&mut stream).await?;
+                    }
+                    let _ = stream.stop().await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn report(&self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
+        stream
+            .send_status(self.confirmed, self.confirmed, self.confirmed, false)
+            .await?;
+        Ok(())
+    }
+
+    async fn advance_idle(&mut self, to: Lsn) -> Result<(), FlowError> {
+        self.ctx
+            .catalog
+            .confirm(
+                self.ctx.mirror_id,
+                &to.to_string(),
+                &self.server_lsn.to_string(),
+                None,
+            )
+            .await?;
+        self.confirmed = to;
+        self.committed = self.committed.max(to);
+        Ok(())
+    }
+
+    async fn handle(&mut self, lsn: Lsn, message: PgOutputMessage) -> Result<(), FlowError> {
+        match message {
+            PgOutputMessage::Begin {
+                commit_time_micros, ..
+            } => {
+                self.in_transaction = true;
+                self.commit_micros = commit_time_micros;
+            }
+            PgOutputMessage::Commit {
+                end_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                self.in_transaction = false;
+                self.committed = self.committed.max(end_lsn);
+                if self.batch.rows > 0 {
+                    self.batch.last_commit_micros = Some(commit_time_micros);
+                }
+            }
+            PgOutputMessage::Relation(body) => self.relation(body).await?,
+            PgOutputMessage::Insert {
+                relation_id, new, ..
+            } => {
+                if let Some((t, positions)) = self.route(relation_id) {
+                    self.push(t, &positions, &new, lsn, false).await?;
+                    self.batch.inserted += 1;
+                }
+            }
+            PgOutputMessage::Update {
+                relation_id,
+                old,
+                new,
+                ..
+            } => {
+                if let Some((t, positions)) = self.route(relation_id) {
+                    if let Some(old) = &old {
+                        // The key changed: the row under the old key is gone.
+                        if self.key_of(t, &positions, old.tuple())
+                            != self.key_of(t, &positions, &new)
+                        {
+                            self.push(t, &positions, old.tuple(), lsn, true).await?;
+                        }
+                    }
+                    self.push(t, &positions, &new, lsn, false).await?;
+                    self.batch.updated += 1;
+                }
+            }
+            PgOutputMessage::Delete {
+                relation_id, old, ..
+            } => {
+                if let Some((t, positions)) = self.route(relation_id) {
+                    self.push(t, &positions, old.tuple(), lsn, true).await?;
+                    self.batch.deleted += 1;
+                }
+            }
+            PgOutputMessage::Truncate { relation_ids, .. } => {
+                let targets: Vec<usize> = relation_ids
+                    .iter()
+                    .filter_map(|id| self.route(*id).map(|(t, _)| t))
+                    .collect();
+                if !targets.is_empty() {
+                    // Changes before the TRUNCATE must land first.
+                    self.write_batch().await?;
+                    for t in targets {
+                        let target = &self.targets[t];
+                        let sql = format!(
+                            "TRUNCATE TABLE {}",
+                            ch_qualified(
+                                &target.row.destination_database,
+                                &target.row.destination_table
+                            )
+                        );
+                        self.ctx.destination.execute(&sql).await?;
+                        info!(table = %target.row.source, "source table truncated; destination emptied");
+                    }
+                }
+            }
+            PgOutputMessage::Origin { .. }
+            | PgOutputMessage::Type(_)
+            | PgOutputMessage::Message { .. } => {}
+            PgOutputMessage::StreamStart { .. }
+            | PgOutputMessage::StreamStop
+            | PgOutputMessage::StreamCommit { .. }
+            | PgOutputMessage::StreamAbort { .. } => {
+                return Err(FlowError::internal(
+                    "a streamed-transaction message arrived on a protocol 1 stream",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn route(&self, relation_id: u32) -> Option<(usize, Vec<usize>)> {
+        match self.relations.get(&relation_id) {
+            Some(Some(r)) => Some((r.target, r.positions.clone())),
+            _ => None,
+        }
+    }
+
+    /// Takes in a Relation message: maps its columns onto the target, adding new ones.
+    async fn relation(&mut self, body: RelationBody) -> Result<(), FlowError> {
+        let name = TableName::new(body.namespace.clone(), body.name.clone());
+        let Some(t) = self.targets.iter().position(|x| x.row.source == name) else {
+            debug!(table = %name, "changes of a table outside the mirror are skipped");
+            self.relations.insert(body.id, None);
+            return Ok(());
+        };
+        // Rows gathered under the old shape go out first.
+        if self
+            .batch
+            .tables
+            .get(&t)
+            .is_some_and(|b| !b.rows.is_empty())
+        {
+            self.write_batch().await?;
+        }
+        let missing: Vec<String> = body
+            .columns
+            .iter()
+            .filter(|c| !self.targets[t].columns.iter().any(|x| x.name == c.name))
+            .map(|c| c.name.clone())
+            .collect();
+        if !missing.is_empty() {
+            self.add_columns(t, &missing).await?;
+        }
+        let target = &self.targets[t];
+        let mut positions = Vec::with_capacity(body.columns.len());
+        for c in &body.columns {
+            let i = target
+                .columns
+                .iter()
+                .position(|x| x.name == c.name)
+                .ok_or_else(|| {
+                    FlowError::internal(format!("column {} of {name} was not added", c.name))
+                })?;
+            let known = &target.columns[i];
+            if known.type_oid != c.type_oid {
+                return Err(FlowError::new(
+                    ErrorKind::Unsupported,
+                    "0A000",
+                    format!(
+                        "column \"{}\" of table {name} changed type at the source (type oid {} → {}); the destination cannot follow",
+                        c.name, known.type_oid, c.type_oid
+                    ),
+                )
+                .with_hint("RESYNC MIRROR reloads the table with its new shape."));
+            }
+            positions.push(i);
+        }
+        self.relations.insert(
+            body.id,
+            Some(Relation {
+                target: t,
+                positions,
+            }),
+        );
+        Ok(())
+    }
+
+    async fn add_columns(&mut self, t: usize, names: &[String]) -> Result<(), FlowError> {
+        let target = &self.targets[t];
+        let client = connect(&self.ctx.source, "ferry schema change").await?;
+        let scale = ferry_postgres::source::money_scale(&client, &self.ctx.source).await?;
+        let described = ferry_postgres::source::describe_table(
+            &client,
+            &self.ctx.source,
+            &target.row.source,
+            &[],
+            scale,
+        )
+        .await?
+        .ok_or_else(|| {
+            FlowError::new(
+                ErrorKind::NotFound,
+                "42P01",
+                format!("table {} is gone", target.row.source),
+            )
+        })?;
+        let mut added = Vec::new();
+        for n in names {
+            let Some(c) = described.columns.iter().find(|c| &c.name == n) else {
+                return Err(FlowError::new(
+                    ErrorKind::Transient,
+                    "55000",
+                    format!(
+                        "column \"{n}\" of table {} is in the stream but not in the catalog yet",
+                        target.row.source
+                    ),
+                ));
+            };
+            // Rows written before the column existed have no value for it: always nullable.
+            let mut c = c.clone();
+            c.nullable = true;
+            c.key_position = None;
+            let sql = format!(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
+                ch_qualified(
+                    &target.row.destination_database,
+                    &target.row.destination_table
+                ),
+                ch_ident(&c.name),
+                ferry_clickhouse::types::clickhouse_type(&c.kind, true),
+            );
+            self.ctx.destination.execute(&sql).await?;
+            info!(table = %target.row.source, column = %c.name, "column added at the source; added to the destination");
+            added.push(c);
+        }
+        let target = &mut self.targets[t];
+        target.columns.extend(added);
+        let json = serde_json::to_value(&target.columns)
+            .map_err(|e| FlowError::internal(e.to_string()))?;
+        self.ctx
+            .catalog
+            .set_table_columns(target.row.id, &json)
+            .await?;
+        Ok(())
+    }
+
+    fn decode_column(
+        &self,
+        t: usize,
+        col: usize,
+        value: &TupleColumn,
+    ) -> Result<Option<Value>, FlowError> {
+        let c = &self.targets[t].columns[col];
+        Ok(Some(match value {
+            TupleColumn::Null => Value::Null,
+            TupleColumn::UnchangedToast => return Ok(None),
+            TupleColumn::Text(b) | TupleColumn::Binary(b) => {
+                let text = std::str::from_utf8(b).map_err(|_| {
+                    FlowError::new(
+                        ErrorKind::Unsupported,
+                        "22021",
+                        format!("column \"{}\": value is not UTF-8", c.name),
+                    )
+                })?;
+                decode_text(&c.kind, text).map_err(|e| {
+                    FlowError::new(
+                        e.kind(),
+                        "22P02",
+                        format!(
+                            "table {}, column \"{}\": {e}",
+                            self.targets[t].row.source, c.name
+                        ),
+                    )
+                })?
+            }
+        }))
+    }
+
+    /// The key of a tuple, as text, for lookups within the batch.
+    fn key_of(&self, t: usize, positions: &[usize], tuple: &TupleData) -> String {
+        let mut key = String::new();
+        for (i, v) in tuple.columns.iter().enumerate() {
+            let Some(&col) = positions.get(i) else {
+                continue;
+            };
+            if self.is_key(t, col) {
+                match v {
+                    TupleColumn::Text(b) | TupleColumn::Binary(b) => {
+                        key.push_str(&String::from_utf8_lossy(b))
+                    }
+                    TupleColumn::Null => key.push('\u{0}'),
+                    TupleColumn::UnchangedToast => key.push('\u{2}'),
+                }
+                key.push('\u{1}');
+            }
+        }
+        key
+    }
+
+    /// Whether a column identifies rows: a key column, or any column of a table without a key
+    /// (REPLICA IDENTITY FULL).
+    fn is_key(&self, t: usize, col: usize) -> bool {
+        let columns = &self.targets[t].columns;
+        columns[col].key_position.is_some() || columns.iter().all(|c| c.key_position.is_none())
+    }
+
+    /// Adds a change of a row to the batch.
+    async fn push(
+        &mut self,
+        t: usize,
+        positions: &[usize],
+        tuple: &TupleData,
+        lsn: Lsn,
+        deleted: bool,
+    ) -> Result<(), FlowError> {
+        // The columns this change writes: those the relation has now.
+        let mut active: Vec<usize> = positions.to_vec();
+        active.sort_unstable();
+        {
+            let tb = self.batch.tables.entry(t).or_default();
+            if tb.active.is_empty() {
+                tb.active = active.clone();
+            }
+            if tb.active != active {
+                // Cannot happen: a Relation message flushes the table first.
+                return Err(FlowError::internal("columns changed within a batch"));
+            }
+        }
+        let key = self.key_of(t, positions, tuple);
+        let mut values: Vec<Option<Value>> = vec![None; active.len()];
+        let mut present = vec![false; active.len()];
+        for (i, v) in tuple.columns.iter().enumerate() {
+            let Some(&col) = positions.get(i) else {
+                continue;
+            };
+            let slot = active
+                .binary_search(&col)
+                .map_err(|_| FlowError::internal("column not active"))?;
+            // A deletion carries the key (or, with REPLICA IDENTITY FULL, the whole old row).
+            if deleted
+                && !self.is_key(t, col)
+                && !matches!(v, TupleColumn::Text(_) | TupleColumn::Binary(_))
+            {
+                continue;
+            }
+            present[slot] = true;
+            values[slot] = self.decode_column(t, col, v)?;
+        }
+        let columns = &self.targets[t].columns;
+        let tb = self
+            .batch
+            .tables
+            .get_mut(&t)
+            .ok_or_else(|| FlowError::internal("batch table missing"))?;
+        let previous = tb.latest.get(&key).copied();
+        let mut unresolved = Vec::new();
+        let mut row = Vec::with_capacity(active.len());
+        for (slot, v) in values.into_iter().enumerate() {
+            let col = &columns[active[slot]];
+            row.push(match v {
+                Some(v) => v,
+                None if deleted || !present[slot] => placeholder(&col.kind, col.nullable),
+                None => match previous
+                    .and_then(|p| tb.rows.get(p))
+                    .filter(|p| !p.unresolved.contains(&slot))
+                {
+                    Some(p) => p.values[slot].clone(),
+                    None => {
+                        unresolved.push(slot);
+                        placeholder(&col.kind, col.nullable)
+                    }
+                },
+            });
+        }
+        tb.rows.push(PendingRow {
+            values: row,
+            unresolved,
+            version: lsn.0,
+            deleted,
+        });
+        let index = tb.rows.len() - 1;
+        tb.latest.insert(key, index);
+        self.batch.rows += 1;
+        if self.batch.first_lsn.is_none() {
+            self.batch.first_lsn = Some(lsn);
+            self.batch.started = Some(SystemTime::now());
+            self.batch_opened = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Reads unchanged TOAST values that the batch did not have from the source, by key.
+    async fn resolve_from_source(&mut self, t: usize) -> Result<(), FlowError> {
+        let Some(tb) = self.batch.tables.get(&t) else {
+            return Ok(());
+        };
+        let needy: Vec<usize> = (0..tb.rows.len())
+            .filter(|&i| !tb.rows[i].unresolved.is_empty())
+            .collect();
+        if needy.is_empty() {
+            return Ok(());
+        }
+        let target = &self.targets[t];
+        let key_slots: Vec<usize> = tb
+            .active
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| target.columns[c].key_position.is_some())
+            .map(|(s, _)| s)
+            .collect();
+        if key_slots.is_empty() {
+            // REPLICA IDENTITY FULL sends every value; nothing is ever unchanged there.
+            return Err(FlowError::internal(
+                "unchanged TOAST value in a table without a key",
+            ));
+        }
+        let client = connect(&self.ctx.source, "ferry toast lookup").await?;
+        client
+            .batch_execute(
+                crate::snapshot::SESSION_SETTINGS
+                    .replace("SET LOCAL", "SET")
+                    .as_str(),
+            )
+            .await
+            .map_err(|e| SourceError::from_pg(&self.ctx.source, e))?;
+        // Every column of the table as text, for the rows with these keys.
+        let select: Vec<String> = tb
+            .active
+            .iter()
+            .map(|&c| {
+                let q = pg_ident(&target.columns[c].name);
+                format!("CASE WHEN num_nulls({q}) = 0 THEN format('%s', {q}) END")
+            })
+            .collect();
+        let key_text: Vec<String> = key_slots
+            .iter()
+            .map(|&s| {
+                let q = pg_ident(&target.columns[tb.active[s]].name);
+                format!("format('%s', {q})")
+            })
+            .collect();
+        let params: Vec<Vec<String>> = key_slots
+            .iter()
+            .map(|&s| {
+                needy
+                    .iter()
+                    .map(|&i| value_text(&tb.rows[i].values[s]))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<_, _>>()?;
+        let unnest_args: Vec<String> = (1..=key_slots.len())
+            .map(|i| format!("${i}::text[]"))
+            .collect();
+        let sql = format!(
+            "SELECT concat_ws(E'\\x01', {}) AS k, {} FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))",
+            key_text.join(", "),
+            select.join(", "),
+            target.row.source.quoted(),
+            key_text.join(", "),
+            unnest_args.join(", ")
+        );
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows = client
+            .query(&sql, &refs)
+            .await
+            .map_err(|e| SourceError::from_pg(&self.ctx.source, e))?;
+        let mut found: HashMap<String, &tokio_postgres::Row> = HashMap::new();
+        for r in &rows {
+            found.insert(r.get::<_, String>(0), r);
+        }
+        let columns = self.targets[t].columns.clone();
+        let tb = self
+            .batch
+            .tables
+            .get_mut(&t)
+            .ok_or_else(|| FlowError::internal("batch table missing"))?;
+        let mut missing = 0usize;
+        for i in needy {
+            let key = key_slots
+                .iter()
+                .map(|&s| value_text(&tb.rows[i].values[s]))
+                .collect::<Result<Vec<_>, _>>()?
+                .join("\u{1}");
+            let Some(r) = found.get(&key) else {
+                // Deleted at the source since: a later change in the stream deletes it here too.
+                missing += 1;
+                continue;
+            };
+            let active = tb.active.clone();
+            let row = &mut tb.rows[i];
+            for &slot in &row.unresolved {
+                let col = &columns[active[slot]];
+                let text: Option<String> = r.get(slot + 1);
+                row.values[slot] = match text {
+                    None => Value::Null,
+                    Some(s) => decode_text(&col.kind, &s)
+                        .map_err(|e| FlowError::new(e.kind(), "22P02", e.to_string()))?,
+                };
+            }
+            row.unresolved.clear();
+        }
+        if missing > 0 {
+            debug!(
+                rows = missing,
+                "rows with unchanged TOAST values are gone at the source; a later delete follows"
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the batch's rows to ClickHouse: one insert per table.
+    async fn write_batch(&mut self) -> Result<(), FlowError> {
+        let tables: Vec<usize> = self.batch.tables.keys().copied().collect();
+        for t in &tables {
+            self.resolve_from_source(*t).await?;
+        }
+        for t in tables {
+            let Some(tb) = self.batch.tables.remove(&t) else {
+                continue;
+            };
+            if tb.rows.is_empty() {
+                continue;
+            }
+            let target = &self.targets[t];
+            let columns: Vec<ColumnSchema> = tb
+                .active
+                .iter()
+                .map(|&c| target.columns[c].clone())
+                .collect();
+            let mut insert = self.ctx.destination.insert(
+                &target.row.destination_database,
+                &target.row.destination_table,
+                &columns,
+            );
+            for r in &tb.rows {
+                insert
+                    .push(&r.values, r.version, r.deleted)
+                    .await
+                    .map_err(|e| match e {
+                        WriteError::Encode { column, source } => FlowError::new(
+                            source.kind(),
+                            "22000",
+                            format!(
+                                "table {}, column \"{}\": {source}",
+                                target.row.source,
+                                columns.get(column).map(|c| c.name.as_str()).unwrap_or("?")
+                            ),
+                        ),
+                        other => FlowError::from(other),
+                    })?;
+            }
+            insert.finish().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the batch, then records and confirms the last complete transaction.
+    async fn flush(&mut self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
+        let started = self.batch.started;
+        self.write_batch().await?;
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_opened = None;
+        if batch.rows > 0 {
+            let record = BatchRecord {
+                rows: batch.rows as i64,
+                first_lsn: batch.first_lsn.unwrap_or(self.committed).to_string(),
+                last_lsn: self.committed.to_string(),
+                started_micros: started.map(pg_micros).unwrap_or_else(now_pg_micros),
+                finished_micros: now_pg_micros(),
+                inserted: batch.inserted,
+                updated: batch.updated,
+                deleted: batch.deleted,
+                last_commit_micros: batch.last_commit_micros,
+            };
+            self.ctx
+                .catalog
+                .confirm(
+                    self.ctx.mirror_id,
+                    &self.committed.to_string(),
+                    &self.server_lsn.to_string(),
+                    Some(&record),
+                )
+                .await?;
+            debug!(rows = batch.rows, lsn = %self.committed, "batch applied");
+        }
+        if self.committed > self.confirmed {
+            self.confirmed = self.committed;
+            self.report(stream).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A key value as pgoutput would print it, for looking rows up by key.
+fn value_text(v: &Value) -> Result<String, FlowError> {
+    Ok(match v {
+        Value::Null => String::new(),
+        Value::Bool(b) => if *b { "t" } else { "f" }.to_owned(),
+        Value::Int16(x) => x.to_string(),
+        Value::Int32(x) => x.to_string(),
+        Value::Int64(x) => x.to_string(),
+        Value::UInt32(x) => x.to_string(),
+        Value::Numeric(n) => n.to_string(),
+        Value::Text(s) => s.clone(),
+        Value::Uuid(u) => {
+            let h = hex_lower(u);
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            )
+        }
+        other => {
+            return Err(FlowError::new(
+                ErrorKind::Unsupported,
+                "0A000",
+                format!("looking rows up by a key of this type is not supported ({other:?})"),
+            ))
+        }
+    })
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_fit_their_kind() {
+        for kind in [
+            ValueKind::Int32,
+            ValueKind::Text,
+            ValueKind::Uuid,
+            ValueKind::Decimal {
+                precision: 10,
+                scale: 2,
+            },
+        ] {
+            let mut out = Vec::new();
+            ferry_clickhouse::rowbinary::encode(&kind, false, &placeholder(&kind, false), &mut out)
+                .unwrap();
+            assert!(!out.is_empty());
+        }
+        assert_eq!(placeholder(&ValueKind::Int32, true), Value::Null);
+    }
+
+    #[test]
+    fn key_text_matches_postgres_output() {
+        assert_eq!(value_text(&Value::Bool(true)).unwrap(), "t");
+        assert_eq!(value_text(&Value::Int64(-5)).unwrap(), "-5");
+        let u = [
+            0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38,
+            0x0a, 0x11,
+        ];
+        assert_eq!(
+            value_text(&Value::Uuid(u)).unwrap(),
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+        );
+    }
+}

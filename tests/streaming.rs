@@ -1,0 +1,194 @@
+//! Streaming changes into ClickHouse against the real servers: inserts, updates (with
+//! unchanged TOAST values and key changes), deletes, TRUNCATE, rolled-back transactions and an
+//! added column all end with ClickHouse's current state equal to the source's.
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use ferry_e2e::{ch_peer_sql, pg_peer_sql, wait_for_state, TestFerry};
+use ferry_testkit::{ChServer, PgServer, TempChDatabase};
+use tokio_postgres::Client;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The source's rows of `t` as text, in key order.
+async fn source_rows(src: &Client, with_extra: bool) -> Vec<String> {
+    let extra = if with_extra {
+        "coalesce(extra::text, '~')"
+    } else {
+        "''"
+    };
+    src.query(
+        &format!("SELECT concat_ws('|', id, coalesce(name, '~'), coalesce(qty::text, '~'), md5(doc), {extra}) FROM t ORDER BY id"),
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// ClickHouse's current rows of `t`, formatted like [`source_rows`]; empty while a column
+/// asked for does not exist yet.
+async fn destination_rows(dest: &TempChDatabase, with_extra: bool) -> Vec<String> {
+    let extra = if with_extra {
+        "ifNull(toString(extra), '~')"
+    } else {
+        "''"
+    };
+    dest.client()
+        .query(&format!(
+            "SELECT concat(toString(id), '|', ifNull(name, '~'), '|', ifNull(toString(qty), '~'), '|',
+                    lower(hex(MD5(ifNull(doc, '')))), '|', {extra})
+             FROM t FINAL WHERE _ferry_is_deleted = 0 ORDER BY id"
+        ))
+        .fetch_all::<String>()
+        .await
+        .unwrap_or_default()
+}
+
+/// Waits until ClickHouse holds exactly the source's rows.
+async fn converge(
+    ferry: &Client,
+    src: &Client,
+    dest: &TempChDatabase,
+    with_extra: bool,
+    step: &str,
+) {
+    let started = Instant::now();
+    let deadline = started + TIMEOUT;
+    loop {
+        let want = source_rows(src, with_extra).await;
+        let got = destination_rows(dest, with_extra).await;
+        if want == got {
+            println!("{step}: converged in {:?}", started.elapsed());
+            return;
+        }
+        let r = ferry
+            .query_one(
+                "SELECT state, coalesce(last_error, '') FROM mirror_status",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_ne!(
+            r.get::<_, String>(0),
+            "failed",
+            "{step}: the mirror failed: {}",
+            r.get::<_, String>(1)
+        );
+        if Instant::now() > deadline {
+            let first_diff = want.iter().zip(&got).position(|(a, b)| a != b);
+            panic!(
+                "{step}: ClickHouse did not converge: source {} rows, destination {} rows, first difference at {:?}",
+                want.len(),
+                got.len(),
+                first_diff.map(|i| (&want[i], &got[i]))
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn changes_stream_into_clickhouse() {
+    let ferry = TestFerry::start().await;
+    let source = PgServer::from_env().temp_database("ferry_src").await;
+    let dest = ChServer::from_env().temp_database("ferry_dst").await;
+    let client = ferry.connect().await;
+    client
+        .batch_execute(&pg_peer_sql(
+            "src",
+            &source.name,
+            &PgServer::from_env().password,
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&ch_peer_sql("dst", &dest.name))
+        .await
+        .unwrap();
+    let src = source.connect().await;
+    src.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, name text, qty int, doc text);
+         ALTER TABLE t ALTER COLUMN doc SET STORAGE EXTERNAL;
+         INSERT INTO t SELECT g, 'n' || g, g, repeat(md5(g::text), 400) FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    client
+        .batch_execute("CREATE MIRROR live FROM src TO dst WITH TABLE MAPPING (t:t) WITH (do_initial_copy = true)")
+        .await
+        .unwrap();
+    wait_for_state(&client, "live", "running", TIMEOUT).await;
+    converge(&client, &src, &dest, false, "initial load").await;
+
+    // Inserts, updates that leave the 12 kB TOASTed column alone, key changes, deletes, and a
+    // transaction that is rolled back.
+    src.batch_execute("INSERT INTO t SELECT g, 'n' || g, g, repeat('y', 9000) || g FROM generate_series(101, 200) g")
+        .await
+        .unwrap();
+    src.batch_execute("UPDATE t SET qty = qty * 10 WHERE id % 2 = 0")
+        .await
+        .unwrap();
+    src.batch_execute("UPDATE t SET id = id + 1000 WHERE id BETWEEN 1 AND 10")
+        .await
+        .unwrap();
+    src.batch_execute("DELETE FROM t WHERE id % 5 = 0")
+        .await
+        .unwrap();
+    src.batch_execute(
+        "BEGIN; UPDATE t SET name = NULL WHERE id > 150; DELETE FROM t WHERE id < 50; ROLLBACK",
+    )
+    .await
+    .unwrap();
+    src.batch_execute(
+        "BEGIN; UPDATE t SET name = 'twice' WHERE id = 11; UPDATE t SET qty = -1 WHERE id = 11; COMMIT",
+    )
+    .await
+    .unwrap();
+    converge(&client, &src, &dest, false, "inserts, updates, deletes").await;
+
+    // TRUNCATE empties the destination; rows after it arrive.
+    src.batch_execute("TRUNCATE t; INSERT INTO t VALUES (1, 'after', 1, 'small')")
+        .await
+        .unwrap();
+    converge(&client, &src, &dest, false, "truncate").await;
+
+    // A column added at the source is added to the destination before rows carrying it.
+    src.batch_execute(
+        "ALTER TABLE t ADD COLUMN extra int; INSERT INTO t VALUES (2, 'x', 2, 'd', 42)",
+    )
+    .await
+    .unwrap();
+    src.batch_execute("UPDATE t SET extra = 7 WHERE id = 1")
+        .await
+        .unwrap();
+    converge(&client, &src, &dest, true, "added column").await;
+
+    // The catalog shows what was applied, and the position moved.
+    let r = client
+        .query_one(
+            "SELECT confirmed_lsn::text, rows_inserted, rows_updated, rows_deleted,
+                    (SELECT count(*) FROM cdc_batches WHERE mirror = 'live')
+             FROM mirror_status WHERE mirror = 'live'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let confirmed: Option<String> = r.get(0);
+    assert!(confirmed.is_some());
+    let (ins, upd, del, batches): (i64, i64, i64, i64) = (r.get(1), r.get(2), r.get(3), r.get(4));
+    assert!(
+        ins >= 102 && upd >= 60 && del >= 20 && batches >= 1,
+        "{ins} {upd} {del} {batches}"
+    );
+    let slot_lsn: String = src
+        .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE database = current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(slot_lsn, "0/0");
+    ferry.stop().await;
+}
