@@ -61,7 +61,7 @@ use ferry_postgres::replication::{
 };
 use ferry_postgres::types::decode_text;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::FlowError;
 
@@ -81,6 +81,8 @@ pub struct StreamContext {
     pub start: Lsn,
     pub sync_interval: Duration,
     pub max_batch_size: usize,
+    /// Warn and mark the mirror when the slot retains more WAL than this.
+    pub max_slot_lag_bytes: Option<u64>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -185,6 +187,8 @@ pub struct Streamer {
     in_transaction: bool,
     commit_micros: i64,
     batch_opened: Option<Instant>,
+    /// Whether the mirror is marked for retaining too much WAL.
+    lag_marked: bool,
 }
 
 impl Streamer {
@@ -212,6 +216,7 @@ impl Streamer {
             in_transaction: false,
             commit_micros: 0,
             batch_opened: None,
+            lag_marked: false,
         })
     }
 
@@ -277,10 +282,43 @@ impl Streamer {
         }
     }
 
-    async fn report(&self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
+    async fn report(&mut self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
         stream
             .send_status(self.confirmed, self.confirmed, self.confirmed, false)
             .await?;
+        self.check_slot_lag().await
+    }
+
+    /// Warns, and marks the mirror, while the slot retains more WAL than allowed.
+    async fn check_slot_lag(&mut self) -> Result<(), FlowError> {
+        let Some(limit) = self.ctx.max_slot_lag_bytes else {
+            return Ok(());
+        };
+        let lag = self.server_lsn.0.saturating_sub(self.confirmed.0);
+        if lag > limit && !self.lag_marked {
+            warn!(
+                lag_bytes = lag,
+                limit_bytes = limit,
+                "the slot retains more WAL than max_slot_lag_bytes"
+            );
+            let message = format!("the replication slot retains {lag} bytes of WAL, more than max_slot_lag_bytes ({limit})");
+            let hint = "ClickHouse may be slow or unreachable; see the daemon's log. The source keeps WAL until Ferry catches up.";
+            self.ctx
+                .catalog
+                .set_mirror_warning(self.ctx.mirror_id, Some((&message, hint)))
+                .await?;
+            self.lag_marked = true;
+        } else if lag <= limit && self.lag_marked {
+            info!(
+                lag_bytes = lag,
+                "the slot's WAL is back under max_slot_lag_bytes"
+            );
+            self.ctx
+                .catalog
+                .set_mirror_warning(self.ctx.mirror_id, None)
+                .await?;
+            self.lag_marked = false;
+        }
         Ok(())
     }
 

@@ -557,6 +557,7 @@ impl MirrorTask {
             start,
             sync_interval: Duration::from_secs(u64::from(self.spec.options.sync_interval_secs)),
             max_batch_size: self.spec.options.max_batch_size as usize,
+            max_slot_lag_bytes: self.spec.options.max_slot_lag_bytes,
             stop: self.stop.clone(),
         });
         cdc::Streamer::new(ctx).await?.run().await?;

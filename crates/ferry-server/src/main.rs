@@ -114,6 +114,7 @@ async fn serve(args: ServerArgs) -> Result<()> {
         tokio::spawn(metrics::serve(
             l,
             shared.metrics.clone(),
+            shared.catalog.clone(),
             shutdown.subscribe(),
         ));
     }

@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use ferry_catalog::Catalog;
+
 use crate::analyze::Command;
 
 /// Counters of the front end.
@@ -89,6 +91,7 @@ impl Metrics {
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    catalog: Catalog,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
@@ -102,6 +105,7 @@ pub async fn serve(
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let metrics = metrics.clone();
+        let catalog = catalog.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let n = match tokio::time::timeout(
@@ -118,7 +122,12 @@ pub async fn serve(
             let (status, body) = if request.starts_with("GET ")
                 && (path == "/metrics" || path.starts_with("/metrics?"))
             {
-                ("200 OK", metrics.render())
+                let mut body = metrics.render();
+                match mirror_metrics(&catalog).await {
+                    Ok(m) => body.push_str(&m),
+                    Err(e) => debug!(error = %e, "mirror metrics unavailable"),
+                }
+                ("200 OK", body)
             } else {
                 ("404 Not Found", "not found\n".to_owned())
             };
@@ -130,4 +139,89 @@ pub async fn serve(
             let _ = socket.shutdown().await;
         });
     }
+}
+
+/// The mirrors' figures, read from the catalog at each scrape (`mirror_status`).
+async fn mirror_metrics(catalog: &Catalog) -> Result<String, ferry_catalog::CatalogError> {
+    let client = catalog.client().await?;
+    let rows = client
+        .query(
+            "SELECT mirror, state, rows_copied::float8, rows_inserted::float8, rows_updated::float8,
+                    rows_deleted::float8, coalesce(slot_lag_bytes, 0)::float8, coalesce(lag_seconds, 0)::float8,
+                    coalesce(confirmed_lsn - '0/0', 0)::float8,
+                    coalesce(extract(epoch FROM last_batch_at), 0)::float8
+             FROM public.mirror_status ORDER BY mirror",
+            &[],
+        )
+        .await?;
+    // (name, type, help, column of the query; MAX: the state label)
+    let series: [(&str, &str, &str, usize); 7] = [
+        (
+            "ferry_mirror_rows_copied",
+            "gauge",
+            "Rows copied by the initial load.",
+            2,
+        ),
+        (
+            "ferry_mirror_rows_applied_total",
+            "counter",
+            "Changes applied, by kind.",
+            3,
+        ),
+        (
+            "ferry_mirror_slot_lag_bytes",
+            "gauge",
+            "WAL the slot retains beyond the confirmed position.",
+            6,
+        ),
+        (
+            "ferry_mirror_lag_seconds",
+            "gauge",
+            "Source commit to ClickHouse, for the last batch.",
+            7,
+        ),
+        (
+            "ferry_mirror_confirmed_lsn",
+            "gauge",
+            "The confirmed LSN, as a byte position.",
+            8,
+        ),
+        (
+            "ferry_mirror_last_batch_timestamp_seconds",
+            "gauge",
+            "When the last batch was written.",
+            9,
+        ),
+        (
+            "ferry_mirror_up",
+            "gauge",
+            "1 for each mirror, labelled with its state.",
+            usize::MAX,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, col) in &series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for r in &rows {
+            let mirror: String = r.get(0);
+            let mirror = mirror.replace('\\', "\\\\").replace('"', "\\\"");
+            match *col {
+                usize::MAX => {
+                    let state: String = r.get(1);
+                    let _ = writeln!(out, "{name}{{mirror=\"{mirror}\",state=\"{state}\"}} 1");
+                }
+                3 => {
+                    for (kind, c) in [("insert", 3), ("update", 4), ("delete", 5)] {
+                        let v: f64 = r.get(c);
+                        let _ = writeln!(out, "{name}{{mirror=\"{mirror}\",kind=\"{kind}\"}} {v}");
+                    }
+                }
+                c => {
+                    let v: f64 = r.get(c);
+                    let _ = writeln!(out, "{name}{{mirror=\"{mirror}\"}} {v}");
+                }
+            }
+        }
+    }
+    Ok(out)
 }
