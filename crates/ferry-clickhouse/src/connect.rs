@@ -113,10 +113,16 @@ fn server_code(text: &str) -> Option<u32> {
 
 /// A client for the peer's database.
 pub fn client(cfg: &ClickhouseConfig) -> clickhouse::Client {
+    let compression = if cfg.compress() {
+        clickhouse::Compression::Lz4
+    } else {
+        clickhouse::Compression::None
+    };
     let mut c = clickhouse::Client::default()
         .with_url(cfg.url())
         .with_user(&cfg.user)
-        .with_database(&cfg.database);
+        .with_database(&cfg.database)
+        .with_compression(compression);
     if !cfg.password.is_empty() {
         c = c.with_password(&cfg.password);
     }

@@ -254,9 +254,21 @@ pub struct ClickhouseConfig {
     pub password: String,
     pub database: String,
     pub disable_tls: bool,
+    /// Compression of inserts: `Some(true)` lz4, `Some(false)` none; `None` decides by host
+    /// (none on loopback, where it only costs CPU; lz4 elsewhere).
+    #[serde(default)]
+    pub compression: Option<bool>,
 }
 
 impl ClickhouseConfig {
+    /// Whether inserts are compressed (see [`ClickhouseConfig::compression`]).
+    pub fn compress(&self) -> bool {
+        self.compression.unwrap_or_else(|| {
+            let h = self.host.trim_matches(|c| c == '[' || c == ']');
+            !(h == "localhost" || h == "::1" || h.starts_with("127."))
+        })
+    }
+
     /// The base URL of the HTTP interface.
     pub fn url(&self) -> String {
         let scheme = if self.disable_tls { "http" } else { "https" };
@@ -361,6 +373,18 @@ impl PeerConfig {
                         .string("database")?
                         .unwrap_or_else(|| "default".to_owned()),
                     disable_tls: r.boolean("disable_tls")?.unwrap_or(false),
+                    compression: match r.string("compression")?.as_deref() {
+                        None => None,
+                        Some("lz4") => Some(true),
+                        Some("none") => Some(false),
+                        Some(other) => {
+                            return Err(OptionError::WrongType {
+                                name: "compression".into(),
+                                expected: "'lz4' or 'none'",
+                                got: format!("{other:?}"),
+                            })
+                        }
+                    },
                 };
                 r.finish()?;
                 Ok(PeerConfig::Clickhouse(cfg))
@@ -471,5 +495,26 @@ mod tests {
         back.set_password("secret".into());
         assert_eq!(back, cfg);
         assert!(!format!("{cfg:?}").contains("secret"));
+    }
+
+    #[test]
+    fn compression_defaults_by_host_and_can_be_set() {
+        let cfg = |host: &str, c: Option<&str>| {
+            let mut o = opts(&[("host", s(host))]);
+            if let Some(c) = c {
+                o.push(("compression".into(), s(c)));
+            }
+            match PeerConfig::from_options(PeerKind::Clickhouse, &o) {
+                Ok(PeerConfig::Clickhouse(c)) => Ok(c.compress()),
+                Ok(_) => unreachable!(),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(cfg("127.0.0.1", None), Ok(false));
+        assert_eq!(cfg("localhost", None), Ok(false));
+        assert_eq!(cfg("ch.example.com", None), Ok(true));
+        assert_eq!(cfg("127.0.0.1", Some("lz4")), Ok(true));
+        assert_eq!(cfg("ch.example.com", Some("none")), Ok(false));
+        assert!(cfg("h", Some("zstd")).is_err());
     }
 }
