@@ -97,6 +97,8 @@ struct Relation {
     target: usize,
     /// For each column of the relation, its index among the target's columns.
     positions: Vec<usize>,
+    /// The same indices, sorted: the columns a change of this relation writes.
+    active: Vec<usize>,
 }
 
 /// One change, as a destination row.
@@ -176,7 +178,7 @@ fn placeholder(kind: &ValueKind, nullable: bool) -> Value {
 pub struct Streamer {
     ctx: Arc<StreamContext>,
     targets: Vec<Target>,
-    relations: HashMap<u32, Option<Relation>>,
+    relations: HashMap<u32, Option<Arc<Relation>>>,
     batch: Batch,
     /// Everything up to here is in ClickHouse and the catalog.
     confirmed: Lsn,
@@ -360,8 +362,8 @@ impl Streamer {
             PgOutputMessage::Insert {
                 relation_id, new, ..
             } => {
-                if let Some((t, positions)) = self.route(relation_id) {
-                    self.push(t, &positions, &new, lsn, false).await?;
+                if let Some((t, relation)) = self.route(relation_id) {
+                    self.push(t, &relation, &new, lsn, false).await?;
                     self.batch.inserted += 1;
                 }
             }
@@ -371,24 +373,24 @@ impl Streamer {
                 new,
                 ..
             } => {
-                if let Some((t, positions)) = self.route(relation_id) {
+                if let Some((t, relation)) = self.route(relation_id) {
                     if let Some(old) = &old {
                         // The key changed: the row under the old key is gone.
-                        if self.key_of(t, &positions, old.tuple())
-                            != self.key_of(t, &positions, &new)
+                        if self.key_of(t, &relation.positions, old.tuple())
+                            != self.key_of(t, &relation.positions, &new)
                         {
-                            self.push(t, &positions, old.tuple(), lsn, true).await?;
+                            self.push(t, &relation, old.tuple(), lsn, true).await?;
                         }
                     }
-                    self.push(t, &positions, &new, lsn, false).await?;
+                    self.push(t, &relation, &new, lsn, false).await?;
                     self.batch.updated += 1;
                 }
             }
             PgOutputMessage::Delete {
                 relation_id, old, ..
             } => {
-                if let Some((t, positions)) = self.route(relation_id) {
-                    self.push(t, &positions, old.tuple(), lsn, true).await?;
+                if let Some((t, relation)) = self.route(relation_id) {
+                    self.push(t, &relation, old.tuple(), lsn, true).await?;
                     self.batch.deleted += 1;
                 }
             }
@@ -429,9 +431,9 @@ impl Streamer {
         Ok(())
     }
 
-    fn route(&self, relation_id: u32) -> Option<(usize, Vec<usize>)> {
+    fn route(&self, relation_id: u32) -> Option<(usize, Arc<Relation>)> {
         match self.relations.get(&relation_id) {
-            Some(Some(r)) => Some((r.target, r.positions.clone())),
+            Some(Some(r)) => Some((r.target, r.clone())),
             _ => None,
         }
     }
@@ -486,12 +488,15 @@ impl Streamer {
             }
             positions.push(i);
         }
+        let mut active = positions.clone();
+        active.sort_unstable();
         self.relations.insert(
             body.id,
-            Some(Relation {
+            Some(Arc::new(Relation {
                 target: t,
                 positions,
-            }),
+                active,
+            })),
         );
         Ok(())
     }
@@ -619,20 +624,20 @@ impl Streamer {
     async fn push(
         &mut self,
         t: usize,
-        positions: &[usize],
+        relation: &Relation,
         tuple: &TupleData,
         lsn: Lsn,
         deleted: bool,
     ) -> Result<(), FlowError> {
+        let positions = &relation.positions;
         // The columns this change writes: those the relation has now.
-        let mut active: Vec<usize> = positions.to_vec();
-        active.sort_unstable();
+        let active = &relation.active;
         {
             let tb = self.batch.tables.entry(t).or_default();
             if tb.active.is_empty() {
                 tb.active = active.clone();
             }
-            if tb.active != active {
+            if &tb.active != active {
                 // Cannot happen: a Relation message flushes the table first.
                 return Err(FlowError::internal("columns changed within a batch"));
             }
