@@ -266,7 +266,9 @@ impl Catalog {
             .execute(
                 "UPDATE ferry.mirror_table SET state = $2, error = $3,
                      started_at = CASE WHEN $2 = 'copying' THEN coalesce(started_at, now()) ELSE started_at END,
-                     finished_at = CASE WHEN $2 = 'done' THEN now() ELSE NULL END
+                     finished_at = CASE WHEN $2 = 'done' THEN now() ELSE NULL END,
+                     -- Once a table is copied, its real row count replaces the planner's estimate.
+                     rows_estimated = CASE WHEN $2 = 'done' THEN rows_copied ELSE rows_estimated END
                  WHERE id = $1",
                 &[&table_id, &state, &error],
             )
@@ -572,5 +574,25 @@ impl Catalog {
             )
             .await?;
         Ok(())
+    }
+}
+
+impl Catalog {
+    /// Whether some ranges of a mirror were read in a snapshot other than the slot's (after a
+    /// restart or a pause), so that the slot's changes are needed to reconcile them.
+    pub async fn has_fresh_snapshot_partitions(
+        &self,
+        mirror_id: i64,
+    ) -> Result<bool, CatalogError> {
+        let client = self.client().await?;
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM ferry.mirror_partition p JOIN ferry.mirror_table t ON t.id = p.table_id
+                 WHERE t.mirror_id = $1 AND p.state = 'done' AND p.snapshot IS NULL",
+                &[&mirror_id],
+            )
+            .await?
+            .get(0);
+        Ok(n > 0)
     }
 }

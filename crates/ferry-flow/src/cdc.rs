@@ -83,6 +83,8 @@ pub struct StreamContext {
     pub max_batch_size: usize,
     /// Warn and mark the mirror when the slot retains more WAL than this.
     pub max_slot_lag_bytes: Option<u64>,
+    /// Stop once everything up to here is applied (catching up after a load); `None`: never.
+    pub until: Option<Lsn>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -239,7 +241,13 @@ impl Streamer {
         let mut stop = self.ctx.stop.clone();
         let mut status = tokio::time::interval(STATUS_EVERY);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut ticks = 0u64;
         loop {
+            if self.ctx.until.is_some_and(|u| self.confirmed >= u) {
+                info!(lsn = %self.confirmed, "caught up");
+                let _ = stream.stop().await;
+                return Ok(());
+            }
             tokio::select! {
                 msg = stream.next() => {
                     let Some(msg) = msg? else {
@@ -267,9 +275,14 @@ impl Streamer {
                     }
                 }
                 _ = tick.tick() => {
+                    ticks += 1;
                     let due = self.batch_opened.is_some_and(|t| t.elapsed() >= self.ctx.sync_interval);
                     if due && !self.in_transaction {
                         self.flush(&mut stream).await?;
+                    }
+                    // Catching up: ask for a keepalive, which moves an idle position forward.
+                    if self.ctx.until.is_some() && ticks % 5 == 0 && self.batch.rows == 0 && !self.in_transaction {
+                        stream.send_status(self.confirmed, self.confirmed, self.confirmed, true).await?;
                     }
                 }
                 _ = status.tick() => self.report(&mut stream).await?,

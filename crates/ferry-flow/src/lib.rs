@@ -267,7 +267,19 @@ impl Engine {
         }
         drop(client);
 
-        // A new slot and snapshot: the old slot's position is behind the new load.
+        // The publication (an initial_copy_only mirror dropped its own) and a new slot and
+        // snapshot: the old slot's position is behind the new load.
+        if let Some(publication) = &row.publication_name {
+            let client = ferry_postgres::connect::connect(&src_cfg, "ferry resync").await?;
+            let names: Vec<ferry_core::TableName> = self
+                .catalog
+                .mirror_tables(row.id)
+                .await?
+                .into_iter()
+                .map(|t| t.source)
+                .collect();
+            setup::ensure_publication(&client, &src_cfg, publication, &names).await?;
+        }
         let slot = row
             .slot_name
             .clone()
@@ -469,6 +481,31 @@ impl MirrorTask {
                 Ok(None)
             }
             snapshot::LoadOutcome::Done if o.initial_copy_only => {
+                // Ranges read after a restart or pause saw a later state than the slot's
+                // snapshot; the slot's changes up to now reconcile every row (snapshot.rs).
+                if self
+                    .catalog
+                    .has_fresh_snapshot_partitions(self.row.id)
+                    .await?
+                {
+                    let client =
+                        ferry_postgres::connect::connect(&self.source, "ferry catch-up").await?;
+                    let now: String = client
+                        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                        .await
+                        .map_err(|e| {
+                            ferry_postgres::connect::SourceError::from_pg(&self.source, e)
+                        })?
+                        .get(0);
+                    let until: Lsn = now
+                        .parse()
+                        .map_err(|e| FlowError::internal(format!("{e}")))?;
+                    info!(until = %until, "applying the changes made during the load");
+                    self.stream_until(Some(until)).await?;
+                    if *self.stop.borrow() {
+                        return Ok(None);
+                    }
+                }
                 let publication = if self.row.created_publication {
                     self.row.publication_name.as_deref()
                 } else {
@@ -533,6 +570,12 @@ impl MirrorTask {
 
     /// Streams changes from the catalog's confirmed position until stopped.
     async fn stream(&self) -> Result<Option<MirrorState>, FlowError> {
+        self.stream_until(None).await?;
+        Ok(None)
+    }
+
+    /// Streams from the catalog's confirmed position until stopped, or until `until` is applied.
+    async fn stream_until(&self, until: Option<Lsn>) -> Result<(), FlowError> {
         let row = self
             .catalog
             .mirror(&self.row.name)
@@ -558,10 +601,10 @@ impl MirrorTask {
             sync_interval: Duration::from_secs(u64::from(self.spec.options.sync_interval_secs)),
             max_batch_size: self.spec.options.max_batch_size as usize,
             max_slot_lag_bytes: self.spec.options.max_slot_lag_bytes,
+            until,
             stop: self.stop.clone(),
         });
-        cdc::Streamer::new(ctx).await?.run().await?;
-        Ok(None)
+        cdc::Streamer::new(ctx).await?.run().await
     }
 }
 

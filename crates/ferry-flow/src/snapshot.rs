@@ -18,7 +18,9 @@
 //! every change since the consistent point: rows of a range read later than the others already
 //! contain some of those changes, and applying the stream from the consistent point replays
 //! them, with versions above the load's, so every row converges to its current state at the
-//! source. Reading a range twice is harmless too: a row has the same key and version (0) in
+//! source. A mirror that streams does so anyway; an `initial_copy_only` mirror whose ranges were
+//! not all read in the exported snapshot applies the slot's changes up to the then current WAL
+//! position before it completes and drops its slot. Reading a range twice is harmless too: a row has the same key and version (0) in
 //! both inserts, and `ReplacingMergeTree` keeps one.
 //!
 //! # Failures

@@ -1,0 +1,158 @@
+//! Regressions: a resumed initial_copy_only load reconciled by the slot's changes, and the
+//! progress of a completed load.
+
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use ferry_e2e::{ch_peer_sql, pg_peer_sql, wait_for_state, TestFerry};
+use ferry_testkit::{ChServer, PgServer, TempChDatabase, TempPgDatabase};
+use tokio_postgres::Client;
+
+async fn setup() -> (TestFerry, Client, TempPgDatabase, TempChDatabase, Client) {
+    let ferry = TestFerry::start().await;
+    let source = PgServer::from_env().temp_database("ferry_src").await;
+    let dest = ChServer::from_env().temp_database("ferry_dst").await;
+    let client = ferry.connect().await;
+    client
+        .batch_execute(&pg_peer_sql(
+            "src",
+            &source.name,
+            &PgServer::from_env().password,
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&ch_peer_sql("dst", &dest.name))
+        .await
+        .unwrap();
+    let src = source.connect().await;
+    (ferry, client, source, dest, src)
+}
+
+/// An initial_copy_only load paused half-way (a restart does the same) while the source
+/// changes: after RESUME the pending ranges are read in fresh snapshots and the done ones are
+/// not read again, so rows deleted during the pause, and rows whose new version moved into a
+/// done range, are only right once the slot's changes since the load began are applied, which
+/// the mirror does before it completes.
+#[tokio::test]
+async fn initial_copy_only_resumed_load_matches_the_source() {
+    let (ferry, client, _source, dest, src) = setup().await;
+    src.batch_execute(
+        "CREATE TABLE t (id int8 PRIMARY KEY, note text NOT NULL);
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 300000) g;",
+    )
+    .await
+    .unwrap();
+    src.batch_execute("VACUUM ANALYZE t").await.unwrap();
+    client
+        .batch_execute(
+            "CREATE MIRROR m FROM src TO dst WITH TABLE MAPPING (public.t:t)
+             WITH (do_initial_copy = true, initial_copy_only = true,
+                   snapshot_num_rows_per_partition = 5000, snapshot_max_parallel_workers = 1)",
+        )
+        .await
+        .unwrap();
+    let catalog = ferry.catalog().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done: i64 = catalog
+            .query_one("SELECT count(*) FROM ferry.mirror_partition WHERE state = 'done' AND partition_no = 0", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if done == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.batch_execute("PAUSE MIRROR m").await.unwrap();
+    // While paused: free the first (done) range's pages, then grow rows of the last (pending)
+    // range so that their new versions move into that free space.
+    src.batch_execute("DELETE FROM t WHERE id <= 2000")
+        .await
+        .unwrap();
+    src.batch_execute("VACUUM (INDEX_CLEANUP ON) t")
+        .await
+        .unwrap();
+    src.batch_execute("UPDATE t SET note = 'moved ' || repeat('x', 1000) WHERE id > 299000")
+        .await
+        .unwrap();
+    let first_end: i64 = catalog
+        .query_one(
+            "SELECT end_block FROM ferry.mirror_partition WHERE partition_no = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let moved: i64 = src
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM t WHERE id > 299000 AND (ctid::text::point)[0] < {first_end}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    println!("{moved} updated rows now live in blocks < {first_end} (partition 0, done before the pause)");
+    client.batch_execute("RESUME MIRROR m").await.unwrap();
+    wait_for_state(&client, "m", "completed", Duration::from_secs(300)).await;
+
+    let pg: i64 = src
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let ch = dest.client();
+    let total: u64 = ch
+        .query("SELECT count() FROM t FINAL WHERE _ferry_is_deleted = 0")
+        .fetch_one()
+        .await
+        .unwrap();
+    let updated: u64 = ch
+        .query("SELECT count() FROM t FINAL WHERE _ferry_is_deleted = 0 AND id > 299000")
+        .fetch_one()
+        .await
+        .unwrap();
+    let deleted: u64 = ch
+        .query("SELECT count() FROM t FINAL WHERE _ferry_is_deleted = 0 AND id <= 2000")
+        .fetch_one()
+        .await
+        .unwrap();
+    println!("source {pg} rows; ClickHouse {total}; ids > 299000: {updated} (source 1000); ids <= 2000: {deleted} (source 0)");
+    assert_eq!(updated, 1000, "rows that exist at the source are missing");
+    assert_eq!(total as i64, pg);
+    ferry.stop().await;
+}
+
+/// A completed mirror shows 100 percent even when the planner's estimate was stale (rows
+/// deleted after the last ANALYZE).
+#[tokio::test]
+async fn a_completed_mirror_is_at_100_percent() {
+    let (ferry, client, _source, _dest, src) = setup().await;
+    src.batch_execute(
+        "CREATE TABLE shrink (id int PRIMARY KEY); INSERT INTO shrink SELECT generate_series(1, 10000);
+         ANALYZE shrink; DELETE FROM shrink WHERE id > 2000;",
+    )
+    .await
+    .unwrap();
+    client
+        .batch_execute(
+            "CREATE MIRROR m FROM src TO dst WITH TABLE MAPPING (public.shrink:shrink)
+             WITH (do_initial_copy = true, initial_copy_only = true)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&client, "m", "completed", Duration::from_secs(120)).await;
+    let r = client
+        .query_one("SELECT percent::float8, rows_copied::int8, rows_estimated::int8 FROM mirror_status WHERE mirror = 'm'", &[])
+        .await
+        .unwrap();
+    let (percent, copied, estimated): (Option<f64>, i64, i64) = (r.get(0), r.get(1), r.get(2));
+    println!("completed: percent {percent:?}, rows_copied {copied}, rows_estimated {estimated}");
+    assert_eq!(percent, Some(100.0));
+    ferry.stop().await;
+}
