@@ -429,7 +429,7 @@ impl Catalog {
             .await?;
         }
         tx.execute(
-            "UPDATE ferry.mirrors SET state = 'snapshot', snapshot_lsn = $2::text::pg_lsn, error = NULL,
+            "UPDATE ferry.mirrors SET state = 'snapshot', snapshot_lsn = $2::text::pg_lsn, confirmed_lsn = NULL, error = NULL,
                  error_hint = NULL, started_at = now(), snapshot_done_at = NULL, finished_at = NULL,
                  updated_at = now()
              WHERE id = $1",
