@@ -67,6 +67,8 @@ use crate::FlowError;
 
 /// How often the position is reported to the source when nothing else happens.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// How often an idle mirror's moving position is written to the catalog.
+const IDLE_CATALOG_EVERY: Duration = Duration::from_secs(5);
 
 /// What the stream needs to know about its mirror.
 pub struct StreamContext {
@@ -193,6 +195,8 @@ pub struct Streamer {
     batch_opened: Option<Instant>,
     /// Whether the mirror is marked for retaining too much WAL.
     lag_marked: bool,
+    /// When an idle advance was last recorded in the catalog.
+    catalog_written: Option<Instant>,
 }
 
 impl Streamer {
@@ -221,6 +225,7 @@ impl Streamer {
             commit_micros: 0,
             batch_opened: None,
             lag_marked: false,
+            catalog_written: None,
         })
     }
 
@@ -266,7 +271,7 @@ impl Streamer {
                             self.server_lsn = self.server_lsn.max(wal_end);
                             if self.batch.rows == 0 && !self.in_transaction && wal_end > self.confirmed {
                                 // Nothing pending: everything the server sent is applied.
-                                self.advance_idle(wal_end).await?;
+                                self.advance_idle(wal_end, &mut stream).await?;
                             }
                             if reply_requested {
                                 self.report(&mut stream).await?;
@@ -290,6 +295,10 @@ impl Streamer {
                     if !self.in_transaction && self.batch.rows > 0 {
                         self.flush(&mut stream).await?;
                     }
+                    self.ctx
+                        .catalog
+                        .confirm(self.ctx.mirror_id, &self.confirmed.to_string(), &self.server_lsn.to_string(), None)
+                        .await?;
                     let _ = stream.stop().await;
                     return Ok(());
                 }
@@ -337,18 +346,22 @@ impl Streamer {
         Ok(())
     }
 
-    async fn advance_idle(&mut self, to: Lsn) -> Result<(), FlowError> {
-        self.ctx
-            .catalog
-            .confirm(
-                self.ctx.mirror_id,
-                &to.to_string(),
-                &self.server_lsn.to_string(),
-                None,
-            )
-            .await?;
+    /// Moves the position of a mirror with nothing pending. The server sends a keepalive each
+    /// time it has sent all WAL and the client's position is behind, which on a busy server is
+    /// often: the source hears of the new position at once (so it stops asking), the catalog
+    /// every few seconds. Confirming to the source ahead of the catalog is safe here: nothing
+    /// between the two positions concerns the mirror.
+    async fn advance_idle(&mut self, to: Lsn, stream: &mut ReplicationStream) -> Result<(), FlowError> {
         self.confirmed = to;
         self.committed = self.committed.max(to);
+        stream.send_status(to, to, to, false).await?;
+        if self.catalog_written.is_none_or(|t| t.elapsed() >= IDLE_CATALOG_EVERY) {
+            self.ctx
+                .catalog
+                .confirm(self.ctx.mirror_id, &to.to_string(), &self.server_lsn.to_string(), None)
+                .await?;
+            self.catalog_written = Some(Instant::now());
+        }
         Ok(())
     }
 
