@@ -192,3 +192,93 @@ async fn changes_stream_into_clickhouse() {
     assert_ne!(slot_lsn, "0/0");
     ferry.stop().await;
 }
+
+#[tokio::test]
+async fn tables_created_in_a_mapped_schema_join_the_mirror() {
+    let ferry = TestFerry::start().await;
+    let source = PgServer::from_env().temp_database("ferry_src").await;
+    let dest = ChServer::from_env().temp_database("ferry_dst").await;
+    let client = ferry.connect().await;
+    client
+        .batch_execute(&pg_peer_sql(
+            "src",
+            &source.name,
+            &PgServer::from_env().password,
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&ch_peer_sql("dst", &dest.name))
+        .await
+        .unwrap();
+    let src = source.connect().await;
+    src.batch_execute(
+        "CREATE SCHEMA app; CREATE TABLE app.a (id int PRIMARY KEY); INSERT INTO app.a VALUES (1)",
+    )
+    .await
+    .unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE MIRROR apps FROM src TO dst WITH SCHEMA MAPPING (app:{}) WITH (do_initial_copy = true)",
+            dest.name
+        ))
+        .await
+        .unwrap();
+    wait_for_state(&client, "apps", "running", TIMEOUT).await;
+
+    // A new table, and one created and filled in the same transaction.
+    src.batch_execute("CREATE TABLE app.b (id int PRIMARY KEY, v text); INSERT INTO app.b SELECT g, 'v' || g FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    src.batch_execute(
+        "BEGIN; CREATE TABLE app.c (id int PRIMARY KEY); INSERT INTO app.c VALUES (1), (2); COMMIT",
+    )
+    .await
+    .unwrap();
+    src.batch_execute(
+        "UPDATE app.b SET v = 'changed' WHERE id <= 5; DELETE FROM app.b WHERE id > 40",
+    )
+    .await
+    .unwrap();
+
+    let ch = dest.client();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let b: Vec<String> = ch
+            .query("SELECT concat(toString(id), ifNull(v, '~')) FROM b FINAL WHERE _ferry_is_deleted = 0 ORDER BY id")
+            .fetch_all()
+            .await
+            .unwrap_or_default();
+        let c: u64 = ch
+            .query("SELECT count() FROM c FINAL WHERE _ferry_is_deleted = 0")
+            .fetch_one()
+            .await
+            .unwrap_or(0);
+        let want: Vec<String> = src
+            .query("SELECT id || v FROM app.b ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if b == want && c == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new tables did not arrive: b {} rows (want {}), c {c} rows",
+            b.len(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let tables: Vec<String> = client
+        .query("SELECT source_table FROM mirror_tables WHERE mirror = 'apps' AND state = 'done' ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tables, ["app.a", "app.b", "app.c"]);
+    ferry.stop().await;
+}

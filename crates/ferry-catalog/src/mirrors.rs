@@ -596,3 +596,40 @@ impl Catalog {
         Ok(n > 0)
     }
 }
+
+impl Catalog {
+    /// Adds a table to a running mirror (a table created in a mapped schema), already `done`:
+    /// its rows arrive through the stream. Returns the stored row; an existing one is kept.
+    pub async fn add_streamed_table(
+        &self,
+        mirror_id: i64,
+        t: &NewTable,
+    ) -> Result<TableRow, CatalogError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO ferry.mirror_table (mirror_id, source_schema, source_table, source_oid,
+                     destination_database, destination_table, columns, state, started_at, finished_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'done', now(), now())
+                 ON CONFLICT (mirror_id, source_schema, source_table) DO NOTHING",
+                &[
+                    &mirror_id,
+                    &t.source.schema,
+                    &t.source.name,
+                    &t.source_oid,
+                    &t.destination_database,
+                    &t.destination_table,
+                    &t.columns,
+                ],
+            )
+            .await?;
+        drop(client);
+        self.mirror_tables(mirror_id)
+            .await?
+            .into_iter()
+            .find(|r| r.source == t.source)
+            .ok_or_else(|| {
+                CatalogError::Corrupt(format!("table {} vanished after it was added", t.source))
+            })
+    }
+}

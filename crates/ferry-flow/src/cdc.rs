@@ -87,6 +87,8 @@ pub struct StreamContext {
     pub max_slot_lag_bytes: Option<u64>,
     /// Stop once everything up to here is applied (catching up after a load); `None`: never.
     pub until: Option<Lsn>,
+    /// For a schema mapping: source schema → destination database, where new tables are adopted.
+    pub schemas: Vec<(String, String)>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -351,14 +353,26 @@ impl Streamer {
     /// often: the source hears of the new position at once (so it stops asking), the catalog
     /// every few seconds. Confirming to the source ahead of the catalog is safe here: nothing
     /// between the two positions concerns the mirror.
-    async fn advance_idle(&mut self, to: Lsn, stream: &mut ReplicationStream) -> Result<(), FlowError> {
+    async fn advance_idle(
+        &mut self,
+        to: Lsn,
+        stream: &mut ReplicationStream,
+    ) -> Result<(), FlowError> {
         self.confirmed = to;
         self.committed = self.committed.max(to);
         stream.send_status(to, to, to, false).await?;
-        if self.catalog_written.is_none_or(|t| t.elapsed() >= IDLE_CATALOG_EVERY) {
+        if self
+            .catalog_written
+            .is_none_or(|t| t.elapsed() >= IDLE_CATALOG_EVERY)
+        {
             self.ctx
                 .catalog
-                .confirm(self.ctx.mirror_id, &to.to_string(), &self.server_lsn.to_string(), None)
+                .confirm(
+                    self.ctx.mirror_id,
+                    &to.to_string(),
+                    &self.server_lsn.to_string(),
+                    None,
+                )
                 .await?;
             self.catalog_written = Some(Instant::now());
         }
@@ -467,10 +481,17 @@ impl Streamer {
     /// Takes in a Relation message: maps its columns onto the target, adding new ones.
     async fn relation(&mut self, body: RelationBody) -> Result<(), FlowError> {
         let name = TableName::new(body.namespace.clone(), body.name.clone());
-        let Some(t) = self.targets.iter().position(|x| x.row.source == name) else {
-            debug!(table = %name, "changes of a table outside the mirror are skipped");
-            self.relations.insert(body.id, None);
-            return Ok(());
+        let known = self.targets.iter().position(|x| x.row.source == name);
+        let t = match known {
+            Some(t) => t,
+            None => match self.adopt(&name).await? {
+                Some(t) => t,
+                None => {
+                    debug!(table = %name, "changes of a table outside the mirror are skipped");
+                    self.relations.insert(body.id, None);
+                    return Ok(());
+                }
+            },
         };
         // Rows gathered under the old shape go out first.
         if self
@@ -525,6 +546,65 @@ impl Streamer {
             })),
         );
         Ok(())
+    }
+
+    /// A table created in a mapped schema after the mirror started: its destination table is
+    /// created and it joins the mirror. Its rows all come through the stream, since the
+    /// publication covered the schema when the table was created.
+    async fn adopt(&mut self, name: &TableName) -> Result<Option<usize>, FlowError> {
+        let Some((_, db)) = self.ctx.schemas.iter().find(|(s, _)| *s == name.schema) else {
+            return Ok(None);
+        };
+        let client = connect(&self.ctx.source, "ferry new table").await?;
+        let scale = ferry_postgres::source::money_scale(&client, &self.ctx.source).await?;
+        let Some(described) =
+            ferry_postgres::source::describe_table(&client, &self.ctx.source, name, &[], scale)
+                .await?
+        else {
+            return Ok(None);
+        };
+        if !described.has_identity() {
+            let message = format!("new table {name} has no primary key and is not replicated");
+            warn!(table = %name, "a new table in a mapped schema has no primary key; not replicated");
+            self.ctx
+                .catalog
+                .set_mirror_warning(
+                    self.ctx.mirror_id,
+                    Some((
+                        &message,
+                        "Add a primary key, or set REPLICA IDENTITY FULL, then RESYNC MIRROR.",
+                    )),
+                )
+                .await?;
+            return Ok(None);
+        }
+        let destination = &self.ctx.destination;
+        destination.ensure_database(db).await?;
+        if !destination.table_exists(db, &name.name).await? {
+            destination
+                .create_table(db, &name.name, &described.columns)
+                .await?;
+        }
+        let new = ferry_catalog::NewTable {
+            source: name.clone(),
+            source_oid: described.oid,
+            destination_database: db.clone(),
+            destination_table: name.name.clone(),
+            columns: serde_json::to_value(&described.columns)
+                .map_err(|e| FlowError::internal(e.to_string()))?,
+            rows_estimated: 0,
+        };
+        let row = self
+            .ctx
+            .catalog
+            .add_streamed_table(self.ctx.mirror_id, &new)
+            .await?;
+        info!(table = %name, destination = %format!("{db}.{}", name.name), "new table in a mapped schema joins the mirror");
+        self.targets.push(Target {
+            row,
+            columns: described.columns,
+        });
+        Ok(Some(self.targets.len() - 1))
     }
 
     async fn add_columns(&mut self, t: usize, names: &[String]) -> Result<(), FlowError> {

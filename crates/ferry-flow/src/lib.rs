@@ -278,7 +278,11 @@ impl Engine {
                 .into_iter()
                 .map(|t| t.source)
                 .collect();
-            setup::ensure_publication(&client, &src_cfg, publication, &names).await?;
+            let mut schemas = Vec::new();
+            let scope =
+                setup::publication_scope(&client, &src_cfg, &spec.mapping, &mut schemas, &names)
+                    .await?;
+            setup::ensure_publication(&client, &src_cfg, publication, scope).await?;
         }
         let slot = row
             .slot_name
@@ -602,6 +606,10 @@ impl MirrorTask {
             max_batch_size: self.spec.options.max_batch_size as usize,
             max_slot_lag_bytes: self.spec.options.max_slot_lag_bytes,
             until,
+            schemas: match &self.spec.mapping {
+                ferry_core::mirror::Mapping::Schemas(pairs) => pairs.clone(),
+                ferry_core::mirror::Mapping::Tables(_) => Vec::new(),
+            },
             stop: self.stop.clone(),
         });
         cdc::Streamer::new(ctx).await?.run().await

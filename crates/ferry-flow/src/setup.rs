@@ -229,11 +229,41 @@ pub fn mirror_names(mirror: &str, spec: &MirrorSpec) -> (String, String) {
 }
 
 /// Creates the publication unless one of that name exists; returns whether it created it.
+/// What a publication Ferry creates covers.
+pub enum PublicationScope<'a> {
+    Tables(&'a [TableName]),
+    /// Every table of these schemas, including tables created later (PostgreSQL 15+).
+    Schemas(&'a [String]),
+}
+
+/// The scope of a mirror's publication: whole schemas for a schema mapping where the server
+/// can (so that tables created later are published too), else the tables.
+pub async fn publication_scope<'a>(
+    client: &Client,
+    cfg: &PostgresConfig,
+    mapping: &'a Mapping,
+    schemas: &'a mut Vec<String>,
+    tables: &'a [TableName],
+) -> Result<PublicationScope<'a>, FlowError> {
+    if let Mapping::Schemas(pairs) = mapping {
+        let version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int4", &[])
+            .await
+            .map_err(|e| ferry_postgres::connect::SourceError::from_pg(cfg, e))?
+            .get(0);
+        if version >= 150000 {
+            *schemas = pairs.iter().map(|(s, _)| s.clone()).collect();
+            return Ok(PublicationScope::Schemas(schemas));
+        }
+    }
+    Ok(PublicationScope::Tables(tables))
+}
+
 pub async fn ensure_publication(
     client: &Client,
     cfg: &PostgresConfig,
     name: &str,
-    tables: &[TableName],
+    scope: PublicationScope<'_>,
 ) -> Result<bool, FlowError> {
     let exists = client
         .query_one(
@@ -248,11 +278,19 @@ pub async fn ensure_publication(
         info!(publication = %name, "using the existing publication");
         return Ok(false);
     }
-    let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
+    let target = match scope {
+        PublicationScope::Tables(tables) => {
+            let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
+            format!("TABLE {}", list.join(", "))
+        }
+        PublicationScope::Schemas(schemas) => {
+            let list: Vec<String> = schemas.iter().map(|s| pg_ident(s)).collect();
+            format!("TABLES IN SCHEMA {}", list.join(", "))
+        }
+    };
     let sql = format!(
-        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
-        pg_ident(name),
-        list.join(", ")
+        "CREATE PUBLICATION {} FOR {target} WITH (publish_via_partition_root = true)",
+        pg_ident(name)
     );
     client
         .batch_execute(&sql)
@@ -334,8 +372,12 @@ pub async fn create(
     let spec_json = serde_json::to_value(spec).map_err(|e| FlowError::internal(e.to_string()))?;
     let client = connect(src_cfg, "ferry setup").await?;
     let source_names: Vec<TableName> = plan.tables.iter().map(|t| t.source.name.clone()).collect();
-    let created_publication =
-        ensure_publication(&client, src_cfg, &publication, &source_names).await?;
+    let created_publication = {
+        let mut schemas = Vec::new();
+        let scope =
+            publication_scope(&client, src_cfg, &spec.mapping, &mut schemas, &source_names).await?;
+        ensure_publication(&client, src_cfg, &publication, scope).await?
+    };
     let undo_publication = created_publication.then_some(publication.as_str());
 
     let id = match catalog

@@ -5,12 +5,20 @@
 //! The defaults below match the scripts' defaults, so `cargo test` after
 //! `scripts/services start` works too. Every test works in a database of its own with a
 //! random name, dropped when the guard goes out of scope.
+//!
+//! A test that stops or restarts a server must not do it to the shared ones: [`private`]
+//! runs a ClickHouse or a PostgreSQL of its own.
 #![allow(clippy::print_stdout)]
 
 use std::env;
 
 use rand::Rng;
 use tokio_postgres::{Client, NoTls};
+
+pub mod private;
+
+/// The random number generators, for tests that drive a workload from a fixed seed.
+pub use rand;
 
 fn var(name: &str, default: &str) -> String {
     env::var(name).unwrap_or_else(|_| default.to_owned())
