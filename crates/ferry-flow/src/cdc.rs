@@ -403,7 +403,7 @@ impl Streamer {
                 relation_id, new, ..
             } => {
                 if let Some((t, relation)) = self.route(relation_id) {
-                    self.push(t, &relation, &new, lsn, false).await?;
+                    self.push(t, &relation, &new, lsn, false, None).await?;
                     self.batch.inserted += 1;
                 }
             }
@@ -414,15 +414,21 @@ impl Streamer {
                 ..
             } => {
                 if let Some((t, relation)) = self.route(relation_id) {
+                    // Unchanged TOAST values are those of the row before the update: under
+                    // its old key when the key changed.
+                    let mut previous_key = None;
                     if let Some(old) = &old {
-                        // The key changed: the row under the old key is gone.
-                        if self.key_of(t, &relation.positions, old.tuple())
-                            != self.key_of(t, &relation.positions, &new)
-                        {
-                            self.push(t, &relation, old.tuple(), lsn, true).await?;
+                        let old_key = self.key_of(t, &relation.positions, old.tuple());
+                        if old_key != self.key_of(t, &relation.positions, &new) {
+                            // The key changed: the row under the old key is gone.
+                            let earlier = self.latest_row(t, &old_key);
+                            self.push(t, &relation, old.tuple(), lsn, true, None)
+                                .await?;
+                            previous_key = Some(earlier);
                         }
                     }
-                    self.push(t, &relation, &new, lsn, false).await?;
+                    self.push(t, &relation, &new, lsn, false, previous_key)
+                        .await?;
                     self.batch.updated += 1;
                 }
             }
@@ -430,7 +436,8 @@ impl Streamer {
                 relation_id, old, ..
             } => {
                 if let Some((t, relation)) = self.route(relation_id) {
-                    self.push(t, &relation, old.tuple(), lsn, true).await?;
+                    self.push(t, &relation, old.tuple(), lsn, true, None)
+                        .await?;
                     self.batch.deleted += 1;
                 }
             }
@@ -698,6 +705,14 @@ impl Streamer {
         }))
     }
 
+    /// The batch's latest row for a key of table `t`.
+    fn latest_row(&self, t: usize, key: &str) -> Option<usize> {
+        self.batch
+            .tables
+            .get(&t)
+            .and_then(|b| b.latest.get(key).copied())
+    }
+
     /// The key of a tuple, as text, for lookups within the batch.
     fn key_of(&self, t: usize, positions: &[usize], tuple: &TupleData) -> String {
         let mut key = String::new();
@@ -734,6 +749,9 @@ impl Streamer {
         tuple: &TupleData,
         lsn: Lsn,
         deleted: bool,
+        // For an update that moved the row to a new key: the batch's row of its old key, if
+        // any (`Some(None)`: the old key has none), where its unchanged values are.
+        previous_key: Option<Option<usize>>,
     ) -> Result<(), FlowError> {
         let positions = &relation.positions;
         // The columns this change writes: those the relation has now.
@@ -774,7 +792,10 @@ impl Streamer {
             .tables
             .get_mut(&t)
             .ok_or_else(|| FlowError::internal("batch table missing"))?;
-        let previous = tb.latest.get(&key).copied();
+        let previous = match previous_key {
+            Some(p) => p,
+            None => tb.latest.get(&key).copied(),
+        };
         let mut unresolved = Vec::new();
         let mut row = Vec::with_capacity(active.len());
         for (slot, v) in values.into_iter().enumerate() {
@@ -782,9 +803,10 @@ impl Streamer {
             row.push(match v {
                 Some(v) => v,
                 None if deleted || !present[slot] => placeholder(&col.kind, col.nullable),
+                // A deletion's row has no values to give.
                 None => match previous
                     .and_then(|p| tb.rows.get(p))
-                    .filter(|p| !p.unresolved.contains(&slot))
+                    .filter(|p| !p.deleted && !p.unresolved.contains(&slot))
                 {
                     Some(p) => p.values[slot].clone(),
                     None => {
