@@ -518,9 +518,9 @@ impl Streamer {
         if !missing.is_empty() {
             self.add_columns(t, &missing).await?;
         }
-        let target = &self.targets[t];
         let mut positions = Vec::with_capacity(body.columns.len());
         for c in &body.columns {
+            let target = &self.targets[t];
             let i = target
                 .columns
                 .iter()
@@ -528,8 +528,10 @@ impl Streamer {
                 .ok_or_else(|| {
                     FlowError::internal(format!("column {} of {name} was not added", c.name))
                 })?;
-            let known = &target.columns[i];
-            if known.type_oid != c.type_oid {
+            let known_oid = target.columns[i].type_oid;
+            // The catalog holds a domain's base type; pgoutput names the domain.
+            if known_oid != c.type_oid && known_oid != self.base_type(c.type_oid).await? {
+                let known = &self.targets[t].columns[i];
                 return Err(FlowError::new(
                     ErrorKind::Unsupported,
                     "0A000",
@@ -553,6 +555,24 @@ impl Streamer {
             })),
         );
         Ok(())
+    }
+
+    /// The base type of a domain (through domains over domains); any other type itself.
+    async fn base_type(&self, oid: u32) -> Result<u32, FlowError> {
+        let client = connect(&self.ctx.source, "ferry type lookup").await?;
+        let row = client
+            .query_one(
+                "WITH RECURSIVE walk(oid, typtype, typbasetype) AS (
+                     SELECT oid, typtype, typbasetype FROM pg_type WHERE oid = $1
+                     UNION ALL
+                     SELECT t.oid, t.typtype, t.typbasetype FROM pg_type t JOIN walk w ON t.oid = w.typbasetype
+                     WHERE w.typtype = 'd')
+                 SELECT coalesce((SELECT oid FROM walk WHERE typtype <> 'd' LIMIT 1), $1)",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| SourceError::from_pg(&self.ctx.source, e))?;
+        Ok(row.get(0))
     }
 
     /// A table created in a mapped schema after the mirror started: its destination table is

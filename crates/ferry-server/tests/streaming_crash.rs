@@ -1,13 +1,22 @@
 //! A daemon killed with SIGKILL, again and again, while a mirror streams a busy table, ends
 //! with ClickHouse holding exactly the source's rows; and it never confirmed to the source a
-//! position its catalog had not recorded (which would let the server discard changes that a
-//! restart still needs).
+//! change that ClickHouse did not have.
+//!
+//! A restart resumes at the catalog's position, and the source at the slot's when that is
+//! further. A batch is confirmed to the source only after the catalog recorded it; an idle
+//! position (a keepalive's, with nothing pending) is confirmed at once and recorded every few
+//! seconds. So the slot may be ahead of the catalog, but every change that committed between
+//! the two must already be in ClickHouse, or a restart would skip it. After each kill the test
+//! lists those changes with a slot of its own (`test_decoding`, an independent decoder) and
+//! checks that ClickHouse holds each changed key at that change's version (its LSN) or a
+//! later one.
 #![allow(clippy::print_stdout)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_testkit::private::free_port;
 use ferry_testkit::rand::rngs::StdRng;
 use ferry_testkit::rand::{Rng, SeedableRng};
 use ferry_testkit::{ChServer, PgServer, TempChDatabase};
@@ -22,31 +31,50 @@ const WORKLOAD_FOR: Duration = Duration::from_secs(20);
 const KILLS: usize = 3;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A `ferry` process, killed when dropped (so a failing test leaves none behind).
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(port: u16, catalog_url: &str, log: &Path) -> Daemon {
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--catalog-url",
+                catalog_url,
+            ])
+            .env("FERRY_PASSWORD", "pw")
+            .env("FERRY_SECRET_KEY", KEY)
+            .env("FERRY_LOG", "info,ferry_flow=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Daemon(child)
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    fn kill_9(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    /// SIGTERM: a graceful stop, which must succeed.
+    fn stop(mut self) {
+        let pid = self.0.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "the daemon stopped with {status}");
+    }
 }
 
-fn start_daemon(port: u16, catalog_url: &str, log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "server",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--catalog-url",
-            catalog_url,
-        ])
-        .env("FERRY_PASSWORD", "pw")
-        .env("FERRY_SECRET_KEY", KEY)
-        .env("FERRY_LOG", "info,ferry_flow=debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 async fn connect(port: u16) -> Client {
@@ -86,6 +114,163 @@ async fn catalog_lsn(catalog: &Client) -> u64 {
     lsn(&text)
 }
 
+/// The batches the mirror has recorded.
+async fn batches(catalog: &Client) -> i64 {
+    catalog
+        .query_one("SELECT count(*) FROM ferry.cdc_batch", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `X/Y`, as PostgreSQL prints an LSN.
+fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// One change of `w`: its LSN (the version Ferry writes it with) and the keys it touches
+/// (two for a key change).
+#[derive(Debug)]
+struct Change {
+    lsn: u64,
+    keys: Vec<i64>,
+}
+
+/// The test's own view of the changes, from a `test_decoding` slot made before the workload.
+struct Observer {
+    slot: String,
+    /// Where the slot has been advanced to.
+    at: u64,
+}
+
+impl Observer {
+    async fn create(src: &Client) -> Observer {
+        let slot = ferry_testkit::random_name("observer");
+        let at: String = src
+            .query_one(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'test_decoding')",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        Observer { slot, at: lsn(&at) }
+    }
+
+    /// The changes of transactions that committed in `(after, upto]`.
+    async fn committed_between(&mut self, src: &Client, after: u64, upto: u64) -> Vec<Change> {
+        // Decoding starts at the slot's position and leaves out transactions that committed
+        // before it; `after` only grows from one call to the next.
+        if after > self.at {
+            src.execute(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                &[&self.slot, &lsn_text(after)],
+            )
+            .await
+            .unwrap();
+            self.at = after;
+        }
+        let rows = src
+            .query(
+                "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, $2::text::pg_lsn, NULL)",
+                &[&self.slot, &lsn_text(upto)],
+            )
+            .await
+            .unwrap();
+        let mut changes = Vec::new();
+        let mut transaction = Vec::new();
+        for r in &rows {
+            let at = lsn(&r.get::<_, String>(0));
+            let data: String = r.get(1);
+            if data.starts_with("BEGIN") {
+                transaction.clear();
+            } else if data.starts_with("COMMIT") {
+                // The row of a COMMIT carries the end of the commit record, like the catalog.
+                if at > after && at <= upto {
+                    changes.append(&mut transaction);
+                }
+            } else if data.starts_with("table public.w:") {
+                let keys = data
+                    .match_indices(" id[bigint]:")
+                    .map(|(i, m)| {
+                        let rest = &data[i + m.len()..];
+                        let end = rest.find(' ').unwrap_or(rest.len());
+                        rest[..end].parse().unwrap()
+                    })
+                    .collect();
+                transaction.push(Change { lsn: at, keys });
+            }
+        }
+        changes
+    }
+}
+
+/// Of `changes`, those ClickHouse has neither at their version nor at a later one (rows of
+/// one batch collapse to the latest of each key as they are inserted).
+async fn missing_in_clickhouse<'a>(
+    dest: &TempChDatabase,
+    changes: &'a [Change],
+) -> Vec<&'a Change> {
+    let mut keys: Vec<i64> = changes
+        .iter()
+        .flat_map(|c| c.keys.iter().copied())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    let list: Vec<String> = keys.iter().map(i64::to_string).collect();
+    let newest: std::collections::HashMap<i64, u64> = dest
+        .client()
+        .query(&format!(
+            "SELECT id, max(_ferry_version) FROM w WHERE id IN ({}) GROUP BY id",
+            list.join(", ")
+        ))
+        .fetch_all::<(i64, u64)>()
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    changes
+        .iter()
+        .filter(|c| {
+            c.keys
+                .iter()
+                .any(|k| newest.get(k).is_none_or(|&v| v < c.lsn))
+        })
+        .collect()
+}
+
+/// Checks that ClickHouse has every change that committed between the catalog's position and
+/// the slot's, when the slot is ahead.
+async fn assert_skipped_changes_applied(
+    src: &Client,
+    dest: &TempChDatabase,
+    observer: &mut Observer,
+    recorded: u64,
+    slot: u64,
+    context: &str,
+) {
+    if slot <= recorded {
+        return;
+    }
+    let changes = observer.committed_between(src, recorded, slot).await;
+    let missing = missing_in_clickhouse(dest, &changes).await;
+    println!(
+        "{context}: the slot is {} bytes ahead of the catalog, past {} changes, {} of them not in ClickHouse",
+        slot - recorded,
+        changes.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{context}: the slot confirmed {}, beyond the catalog's {}, past changes ClickHouse does not have: {missing:?}",
+        lsn_text(slot),
+        lsn_text(recorded)
+    );
+}
+
 /// The slot's `confirmed_flush_lsn`, once no walsender holds it any more (so that every
 /// status update the killed daemon sent has been taken in).
 async fn released_slot_lsn(src: &Client) -> u64 {
@@ -94,7 +279,7 @@ async fn released_slot_lsn(src: &Client) -> u64 {
         let r = src
             .query_one(
                 "SELECT active, confirmed_flush_lsn::text FROM pg_replication_slots
-                 WHERE database = current_database()",
+                 WHERE database = current_database() AND plugin = 'pgoutput'",
                 &[],
             )
             .await
@@ -224,7 +409,7 @@ async fn kill_9_during_a_workload_converges() {
     let port = free_port();
     let dir: PathBuf = std::env::temp_dir().join(ferry_testkit::random_name("ferry-crash"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut daemon = start_daemon(port, &catalog_db.url(), &dir.join("run0.log"));
+    let mut daemon = Daemon::start(port, &catalog_db.url(), &dir.join("run0.log"));
     let client = connect(port).await;
     client
         .batch_execute(&format!(
@@ -244,17 +429,25 @@ async fn kill_9_during_a_workload_converges() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(client);
+    // Every row written stays (but for those an insert collapses itself), so that each
+    // change's version can be looked up.
+    dest.client()
+        .query("SYSTEM STOP MERGES w")
+        .execute()
+        .await
+        .unwrap();
 
     let catalog = catalog_db.connect().await;
+    let mut observer = Observer::create(&src).await;
     let work = tokio::spawn(workload(source.connect().await, 42));
     let mut rng = StdRng::seed_from_u64(7);
     let mut last = catalog_lsn(&catalog).await;
     let started = Instant::now();
     for kill in 1..=KILLS {
-        // Kill only a daemon that is streaming: once it has applied something since the
-        // last kill, at a moment of the seed's choosing.
+        // Kill only a daemon that is streaming (it has applied something since the last
+        // kill), at a moment of the seed's choosing.
         let deadline = Instant::now() + TIMEOUT;
-        while catalog_lsn(&catalog).await <= last {
+        while catalog_lsn(&catalog).await <= last || batches(&catalog).await == 0 {
             assert!(
                 Instant::now() < deadline,
                 "kill {kill}: the mirror made no progress; {}",
@@ -262,32 +455,56 @@ async fn kill_9_during_a_workload_converges() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..3000))).await;
+        // Spread over the workload: kill k about k × 5 s into it.
+        let at = started
+            + Duration::from_secs(5 * kill as u64)
+            + Duration::from_millis(rng.gen_range(0..2000));
+        tokio::time::sleep_until(at.max(Instant::now() + Duration::from_millis(300)).into()).await;
         assert!(
             !work.is_finished(),
             "kill {kill}: the workload ended before the daemon was killed"
         );
-        daemon.kill().unwrap();
-        daemon.wait().unwrap();
+        daemon.kill_9();
 
-        // The daemon confirmed to the source only what its catalog had recorded.
+        // Whatever the source will no longer send, ClickHouse has.
         let recorded = catalog_lsn(&catalog).await;
         let slot = released_slot_lsn(&src).await;
         println!(
-            "kill {kill} at {:?}: catalog {recorded:X}, slot {slot:X}",
-            started.elapsed()
+            "kill {kill} at {:?}: catalog {}, slot {}",
+            started.elapsed(),
+            lsn_text(recorded),
+            lsn_text(slot)
         );
-        assert!(
-            slot <= recorded,
-            "kill {kill}: the slot confirmed {slot:X}, beyond the catalog's {recorded:X}; {}",
-            logs_hint(&dir)
-        );
+        if kill == 1 {
+            // The check sees changes where there are some, and those the catalog recorded are
+            // in ClickHouse.
+            let recorded_changes = observer.committed_between(&src, last, recorded).await;
+            let missing = missing_in_clickhouse(&dest, &recorded_changes).await;
+            println!(
+                "kill 1: {} changes recorded since the workload began",
+                recorded_changes.len()
+            );
+            assert!(!recorded_changes.is_empty());
+            assert!(
+                missing.is_empty(),
+                "changes the catalog recorded are not in ClickHouse: {missing:?}"
+            );
+        }
+        assert_skipped_changes_applied(
+            &src,
+            &dest,
+            &mut observer,
+            recorded,
+            slot,
+            &format!("kill {kill}"),
+        )
+        .await;
         assert!(
             recorded >= last,
             "kill {kill}: the catalog's position went back"
         );
         last = recorded;
-        daemon = start_daemon(port, &catalog_db.url(), &dir.join(format!("run{kill}.log")));
+        daemon = Daemon::start(port, &catalog_db.url(), &dir.join(format!("run{kill}.log")));
     }
     let transactions = work.await.unwrap();
     let workload_took = started.elapsed();
@@ -324,22 +541,26 @@ async fn kill_9_during_a_workload_converges() {
         want.len()
     );
     assert_eq!(mirror_state(&client).await.0, "running");
-    let recorded = catalog_lsn(&catalog).await;
+    // The same with the daemon running: the slot first, as it never moves ahead of ClickHouse.
     let slot: String = src
         .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE database = current_database()",
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE database = current_database() AND plugin = 'pgoutput'",
             &[],
         )
         .await
         .unwrap()
         .get(0);
-    assert!(
-        lsn(&slot) <= recorded,
-        "slot {slot} beyond the catalog's {recorded:X}"
-    );
+    let recorded = catalog_lsn(&catalog).await;
+    assert_skipped_changes_applied(
+        &src,
+        &dest,
+        &mut observer,
+        recorded,
+        lsn(&slot),
+        "at the end",
+    )
+    .await;
 
-    let pid = daemon.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    daemon.wait().unwrap();
+    daemon.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,398 @@
+//! The servers restart under a streaming mirror: a ClickHouse or a source PostgreSQL of the
+//! test's own (see `ferry_testkit::private`) is stopped for a few seconds and started again;
+//! the mirror rides it out as a transient error and ends with the source's exact state.
+#![allow(clippy::print_stdout)]
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_e2e::{ch_peer_sql, pg_peer_sql, wait_for_state, TestFerry};
+use ferry_testkit::private::{PrivateClickHouse, PrivatePostgres, StopMode};
+use ferry_testkit::rand::rngs::StdRng;
+use ferry_testkit::rand::{Rng, SeedableRng};
+use ferry_testkit::{ChServer, PgServer, TempChDatabase};
+use tokio_postgres::Client;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a server stays down.
+const DOWN_FOR: Duration = Duration::from_secs(5);
+const KEYS: i64 = 1000;
+
+const SCHEMA: &str = "
+    CREATE TABLE t (id int8 PRIMARY KEY, n int8 NOT NULL, note text, doc text);
+    ALTER TABLE t ALTER COLUMN doc SET STORAGE EXTERNAL;
+    INSERT INTO t SELECT g, g, 'note ' || g, CASE WHEN g % 4 = 0 THEN repeat(md5(g::text), 300) END
+      FROM generate_series(1, 500) g;";
+
+/// One small transaction of mixed changes, chosen by `rng`.
+async fn one_transaction(src: &Client, rng: &mut StdRng) -> Result<(), tokio_postgres::Error> {
+    let id: i64 = rng.gen_range(1..=KEYS);
+    let value: i64 = rng.gen_range(0..1_000_000);
+    let sql = match rng.gen_range(0..10) {
+        0..=3 => {
+            "INSERT INTO t VALUES ($1::int8, $2::int8, 'n ' || $2::int8, CASE WHEN $2::int8 % 2 = 0 THEN repeat(md5($2::int8::text), 300) END)
+             ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n, note = EXCLUDED.note, doc = EXCLUDED.doc"
+        }
+        // Leaves the large column alone.
+        4..=7 => "UPDATE t SET n = n + $2::int8, note = 'u ' || $2::int8 WHERE id = $1::int8",
+        _ => "DELETE FROM t WHERE id = $1::int8 AND $2::int8 IS NOT NULL",
+    };
+    src.batch_execute("BEGIN").await?;
+    src.execute(sql, &[&id, &value]).await?;
+    src.execute("UPDATE t SET n = n + 1 WHERE id = $1::int8 + 1", &[&id])
+        .await?;
+    src.batch_execute("COMMIT").await
+}
+
+/// The source's rows in key order, large values by digest.
+async fn source_rows(src: &Client) -> Vec<String> {
+    src.query(
+        "SELECT concat_ws('|', id, n, coalesce(note, '~'), coalesce(md5(doc), '~')) FROM t ORDER BY id",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// ClickHouse's current rows, formatted like [`source_rows`]; empty while it cannot be read.
+async fn clickhouse_rows(dest: &TempChDatabase) -> Vec<String> {
+    dest.client()
+        .query(
+            "SELECT concat(toString(id), '|', toString(n), '|', ifNull(note, '~'), '|', ifNull(lower(hex(MD5(doc))), '~'))
+             FROM t FINAL WHERE _ferry_is_deleted = 0 ORDER BY id",
+        )
+        .fetch_all::<String>()
+        .await
+        .unwrap_or_default()
+}
+
+/// The mirror's state and last error.
+async fn mirror_state(ferry: &Client) -> (String, String) {
+    let r = ferry
+        .query_one(
+            "SELECT state, coalesce(last_error, '') FROM mirror_status",
+            &[],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+async fn assert_not_failed(ferry: &Client, step: &str) {
+    let (state, error) = mirror_state(ferry).await;
+    assert_ne!(state, "failed", "{step}: the mirror failed: {error}");
+}
+
+/// Waits until ClickHouse holds exactly the source's rows, and the mirror runs.
+async fn converge(ferry: &Client, src: &Client, dest: &TempChDatabase, step: &str) {
+    let want = source_rows(src).await;
+    let started = Instant::now();
+    loop {
+        let got = clickhouse_rows(dest).await;
+        if got == want {
+            println!(
+                "{step}: {} rows equal after {:?}",
+                want.len(),
+                started.elapsed()
+            );
+            break;
+        }
+        assert_not_failed(ferry, step).await;
+        if started.elapsed() > TIMEOUT {
+            let missing: Vec<&String> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
+            let extra: Vec<&String> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
+            panic!(
+                "{step}: ClickHouse did not converge: source {} rows, ClickHouse {}; \
+                 only at the source: {missing:?}; only in ClickHouse: {extra:?}",
+                want.len(),
+                got.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(mirror_state(ferry).await.0, "running", "{step}");
+}
+
+/// Batches of changes the mirror recorded as written.
+async fn batches(ferry: &TestFerry) -> i64 {
+    ferry
+        .catalog()
+        .await
+        .query_one("SELECT count(*) FROM cdc_batches", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until the mirror has written more than `than` batches.
+async fn wait_batches_past(ferry: &TestFerry, than: i64) {
+    let deadline = Instant::now() + TIMEOUT;
+    while batches(ferry).await <= than {
+        assert!(Instant::now() < deadline, "the mirror wrote no batch");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The catalog server's clock, as text (the in-process daemon's clock is the same machine's).
+async fn catalog_now(ferry: &TestFerry) -> String {
+    ferry
+        .catalog()
+        .await
+        .query_one("SELECT now()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_restart_during_streaming_loses_nothing() {
+    let mut clickhouse = PrivateClickHouse::start().await;
+    let ch = clickhouse.server();
+    let ferry = TestFerry::start().await;
+    let pg = PgServer::from_env();
+    let source = pg.temp_database("ferry_src").await;
+    let dest = ch.temp_database("ferry_dst").await;
+    let client = ferry.connect().await;
+    client
+        .batch_execute(&pg_peer_sql("src", &source.name, &pg.password))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE PEER dst FROM CLICKHOUSE WITH (host = '{}', port = {}, user = 'default', password = '', database = '{}', disable_tls = true)",
+            ch.host, ch.http_port, dest.name
+        ))
+        .await
+        .unwrap();
+    let src = source.connect().await;
+    src.batch_execute(SCHEMA).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE MIRROR live FROM src TO dst WITH TABLE MAPPING (t:t)
+             WITH (do_initial_copy = true, sync_interval = 1)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&client, "live", "running", TIMEOUT).await;
+    converge(&client, &src, &dest, "initial load").await;
+
+    // Writes go on at the source the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU32::new(0));
+    let writer = {
+        let src = source.connect().await;
+        let (stop, written) = (stop.clone(), written.clone());
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(11);
+            while !stop.load(Ordering::Relaxed) {
+                one_transaction(&src, &mut rng).await.unwrap();
+                written.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // Some of them are written before ClickHouse goes.
+    wait_batches_past(&ferry, 0).await;
+
+    // ClickHouse goes away for a while; the mirror retries and does not fail.
+    clickhouse.stop().await;
+    let stopped_at = catalog_now(&ferry).await;
+    let written_before = written.load(Ordering::Relaxed);
+    let down = Instant::now();
+    while down.elapsed() < DOWN_FOR {
+        assert_not_failed(&client, "ClickHouse down").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let written_while_down = batches(&ferry).await;
+    let starting_at = catalog_now(&ferry).await;
+    let written_down = written.load(Ordering::Relaxed) - written_before;
+    clickhouse.start_again().await;
+    let back = Instant::now();
+    println!(
+        "ClickHouse was down {:?}; {written_down} transactions meanwhile",
+        down.elapsed()
+    );
+    assert!(
+        written_down > 10,
+        "the source saw no writes while ClickHouse was down"
+    );
+    // No batch counted as written while there was nowhere to write it.
+    let impossible: Vec<String> = ferry
+        .catalog()
+        .await
+        .query(
+            "SELECT concat_ws(' ', batch_id, rows, first_lsn, last_lsn, finished_at) FROM cdc_batches
+             WHERE finished_at > $1::text::timestamptz AND finished_at < $2::text::timestamptz",
+            &[&stopped_at, &starting_at],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        impossible.is_empty(),
+        "batches recorded while ClickHouse was down: {impossible:?}"
+    );
+    // The changes written meanwhile reach it, and so do the ones after.
+    wait_batches_past(&ferry, written_while_down).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    println!("{} transactions written", written.load(Ordering::Relaxed));
+    converge(&client, &src, &dest, "after the restart").await;
+    println!("converged {:?} after ClickHouse came back", back.elapsed());
+    ferry.stop().await;
+    drop(dest);
+    clickhouse.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_during_streaming_loses_nothing() {
+    let mut postgres = PrivatePostgres::start().await;
+    let private = postgres.server();
+    // The catalog is on the shared server: only the source restarts.
+    let ferry = TestFerry::start().await;
+    let source = private.temp_database("ferry_src").await;
+    let dest = ChServer::from_env().temp_database("ferry_dst").await;
+    let client = ferry.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE PEER src FROM POSTGRES WITH (host = '{}', port = {}, user = '{}', password = '{}', database = '{}')",
+            private.host, private.port, private.user, private.password, source.name
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&ch_peer_sql("dst", &dest.name))
+        .await
+        .unwrap();
+    let src = source.connect().await;
+    src.batch_execute(SCHEMA).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE MIRROR live FROM src TO dst WITH TABLE MAPPING (t:t)
+             WITH (do_initial_copy = true, sync_interval = 1)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&client, "live", "running", TIMEOUT).await;
+    converge(&client, &src, &dest, "initial load").await;
+
+    // Changes right up to the stop: some are still in the daemon's batch when the source
+    // goes away. First a clean shutdown, then a crash (the slot's position on disk may then
+    // be older than the one the daemon confirmed).
+    let mut rng = StdRng::seed_from_u64(23);
+    let mut src = src;
+    for mode in [StopMode::Fast, StopMode::Immediate] {
+        for _ in 0..300 {
+            one_transaction(&src, &mut rng).await.unwrap();
+        }
+        let before_stop = source_rows(&src).await;
+        let pending = clickhouse_rows(&dest).await != before_stop;
+        println!("{mode:?} stop with changes not yet in ClickHouse: {pending}");
+        drop(src);
+        postgres.stop(mode).await;
+        let down = Instant::now();
+        while down.elapsed() < DOWN_FOR {
+            assert_not_failed(&client, "PostgreSQL down").await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        postgres.start_again().await;
+        println!("PostgreSQL ({mode:?} stop) was down {:?}", down.elapsed());
+        src = source.connect().await;
+        assert_eq!(
+            source_rows(&src).await,
+            before_stop,
+            "the source kept its rows"
+        );
+        converge(
+            &client,
+            &src,
+            &dest,
+            &format!("changes before the {mode:?} stop"),
+        )
+        .await;
+    }
+
+    // And the stream goes on after it.
+    for _ in 0..300 {
+        one_transaction(&src, &mut rng).await.unwrap();
+    }
+    converge(&client, &src, &dest, "changes after the restart").await;
+    let active: bool = src
+        .query_one(
+            "SELECT active FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(active, "the daemon streams from the slot again");
+    ferry.stop().await;
+    drop(src);
+    drop(source);
+    postgres.stop(StopMode::Fast).await;
+}
+
+/// The private servers themselves: ports of their own, data kept across a kill and a crash.
+#[tokio::test]
+async fn private_servers_keep_their_data_across_restarts() {
+    let mut clickhouse = PrivateClickHouse::start().await;
+    let ch = clickhouse.server();
+    assert_ne!(ch.http_port, ChServer::from_env().http_port);
+    let db = ch.temp_database("ferry_private").await;
+    db.client()
+        .query("CREATE TABLE x (a UInt32) ENGINE = MergeTree ORDER BY a")
+        .execute()
+        .await
+        .unwrap();
+    db.client()
+        .query("INSERT INTO x SELECT number FROM numbers(10)")
+        .execute()
+        .await
+        .unwrap();
+    clickhouse.kill().await;
+    assert!(ch.client().query("SELECT 1").execute().await.is_err());
+    clickhouse.start_again().await;
+    let n: u64 = db
+        .client()
+        .query("SELECT count() FROM x")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(n, 10);
+
+    let mut postgres = PrivatePostgres::start().await;
+    let pg = postgres.server();
+    assert_ne!(pg.port, PgServer::from_env().port);
+    let client = pg.connect("postgres").await;
+    let wal_level: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wal_level, "logical");
+    client
+        .batch_execute("CREATE TABLE kept (a int); INSERT INTO kept VALUES (1), (2)")
+        .await
+        .unwrap();
+    drop(client);
+    postgres.stop(StopMode::Immediate).await;
+    assert!(
+        tokio_postgres::connect(&pg.conn_str("postgres"), tokio_postgres::NoTls)
+            .await
+            .is_err()
+    );
+    postgres.start_again().await;
+    let client = pg.connect("postgres").await;
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
