@@ -123,14 +123,34 @@ impl Drop for TempPgDatabase {
                         tokio::spawn(async move {
                             let _ = conn.await;
                         });
-                        // Two statements: DROP DATABASE cannot run in the transaction
-                        // that one query string makes.
+                        // A daemon of the test may still stream from a slot of this database:
+                        // end its walsender, then drop the slots once they are free (a slot
+                        // keeps a database from being dropped), then the database. Separate
+                        // statements: DROP DATABASE cannot run in a query string's transaction.
                         let _ = client
                             .batch_execute(&format!(
-                                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                                 WHERE database = '{name}' AND NOT active"
+                                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                                 WHERE database = '{name}' AND active_pid IS NOT NULL"
                             ))
                             .await;
+                        for _ in 0..50 {
+                            let left = client
+                                .query_one(
+                                    &format!(
+                                        "SELECT count(pg_drop_replication_slot(slot_name)) FILTER (WHERE NOT active),
+                                                count(*) FILTER (WHERE active)
+                                         FROM pg_replication_slots WHERE database = '{name}'"
+                                    ),
+                                    &[],
+                                )
+                                .await
+                                .map(|r| r.get::<_, i64>(1))
+                                .unwrap_or(0);
+                            if left == 0 {
+                                break;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
                         let _ = client
                             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                             .await;
