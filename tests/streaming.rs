@@ -282,3 +282,89 @@ async fn tables_created_in_a_mapped_schema_join_the_mirror() {
     assert_eq!(tables, ["app.a", "app.b", "app.c"]);
     ferry.stop().await;
 }
+
+#[tokio::test]
+async fn a_transaction_over_several_tables_arrives_whole() {
+    let ferry = TestFerry::start().await;
+    let source = PgServer::from_env().temp_database("ferry_src").await;
+    let dest = ChServer::from_env().temp_database("ferry_dst").await;
+    let client = ferry.connect().await;
+    client
+        .batch_execute(&pg_peer_sql(
+            "src",
+            &source.name,
+            &PgServer::from_env().password,
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&ch_peer_sql("dst", &dest.name))
+        .await
+        .unwrap();
+    let src = source.connect().await;
+    src.batch_execute(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL);
+         CREATE TABLE transfers (id bigserial PRIMARY KEY, from_id int, to_id int, amount int);
+         INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 20) g;",
+    )
+    .await
+    .unwrap();
+    client
+        .batch_execute(
+            "CREATE MIRROR bank FROM src TO dst WITH TABLE MAPPING (accounts:accounts, transfers:transfers)
+             WITH (do_initial_copy = true)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&client, "bank", "running", TIMEOUT).await;
+    // Each transaction moves money and records it: the tables only agree when whole
+    // transactions are applied.
+    for i in 0..50 {
+        let (a, b, amount) = (i % 20 + 1, (i * 7) % 20 + 1, i + 1);
+        src.batch_execute(&format!(
+            "BEGIN;
+             UPDATE accounts SET balance = balance - {amount} WHERE id = {a};
+             UPDATE accounts SET balance = balance + {amount} WHERE id = {b};
+             INSERT INTO transfers (from_id, to_id, amount) VALUES ({a}, {b}, {amount});
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+    }
+    let ch = dest.client();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let balances: Vec<String> = ch
+            .query("SELECT concat(toString(id), ':', toString(balance)) FROM accounts FINAL WHERE _ferry_is_deleted = 0 ORDER BY id")
+            .fetch_all()
+            .await
+            .unwrap();
+        let transfers: u64 = ch
+            .query("SELECT count() FROM transfers FINAL WHERE _ferry_is_deleted = 0")
+            .fetch_one()
+            .await
+            .unwrap();
+        let want: Vec<String> = src
+            .query("SELECT id || ':' || balance FROM accounts ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if balances == want && transfers == 50 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not converge: {transfers} transfers"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let total: i64 = ch
+        .query("SELECT sum(balance) FROM accounts FINAL WHERE _ferry_is_deleted = 0")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(total, 20 * 1000, "money was created or lost");
+    ferry.stop().await;
+}
