@@ -6,47 +6,11 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{ch_peer_sql, pg_peer_sql, sqlstate, wait_for_state, TestFerry};
-use ferry_testkit::{random_name, ChServer, PgServer, TempChDatabase, TempPgDatabase};
+use ferry_e2e::{setup, sqlstate, wait_for_state};
+use ferry_testkit::{random_name, ChServer, TempChDatabase};
 use tokio_postgres::Client;
 
 const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// A source database, a destination database and peers for both.
-struct Setup {
-    ferry: TestFerry,
-    client: Client,
-    source: TempPgDatabase,
-    dest: TempChDatabase,
-    src: Client,
-}
-
-async fn setup() -> Setup {
-    let ferry = TestFerry::start().await;
-    let source = PgServer::from_env().temp_database("ferry_src").await;
-    let dest = ChServer::from_env().temp_database("ferry_dst").await;
-    let client = ferry.connect().await;
-    client
-        .batch_execute(&pg_peer_sql(
-            "src",
-            &source.name,
-            &PgServer::from_env().password,
-        ))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&ch_peer_sql("dst", &dest.name))
-        .await
-        .unwrap();
-    let src = source.connect().await;
-    Setup {
-        ferry,
-        client,
-        source,
-        dest,
-        src,
-    }
-}
 
 /// The first column of every row of a PostgreSQL query, as text.
 async fn pg_lines(client: &Client, sql: &str) -> Vec<String> {

@@ -5,50 +5,13 @@ use std::time::Duration;
 
 use ferry_core::ident::{ch_qualified, pg_ident};
 use ferry_core::Value;
-use ferry_e2e::{ch_peer_sql, pg_peer_sql, sqlstate, wait_for_state, TestFerry};
+use ferry_e2e::{setup, sqlstate, wait_for_state};
 use ferry_postgres::connect::connect;
 use ferry_postgres::source::describe_table;
 use ferry_postgres::types::decode_text;
-use ferry_testkit::{ChServer, PgServer, TempChDatabase, TempPgDatabase};
-use tokio_postgres::Client;
+use ferry_testkit::{PgServer, TempChDatabase, TempPgDatabase};
 
 const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// A source database, a destination database and peers for both.
-struct Setup {
-    ferry: TestFerry,
-    client: Client,
-    source: TempPgDatabase,
-    dest: TempChDatabase,
-    src: Client,
-}
-
-async fn setup() -> Setup {
-    let ferry = TestFerry::start().await;
-    let source = PgServer::from_env().temp_database("ferry_src").await;
-    let dest = ChServer::from_env().temp_database("ferry_dst").await;
-    let client = ferry.connect().await;
-    client
-        .batch_execute(&pg_peer_sql(
-            "src",
-            &source.name,
-            &PgServer::from_env().password,
-        ))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&ch_peer_sql("dst", &dest.name))
-        .await
-        .unwrap();
-    let src = source.connect().await;
-    Setup {
-        ferry,
-        client,
-        source,
-        dest,
-        src,
-    }
-}
 
 /// The table with a column of every type the README's mapping lists, and rows covering NULLs
 /// and edge values.

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{ch_peer_sql, pg_peer_sql, wait_for_state, TestFerry};
-use ferry_testkit::{ChServer, PgServer, TempChDatabase};
+use ferry_e2e::{setup, wait_for_state, Setup};
+use ferry_testkit::TempChDatabase;
 use tokio_postgres::Client;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -93,23 +93,13 @@ async fn converge(
 
 #[tokio::test]
 async fn changes_stream_into_clickhouse() {
-    let ferry = TestFerry::start().await;
-    let source = PgServer::from_env().temp_database("ferry_src").await;
-    let dest = ChServer::from_env().temp_database("ferry_dst").await;
-    let client = ferry.connect().await;
-    client
-        .batch_execute(&pg_peer_sql(
-            "src",
-            &source.name,
-            &PgServer::from_env().password,
-        ))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&ch_peer_sql("dst", &dest.name))
-        .await
-        .unwrap();
-    let src = source.connect().await;
+    let Setup {
+        ferry,
+        client,
+        source: _source,
+        dest,
+        src,
+    } = setup().await;
     src.batch_execute(
         "CREATE TABLE t (id int PRIMARY KEY, name text, qty int, doc text);
          ALTER TABLE t ALTER COLUMN doc SET STORAGE EXTERNAL;
@@ -195,23 +185,13 @@ async fn changes_stream_into_clickhouse() {
 
 #[tokio::test]
 async fn tables_created_in_a_mapped_schema_join_the_mirror() {
-    let ferry = TestFerry::start().await;
-    let source = PgServer::from_env().temp_database("ferry_src").await;
-    let dest = ChServer::from_env().temp_database("ferry_dst").await;
-    let client = ferry.connect().await;
-    client
-        .batch_execute(&pg_peer_sql(
-            "src",
-            &source.name,
-            &PgServer::from_env().password,
-        ))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&ch_peer_sql("dst", &dest.name))
-        .await
-        .unwrap();
-    let src = source.connect().await;
+    let Setup {
+        ferry,
+        client,
+        source: _source,
+        dest,
+        src,
+    } = setup().await;
     src.batch_execute(
         "CREATE SCHEMA app; CREATE TABLE app.a (id int PRIMARY KEY); INSERT INTO app.a VALUES (1)",
     )
@@ -285,23 +265,13 @@ async fn tables_created_in_a_mapped_schema_join_the_mirror() {
 
 #[tokio::test]
 async fn a_transaction_over_several_tables_arrives_whole() {
-    let ferry = TestFerry::start().await;
-    let source = PgServer::from_env().temp_database("ferry_src").await;
-    let dest = ChServer::from_env().temp_database("ferry_dst").await;
-    let client = ferry.connect().await;
-    client
-        .batch_execute(&pg_peer_sql(
-            "src",
-            &source.name,
-            &PgServer::from_env().password,
-        ))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&ch_peer_sql("dst", &dest.name))
-        .await
-        .unwrap();
-    let src = source.connect().await;
+    let Setup {
+        ferry,
+        client,
+        source: _source,
+        dest,
+        src,
+    } = setup().await;
     src.batch_execute(
         "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL);
          CREATE TABLE transfers (id bigserial PRIMARY KEY, from_id int, to_id int, amount int);

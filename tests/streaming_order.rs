@@ -5,47 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{ch_peer_sql, pg_peer_sql, wait_for_state, TestFerry};
+use ferry_e2e::{setup, wait_for_state};
 use ferry_testkit::rand::rngs::StdRng;
 use ferry_testkit::rand::{Rng, SeedableRng};
-use ferry_testkit::{ChServer, PgServer, TempChDatabase, TempPgDatabase};
+use ferry_testkit::TempChDatabase;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A daemon, a source and a destination database, and peers `src` and `dst` for them.
-struct Setup {
-    ferry: TestFerry,
-    client: Client,
-    source: TempPgDatabase,
-    dest: TempChDatabase,
-    src: Client,
-}
-
-async fn setup() -> Setup {
-    let ferry = TestFerry::start().await;
-    let pg = PgServer::from_env();
-    let source = pg.temp_database("ferry_src").await;
-    let dest = ChServer::from_env().temp_database("ferry_dst").await;
-    let client = ferry.connect().await;
-    client
-        .batch_execute(&pg_peer_sql("src", &source.name, &pg.password))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&ch_peer_sql("dst", &dest.name))
-        .await
-        .unwrap();
-    let src = source.connect().await;
-    Setup {
-        ferry,
-        client,
-        source,
-        dest,
-        src,
-    }
-}
 
 /// Fails the test when the mirror has failed.
 async fn assert_not_failed(client: &Client, step: &str) {

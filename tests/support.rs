@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use ferry_catalog::{Catalog, SecretKey};
 use ferry_server::{run, Shared, Shutdown};
-use ferry_testkit::{PgServer, TempPgDatabase};
+use ferry_testkit::{ChServer as Ch, PgServer, TempChDatabase, TempPgDatabase};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
@@ -151,5 +151,41 @@ pub async fn wait_for_state(
             panic!("mirror {mirror} did not reach {state} in {timeout:?} (last state {last:?})");
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// A daemon, a source and a destination database, and peers `src` and `dst` for them.
+pub struct Setup {
+    pub ferry: TestFerry,
+    /// A client of the daemon.
+    pub client: Client,
+    pub source: TempPgDatabase,
+    pub dest: TempChDatabase,
+    /// A client of the source database.
+    pub src: Client,
+}
+
+/// Starts a daemon with a fresh source and destination, and declares their peers.
+pub async fn setup() -> Setup {
+    let ferry = TestFerry::start().await;
+    let pg = PgServer::from_env();
+    let source = pg.temp_database("ferry_src").await;
+    let dest = Ch::from_env().temp_database("ferry_dst").await;
+    let client = ferry.connect().await;
+    client
+        .batch_execute(&pg_peer_sql("src", &source.name, &pg.password))
+        .await
+        .expect("source peer");
+    client
+        .batch_execute(&ch_peer_sql("dst", &dest.name))
+        .await
+        .expect("destination peer");
+    let src = source.connect().await;
+    Setup {
+        ferry,
+        client,
+        source,
+        dest,
+        src,
     }
 }
