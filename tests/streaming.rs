@@ -157,23 +157,31 @@ async fn changes_stream_into_clickhouse() {
         .unwrap();
     converge(&client, &src, &dest, true, "added column").await;
 
-    // The catalog shows what was applied, and the position moved.
-    let r = client
-        .query_one(
-            "SELECT confirmed_lsn::text, rows_inserted, rows_updated, rows_deleted,
-                    (SELECT count(*) FROM cdc_batches WHERE mirror = 'live')
-             FROM mirror_status WHERE mirror = 'live'",
-            &[],
-        )
-        .await
-        .unwrap();
-    let confirmed: Option<String> = r.get(0);
-    assert!(confirmed.is_some());
-    let (ins, upd, del, batches): (i64, i64, i64, i64) = (r.get(1), r.get(2), r.get(3), r.get(4));
-    assert!(
-        ins >= 102 && upd >= 60 && del >= 20 && batches >= 1,
-        "{ins} {upd} {del} {batches}"
-    );
+    // The catalog shows what was applied, and the position moved. The catalog is written
+    // right after ClickHouse acknowledged a batch, so the last batch may still be on its way.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let r = client
+            .query_one(
+                "SELECT confirmed_lsn::text, rows_inserted, rows_updated, rows_deleted,
+                        (SELECT count(*) FROM cdc_batches WHERE mirror = 'live')
+                 FROM mirror_status WHERE mirror = 'live'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let confirmed: Option<String> = r.get(0);
+        let (ins, upd, del, batches): (i64, i64, i64, i64) =
+            (r.get(1), r.get(2), r.get(3), r.get(4));
+        if confirmed.is_some() && ins >= 102 && upd >= 60 && del >= 20 && batches >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "catalog figures: {confirmed:?} {ins} {upd} {del} {batches}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let slot_lsn: String = src
         .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE database = current_database()", &[])
         .await
