@@ -3,13 +3,7 @@
 
 use std::time::Duration;
 
-use ferry_core::ident::{ch_qualified, pg_ident};
-use ferry_core::Value;
-use ferry_e2e::{setup, sqlstate, wait_for_state};
-use ferry_postgres::connect::connect;
-use ferry_postgres::source::describe_table;
-use ferry_postgres::types::decode_text;
-use ferry_testkit::{PgServer, TempChDatabase, TempPgDatabase};
+use ferry_e2e::{clickhouse_row_bytes, expected_rows, setup, sqlstate, wait_for_state};
 
 const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -70,95 +64,6 @@ INSERT INTO all_types VALUES (
 );
 "#;
 
-/// The destination rows as ClickHouse holds them (current state, in key order), as RowBinary.
-async fn clickhouse_rows(
-    dest: &TempChDatabase,
-    table: &str,
-    columns: &[String],
-    key: &str,
-) -> Vec<u8> {
-    let list: Vec<String> = columns
-        .iter()
-        .map(|c| ferry_core::ident::ch_ident(c))
-        .collect();
-    let sql = format!(
-        "SELECT {} FROM {} FINAL WHERE _ferry_is_deleted = 0 ORDER BY {} FORMAT RowBinary",
-        list.join(", "),
-        ch_qualified(&dest.name, table),
-        ferry_core::ident::ch_ident(key)
-    );
-    let mut cursor = dest.client().query(&sql).fetch_bytes("RowBinary").unwrap();
-    cursor.collect().await.unwrap().to_vec()
-}
-
-/// The source rows read independently of the load (text forms, the streaming path's decoder)
-/// and encoded as ClickHouse would have to hold them.
-async fn expected_rows(source: &TempPgDatabase, table: &str, key: &str) -> (Vec<String>, Vec<u8>) {
-    let pg = PgServer::from_env();
-    let cfg = ferry_core::peer::PostgresConfig {
-        host: pg.host.clone(),
-        port: pg.port,
-        user: pg.user.clone(),
-        password: pg.password.clone(),
-        database: source.name.clone(),
-    };
-    let client = connect(&cfg, "test").await.unwrap();
-    client
-        .batch_execute("SET DateStyle = 'ISO'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET extra_float_digits = 3")
-        .await
-        .unwrap();
-    let scale = ferry_postgres::source::money_scale(&client, &cfg)
-        .await
-        .unwrap();
-    let t = describe_table(
-        &client,
-        &cfg,
-        &ferry_core::TableName::new("public", table),
-        &[],
-        scale,
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    // Each value in its type's output format, as pgoutput sends it (`::text` differs for some
-    // types, e.g. bool). A row value whose fields are all NULL is not NULL itself.
-    let list: Vec<String> = t
-        .columns
-        .iter()
-        .map(|c| {
-            let q = pg_ident(&c.name);
-            format!("CASE WHEN num_nulls({q}) = 0 THEN format('%s', {q}) END")
-        })
-        .collect();
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {} FROM {} ORDER BY {}",
-                list.join(", "),
-                pg_ident(table),
-                pg_ident(key)
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    for r in &rows {
-        for (i, c) in t.columns.iter().enumerate() {
-            let text: Option<String> = r.get(i);
-            let v = match text {
-                None => Value::Null,
-                Some(s) => {
-                    decode_text(&c.kind, &s).unwrap_or_else(|e| panic!("column {}: {e}", c.name))
-                }
-            };
-            ferry_clickhouse::rowbinary::encode(&c.kind, c.nullable, &v, &mut out)
-                .unwrap_or_else(|e| panic!("column {}: {e}", c.name));
-        }
-    }
-    (t.columns.iter().map(|c| c.name.clone()).collect(), out)
-}
-
 #[tokio::test]
 async fn every_type_loads_value_for_value() {
     let s = setup().await;
@@ -172,8 +77,10 @@ async fn every_type_loads_value_for_value() {
         .unwrap();
     wait_for_state(&s.client, "types", "completed", LOAD_TIMEOUT).await;
 
-    let (columns, expected) = expected_rows(&s.source, "all_types", "id").await;
-    let actual = clickhouse_rows(&s.dest, "all_types", &columns, "id").await;
+    let expected = expected_rows(&s.source, "all_types", "id").await;
+    let columns: Vec<&str> = expected.columns.iter().map(|c| c.name.as_str()).collect();
+    let actual = clickhouse_row_bytes(&s.dest, "all_types", &columns, "id").await;
+    let expected = expected.rows_bytes;
     assert_eq!(actual.len(), expected.len(), "row bytes differ in length");
     assert!(
         actual == expected,

@@ -9,12 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_core::ident::{ch_ident, ch_qualified, pg_ident};
-use ferry_core::{ColumnSchema, Value};
-use ferry_e2e::{ch_peer_sql, pg_peer_sql, wait_for_state, TestFerry};
-use ferry_postgres::connect::connect;
-use ferry_postgres::source::describe_table;
-use ferry_postgres::types::decode_text;
+use ferry_e2e::{
+    ch_peer_sql, clickhouse_row_bytes, expected_rows, pg_peer_sql, wait_for_state, TestFerry,
+};
 use ferry_testkit::{ChServer, PgServer, TempChDatabase, TempPgDatabase};
 use tokio_postgres::Client;
 
@@ -84,119 +81,13 @@ INSERT INTO all_types VALUES (
 );
 "#;
 
-/// The source's rows of a table, read as text in key order, decoded and encoded as ClickHouse
-/// must hold them: per column, the RowBinary of that column's values in key order.
-struct Expected {
-    columns: Vec<ColumnSchema>,
-    rows: usize,
-    per_column: Vec<Vec<u8>>,
-    /// Whole rows, one after the other: what `SELECT <every column> … FORMAT RowBinary` gives.
-    rows_bytes: Vec<u8>,
-}
-
-async fn expected_rows(source: &TempPgDatabase, table: &str, key: &str) -> Expected {
-    let pg = PgServer::from_env();
-    let cfg = ferry_core::peer::PostgresConfig {
-        host: pg.host.clone(),
-        port: pg.port,
-        user: pg.user.clone(),
-        password: pg.password.clone(),
-        database: source.name.clone(),
-    };
-    let client = connect(&cfg, "test").await.unwrap();
-    client
-        .batch_execute("SET DateStyle = 'ISO'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET extra_float_digits = 3")
-        .await
-        .unwrap();
-    let scale = ferry_postgres::source::money_scale(&client, &cfg)
-        .await
-        .unwrap();
-    let t = describe_table(
-        &client,
-        &cfg,
-        &ferry_core::TableName::new("public", table),
-        &[],
-        scale,
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    // Each value in its type's output format, as pgoutput sends it. A row value whose fields
-    // are all NULL is not NULL itself.
-    let list: Vec<String> = t
-        .columns
-        .iter()
-        .map(|c| {
-            let q = pg_ident(&c.name);
-            format!("CASE WHEN num_nulls({q}) = 0 THEN format('%s', {q}) END")
-        })
-        .collect();
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {} FROM {} ORDER BY {}",
-                list.join(", "),
-                pg_ident(table),
-                pg_ident(key)
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
-    let mut per_column = vec![Vec::new(); t.columns.len()];
-    let mut rows_bytes = Vec::new();
-    for r in &rows {
-        for (i, c) in t.columns.iter().enumerate() {
-            let text: Option<String> = r.get(i);
-            let v = match text {
-                None => Value::Null,
-                Some(s) => {
-                    decode_text(&c.kind, &s).unwrap_or_else(|e| panic!("column {}: {e}", c.name))
-                }
-            };
-            let mut one = Vec::new();
-            ferry_clickhouse::rowbinary::encode(&c.kind, c.nullable, &v, &mut one)
-                .unwrap_or_else(|e| panic!("column {}: {e}", c.name));
-            rows_bytes.extend_from_slice(&one);
-            per_column[i].extend_from_slice(&one);
-        }
-    }
-    Expected {
-        columns: t.columns,
-        rows: rows.len(),
-        per_column,
-        rows_bytes,
-    }
-}
-
-/// ClickHouse's current state of `columns` (in key order) as RowBinary.
-async fn clickhouse_rows(
-    dest: &TempChDatabase,
-    table: &str,
-    columns: &[&str],
-    key: &str,
-) -> Vec<u8> {
-    let list: Vec<String> = columns.iter().map(|c| ch_ident(c)).collect();
-    let sql = format!(
-        "SELECT {} FROM {} FINAL WHERE _ferry_is_deleted = 0 ORDER BY {} FORMAT RowBinary",
-        list.join(", "),
-        ch_qualified(&dest.name, table),
-        ch_ident(key)
-    );
-    let mut cursor = dest.client().query(&sql).fetch_bytes("RowBinary").unwrap();
-    match cursor.collect().await {
-        Ok(b) => b.to_vec(),
-        Err(e) => panic!("reading {table} from ClickHouse: {e}"),
-    }
-}
-
 /// Waits until ClickHouse's current state of `all_types` is the source's, value for value.
 async fn converge(ferry: &Client, source: &TempPgDatabase, dest: &TempChDatabase, step: &str) {
     let expected = expected_rows(source, "all_types", "id").await;
     let names: Vec<&str> = expected.columns.iter().map(|c| c.name.as_str()).collect();
     let started = Instant::now();
     loop {
-        let actual = clickhouse_rows(dest, "all_types", &names, "id").await;
+        let actual = clickhouse_row_bytes(dest, "all_types", &names, "id").await;
         if actual == expected.rows_bytes {
             println!(
                 "{step}: {} rows equal after {:?}",
@@ -222,7 +113,7 @@ async fn converge(ferry: &Client, source: &TempPgDatabase, dest: &TempChDatabase
             // Name the columns that differ.
             let mut differing = Vec::new();
             for (i, c) in expected.columns.iter().enumerate() {
-                let got = clickhouse_rows(dest, "all_types", &[c.name.as_str()], "id").await;
+                let got = clickhouse_row_bytes(dest, "all_types", &[c.name.as_str()], "id").await;
                 if got != expected.per_column[i] {
                     differing.push(format!(
                         "{} (expected {:02x?}, got {:02x?})",

@@ -3,6 +3,11 @@
 use std::net::SocketAddr;
 
 use ferry_catalog::{Catalog, SecretKey};
+use ferry_core::ident::{ch_ident, ch_qualified, pg_ident};
+use ferry_core::{ColumnSchema, Value};
+use ferry_postgres::connect::connect;
+use ferry_postgres::source::describe_table;
+use ferry_postgres::types::decode_text;
 use ferry_server::{run, Shared, Shutdown};
 use ferry_testkit::{ChServer as Ch, PgServer, TempChDatabase, TempPgDatabase};
 use tokio::net::TcpListener;
@@ -187,5 +192,112 @@ pub async fn setup() -> Setup {
         source,
         dest,
         src,
+    }
+}
+
+/// The source's rows of a table, read as text in key order, decoded and encoded as ClickHouse
+/// must hold them: per column, the RowBinary of that column's values in key order.
+pub struct Expected {
+    pub columns: Vec<ColumnSchema>,
+    pub rows: usize,
+    /// Per column, the RowBinary of that column's values in key order.
+    pub per_column: Vec<Vec<u8>>,
+    /// Whole rows, one after the other: what `SELECT <every column> … FORMAT RowBinary` gives.
+    pub rows_bytes: Vec<u8>,
+}
+
+pub async fn expected_rows(source: &TempPgDatabase, table: &str, key: &str) -> Expected {
+    let pg = PgServer::from_env();
+    let cfg = ferry_core::peer::PostgresConfig {
+        host: pg.host.clone(),
+        port: pg.port,
+        user: pg.user.clone(),
+        password: pg.password.clone(),
+        database: source.name.clone(),
+    };
+    let client = connect(&cfg, "test").await.unwrap();
+    client
+        .batch_execute("SET DateStyle = 'ISO'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET extra_float_digits = 3")
+        .await
+        .unwrap();
+    let scale = ferry_postgres::source::money_scale(&client, &cfg)
+        .await
+        .unwrap();
+    let t = describe_table(
+        &client,
+        &cfg,
+        &ferry_core::TableName::new("public", table),
+        &[],
+        scale,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // Each value in its type's output format, as pgoutput sends it. A row value whose fields
+    // are all NULL is not NULL itself.
+    let list: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| {
+            let q = pg_ident(&c.name);
+            format!("CASE WHEN num_nulls({q}) = 0 THEN format('%s', {q}) END")
+        })
+        .collect();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {} FROM {} ORDER BY {}",
+                list.join(", "),
+                pg_ident(table),
+                pg_ident(key)
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut per_column = vec![Vec::new(); t.columns.len()];
+    let mut rows_bytes = Vec::new();
+    for r in &rows {
+        for (i, c) in t.columns.iter().enumerate() {
+            let text: Option<String> = r.get(i);
+            let v = match text {
+                None => Value::Null,
+                Some(s) => {
+                    decode_text(&c.kind, &s).unwrap_or_else(|e| panic!("column {}: {e}", c.name))
+                }
+            };
+            let mut one = Vec::new();
+            ferry_clickhouse::rowbinary::encode(&c.kind, c.nullable, &v, &mut one)
+                .unwrap_or_else(|e| panic!("column {}: {e}", c.name));
+            rows_bytes.extend_from_slice(&one);
+            per_column[i].extend_from_slice(&one);
+        }
+    }
+    Expected {
+        columns: t.columns,
+        rows: rows.len(),
+        per_column,
+        rows_bytes,
+    }
+}
+
+/// ClickHouse's current state of `columns` (in key order) as RowBinary.
+pub async fn clickhouse_row_bytes(
+    dest: &TempChDatabase,
+    table: &str,
+    columns: &[&str],
+    key: &str,
+) -> Vec<u8> {
+    let list: Vec<String> = columns.iter().map(|c| ch_ident(c)).collect();
+    let sql = format!(
+        "SELECT {} FROM {} FINAL WHERE _ferry_is_deleted = 0 ORDER BY {} FORMAT RowBinary",
+        list.join(", "),
+        ch_qualified(&dest.name, table),
+        ch_ident(key)
+    );
+    let mut cursor = dest.client().query(&sql).fetch_bytes("RowBinary").unwrap();
+    match cursor.collect().await {
+        Ok(b) => b.to_vec(),
+        Err(e) => panic!("reading {table} from ClickHouse: {e}"),
     }
 }
