@@ -3,71 +3,18 @@
 
 use std::time::Duration;
 
-use ferry_e2e::{clickhouse_row_bytes, expected_rows, setup, sqlstate, wait_for_state};
+use ferry_e2e::{
+    clickhouse_row_bytes, expected_rows, setup, sqlstate, wait_for_state, ALL_TYPES_ROWS,
+    ALL_TYPES_TABLE,
+};
 
 const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The table with a column of every type the README's mapping lists, and rows covering NULLs
-/// and edge values.
-const ALL_TYPES: &str = r#"
-CREATE EXTENSION IF NOT EXISTS citext;
-CREATE EXTENSION IF NOT EXISTS hstore;
-CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
-CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
-CREATE TYPE pair AS (a int, b text);
-CREATE TABLE all_types (
-    id int8 PRIMARY KEY,
-    c_bool bool, c_int2 int2, c_int4 int4, c_int8 int8, c_float4 float4, c_float8 float8,
-    c_numeric numeric, c_numeric_p numeric(20, 5), c_numeric_big numeric(76, 20), c_money money,
-    c_text text, c_varchar varchar(10), c_char char(5), c_name name, c_citext citext,
-    c_bytea bytea, c_uuid uuid, c_json json, c_jsonb jsonb,
-    c_date date, c_time time, c_timetz timetz, c_ts timestamp, c_tstz timestamptz, c_interval interval,
-    c_inet inet, c_cidr cidr, c_macaddr macaddr, c_bit bit(4), c_varbit varbit,
-    c_enum mood, c_domain posint, c_int_arr int4[], c_text_arr text[], c_int_arr2 int4[][],
-    c_num_arr numeric(10, 2)[], c_composite pair, c_range int4range, c_point point, c_hstore hstore,
-    c_tsvector tsvector, c_xml xml, c_oid oid, c_not_null text NOT NULL DEFAULT ''
-);
-INSERT INTO all_types VALUES (
-    1, true, -32768, 2147483647, -9223372036854775808, 1.5, 3.141592653589793,
-    123456789012345678901234567890.123456789012345678901234567890, -12345.6789, 1234567890123456789012345678901234567890123456.12345678901234567890, -1234.56,
-    'héllo wörld ✓', 'varchar', 'ab', 'a_name', 'CaseLess',
-    '\x00ff10'::bytea, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"a": [1, 2, null]}', '{"b": {"c": true}}',
-    '2024-02-29', '23:59:59.999999', '12:34:56.789+05:30', '2024-01-02 03:04:05.678901', '2024-01-02 03:04:05.678901+02', '1 year 2 mons 3 days 04:05:06.789',
-    '192.168.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03', B'1010', B'110',
-    'happy', 42, '{1,NULL,3}', '{"a b","c\"d",NULL,"NULL"}', '{{1,2},{3,NULL}}',
-    '{1.50,NULL,-2.25}', ROW(7, 'seven'), '[1,10)', '(1.5,-2)', 'a=>1, b=>NULL',
-    'fat cats ate rats', '<x>1</x>', 4294967295, 'x'
-), (
-    2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ''
-), (
-    3, false, 0, 0, 9223372036854775807, 'NaN', '-Infinity',
-    'NaN', 0.00001, -0.00000000000000000001, 0,
-    '', '', '', '', '',
-    '\x'::bytea, '00000000-0000-0000-0000-000000000000', '[]', 'null',
-    'infinity', '00:00:00', '00:00:00-12', '-infinity', '1900-01-01 00:00:00+00', '-178000000 years',
-    '::1', '2001:db8::/32', 'ff:ff:ff:ff:ff:ff', B'0000', B'',
-    'sad', 1, '{}', '{}', '{}',
-    '{}', ROW(NULL, NULL), 'empty', '(0,0)', '',
-    '', '<y/>', 0, repeat('long ', 4000)
-), (
-    4, true, 1, 1, 1, 'Infinity', 1e308,
-    '0.000000000000000000000000000000000000000000000000001', 99999999999999.99999, 0, 92233720368547758.07,
-    E'tab\there\nnewline \\ backslash', 'x', 'abcde', 'n', 'Ü',
-    decode(repeat('ab', 5000), 'hex'), 'ffffffff-ffff-ffff-ffff-ffffffffffff', '"s"', '[1, "x", {"k": 1.5}]',
-    '0001-01-01 BC', '12:00:00', '24:00:00+00', '2299-12-31 23:59:59.999999', '1899-12-31 23:59:59.999999+00', '-1 days +02:03:04',
-    '0.0.0.0', '0.0.0.0/0', '00:00:00:00:00:00', B'1111', B'1010101010',
-    'ok', 2147483647, '{-1}', '{""}', '{{5},{6}}',
-    '{99999999.99}', ROW(-1, ''), '(,)', '(-1e300,1e300)', '"k"=>"v w"',
-    'a:1 b:2', '<a b="c"/>', 1, 'y'
-);
-"#;
 
 #[tokio::test]
 async fn every_type_loads_value_for_value() {
     let s = setup().await;
-    s.src.batch_execute(ALL_TYPES).await.unwrap();
+    s.src.batch_execute(ALL_TYPES_TABLE).await.unwrap();
+    s.src.batch_execute(ALL_TYPES_ROWS).await.unwrap();
     s.client
         .batch_execute(
             "CREATE MIRROR types FROM src TO dst WITH TABLE MAPPING (public.all_types:all_types)
