@@ -94,9 +94,14 @@ async fn peers_are_checked_stored_masked_and_dropped() {
             "could not connect",
         ),
         (
-            format!("CREATE PEER bad FROM POSTGRES WITH (host = '{}', user = 'u', database = 'd', sslmode = 'x')", pg.host),
+            format!("CREATE PEER bad FROM POSTGRES WITH (host = '{}', user = 'u', database = 'd', sslcompression = 1)", pg.host),
             "42601",
-            "unknown option \"sslmode\"",
+            "unknown option \"sslcompression\"",
+        ),
+        (
+            format!("CREATE PEER bad FROM POSTGRES WITH (host = '{}', user = 'u', database = 'd', sslmode = 'x')", pg.host),
+            "22023",
+            "\"sslmode\" must be one of",
         ),
         ("CREATE PEER bad FROM POSTGRES WITH (host = 'h', user = 'u')".into(), "42601", "missing required option \"database\""),
         (

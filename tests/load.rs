@@ -509,7 +509,6 @@ async fn pause_and_resume_finish_the_load() {
     assert!(total >= 50, "expected many partitions, got {total}");
     assert!(done < total, "the load finished before the pause");
     eprintln!("pause_and_resume_finish_the_load: paused with {done} of {total} partitions done");
-    let stored = ch_stored_rows(&s.dest, "ledger").await;
 
     // The pause ended the snapshot reads at the source…
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -533,6 +532,32 @@ async fn pause_and_resume_finish_the_load() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // An insert whose last bytes were sent before the pause still commits in ClickHouse
+    // (its partition is not marked done, so the resume writes it again, into the same rows):
+    // count what is stored once none is running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let running: u64 = s
+            .dest
+            .client()
+            .query(
+                "SELECT count() FROM system.processes
+                 WHERE query_kind = 'Insert' AND current_database = ?",
+            )
+            .bind(&s.dest.name)
+            .fetch_one()
+            .await
+            .unwrap();
+        if running == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{running} inserts still running after the pause"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored = ch_stored_rows(&s.dest, "ledger").await;
     // …and nothing more arrives: a worker still running would finish a 5000-row partition in
     // well under the second watched here.
     let quiet = Instant::now() + Duration::from_secs(1);

@@ -214,6 +214,8 @@ pub async fn expected_rows(source: &TempPgDatabase, table: &str, key: &str) -> E
         user: pg.user.clone(),
         password: pg.password.clone(),
         database: source.name.clone(),
+        ssl_mode: Default::default(),
+        ssl_root_cert: None,
     };
     let client = connect(&cfg, "test").await.unwrap();
     client

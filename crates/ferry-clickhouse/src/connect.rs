@@ -1,7 +1,12 @@
 //! Connections to a destination ClickHouse over its HTTP interface.
 
+use std::time::Duration;
+
 use ferry_core::peer::ClickhouseConfig;
 use ferry_core::ErrorKind;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
 
 /// A failure talking to a destination ClickHouse.
 #[derive(Debug, thiserror::Error)]
@@ -50,11 +55,28 @@ impl DestinationError {
             }
             E::Network(inner) => {
                 let detail = innermost(inner.as_ref());
+                if let Some(tls) = rustls_error(inner.as_ref()) {
+                    return DestinationError {
+                        kind: ErrorKind::Misconfigured,
+                        code: None,
+                        message: format!(
+                            "TLS handshake with ClickHouse at {} failed: {tls}",
+                            cfg.url()
+                        ),
+                        hint: Some(tls_hint(cfg, tls)),
+                        source: Some(e),
+                    };
+                }
                 DestinationError {
                     kind: ErrorKind::Transient,
                     code: None,
                     message: format!("could not connect to ClickHouse at {}: {detail}", cfg.url()),
-                    hint: Some("Check that the server is running and that host and port (the HTTP port) are right.".into()),
+                    hint: Some(if cfg.disable_tls {
+                        "Check that the server is running and that host and port (the HTTP port) are right.".into()
+                    } else {
+                        "Check that the server is running and that host and port (the HTTPS port) are right; \
+                         for plain HTTP set disable_tls = true.".into()
+                    }),
                     source: Some(e),
                 }
             }
@@ -84,6 +106,8 @@ impl DestinationError {
             (ErrorKind::AlreadyExists, _) => "42P07",
             (ErrorKind::Transient, None) => "08001",
             (ErrorKind::Transient, Some(_)) => "08006",
+            (ErrorKind::Misconfigured, None) => "08001",
+            (ErrorKind::InvalidInput, _) => "22023",
             _ => "XX000",
         }
     }
@@ -94,6 +118,48 @@ fn first_line(text: &str) -> &str {
         .find(|l| !l.trim().is_empty())
         .unwrap_or(text)
         .trim()
+}
+
+/// The rustls error behind a network failure, if the TLS handshake is what failed.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    // An io::Error's `source()` skips the error it wraps (which may be another io::Error):
+    // look inside it directly.
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if let Some(tls) = rustls_error(inner) {
+            return Some(tls);
+        }
+    }
+    e.source().and_then(rustls_error)
+}
+
+fn tls_hint(cfg: &ClickhouseConfig, e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => {
+            format!(
+                "The server's certificate does not name \"{}\"; connect by a name it lists.",
+                cfg.host
+            )
+        }
+        rustls::Error::InvalidCertificate(_) => format!(
+            "The server's certificate could not be verified against {}. Check sslrootcert, \
+             or the certificate and its validity dates.",
+            cfg.ssl_root_cert
+                .as_deref()
+                .unwrap_or("the system's certificate authorities")
+        ),
+        _ => "Check that the port is ClickHouse's HTTPS port, or set disable_tls = true \
+              for plain HTTP."
+            .into(),
+    }
 }
 
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
@@ -111,14 +177,61 @@ fn server_code(text: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// A client for the peer's database.
-pub fn client(cfg: &ClickhouseConfig) -> clickhouse::Client {
+/// How long an idle pooled connection is kept: under ClickHouse's own keep-alive timeout
+/// (3 s by default), so the server never closes one just as Ferry reuses it.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// A client for the peer's database: HTTPS unless `disable_tls`, trusting the authorities of
+/// `sslrootcert` (the system's by default) and checking that the certificate names `host`.
+pub fn client(cfg: &ClickhouseConfig) -> Result<clickhouse::Client, DestinationError> {
     let compression = if cfg.compress() {
         clickhouse::Compression::Lz4
     } else {
         clickhouse::Compression::None
     };
-    let mut c = clickhouse::Client::default()
+    let mut http = HttpConnector::new();
+    http.set_keepalive(Some(TCP_KEEPALIVE));
+    http.set_nodelay(true);
+    let pool = |b: &mut hyper_util::client::legacy::Builder| {
+        b.pool_idle_timeout(POOL_IDLE_TIMEOUT);
+    };
+    let base = if cfg.disable_tls {
+        let mut b = HyperClient::builder(TokioExecutor::new());
+        pool(&mut b);
+        clickhouse::Client::with_http_client(b.build(http))
+    } else {
+        let roots = ferry_core::tls::root_store(cfg.ssl_root_cert.as_deref()).map_err(|e| {
+            DestinationError {
+                kind: ErrorKind::InvalidInput,
+                code: None,
+                message: format!("TLS settings for ClickHouse at {}: {e}", cfg.url()),
+                hint: None,
+                source: None,
+            }
+        })?;
+        let tls = rustls::ClientConfig::builder_with_provider(ferry_core::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| DestinationError {
+                kind: ErrorKind::Internal,
+                code: None,
+                message: format!("TLS settings for ClickHouse at {}: {e}", cfg.url()),
+                hint: None,
+                source: None,
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        let mut b = HyperClient::builder(TokioExecutor::new());
+        pool(&mut b);
+        clickhouse::Client::with_http_client(b.build(https))
+    };
+    let mut c = base
         .with_url(cfg.url())
         .with_user(&cfg.user)
         .with_database(&cfg.database)
@@ -126,22 +239,12 @@ pub fn client(cfg: &ClickhouseConfig) -> clickhouse::Client {
     if !cfg.password.is_empty() {
         c = c.with_password(&cfg.password);
     }
-    c
+    Ok(c)
 }
 
 /// Connects to a peer and checks that it answers in its database, for `CREATE PEER`.
 pub async fn check_peer(cfg: &ClickhouseConfig) -> Result<(), DestinationError> {
-    if !cfg.disable_tls {
-        return Err(DestinationError {
-            kind: ErrorKind::Unsupported,
-            code: None,
-            message: "TLS connections to ClickHouse are not supported by this build of Ferry"
-                .into(),
-            hint: Some("Set disable_tls = true to connect over plain HTTP.".into()),
-            source: None,
-        });
-    }
-    let c = client(cfg);
+    let c = client(cfg)?;
     let fut = c.query("SELECT 1").fetch_one::<u8>();
     match tokio::time::timeout(std::time::Duration::from_secs(10), fut).await {
         Ok(Ok(_)) => Ok(()),

@@ -86,11 +86,12 @@ pub struct Destination {
 }
 
 impl Destination {
-    pub fn new(cfg: &ClickhouseConfig) -> Destination {
-        Destination {
+    /// A destination for the peer; fails only on TLS settings that cannot be used.
+    pub fn new(cfg: &ClickhouseConfig) -> Result<Destination, DestinationError> {
+        Ok(Destination {
             cfg: cfg.clone(),
-            client: crate::connect::client(cfg),
-        }
+            client: crate::connect::client(cfg)?,
+        })
     }
 
     /// The peer's own database, where unqualified destination names go.

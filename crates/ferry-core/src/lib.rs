@@ -19,6 +19,7 @@ pub mod lsn;
 pub mod mirror;
 pub mod peer;
 pub mod schema;
+pub mod tls;
 pub mod value;
 
 pub use error::ErrorKind;

@@ -93,6 +93,14 @@ impl OptionError {
             OptionError::Unknown { known, .. } => {
                 Some(format!("Valid options are: {}.", known.join(", ")))
             }
+            OptionError::Missing {
+                name: "sslrootcert",
+                ..
+            } => Some(
+                "Give sslrootcert = '/path/to/root.crt' (a PEM file on Ferry's host), or \
+                 'system' to trust the operating system's certificate authorities."
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -221,6 +229,64 @@ impl<'a> OptionReader<'a> {
     }
 }
 
+/// Whether and how a connection to a PostgreSQL peer uses TLS: libpq's `sslmode`, whose
+/// names and meanings users know (`allow` is left out: it only ever downgrades).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP only.
+    Disable,
+    /// TLS when the server offers it, plain otherwise; the certificate is not checked.
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is not checked.
+    Require,
+    /// TLS, with a certificate issued by a trusted authority (`sslrootcert`).
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate must name the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The option value, as written in `WITH (sslmode = …)`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Parses an option value (case-insensitive).
+    pub fn parse(s: &str) -> Option<SslMode> {
+        [
+            SslMode::Disable,
+            SslMode::Prefer,
+            SslMode::Require,
+            SslMode::VerifyCa,
+            SslMode::VerifyFull,
+        ]
+        .into_iter()
+        .find(|m| m.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// Whether the server's certificate must chain to a trusted root.
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `sslrootcert` value that means "the operating system's trusted roots".
+pub const SYSTEM_ROOT_CERTS: &str = "system";
+
 /// Connection settings of a PostgreSQL peer.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostgresConfig {
@@ -230,6 +296,13 @@ pub struct PostgresConfig {
     #[serde(skip)]
     pub password: String,
     pub database: String,
+    /// TLS use; peers stored before TLS existed read back as `prefer`, libpq's default.
+    #[serde(default)]
+    pub ssl_mode: SslMode,
+    /// A PEM file (on Ferry's host) of the certificates to trust for `verify-ca` and
+    /// `verify-full`, or [`SYSTEM_ROOT_CERTS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_root_cert: Option<String>,
 }
 
 impl fmt::Debug for PostgresConfig {
@@ -239,6 +312,7 @@ impl fmt::Debug for PostgresConfig {
             .field("port", &self.port)
             .field("user", &self.user)
             .field("database", &self.database)
+            .field("ssl_mode", &self.ssl_mode)
             .finish_non_exhaustive()
     }
 }
@@ -254,6 +328,9 @@ pub struct ClickhouseConfig {
     pub password: String,
     pub database: String,
     pub disable_tls: bool,
+    /// A PEM file of the authorities to trust over HTTPS; `None` trusts the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_root_cert: Option<String>,
     /// Compression of inserts: `Some(true)` lz4, `Some(false)` none; `None` decides by host
     /// (none on loopback, where it only costs CPU; lz4 elsewhere).
     #[serde(default)]
@@ -358,8 +435,23 @@ impl PeerConfig {
                     user: r.required_string("user")?,
                     password: r.string("password")?.unwrap_or_default(),
                     database: r.required_string("database")?,
+                    ssl_mode: match r.string("sslmode")? {
+                        None => SslMode::default(),
+                        Some(s) => SslMode::parse(&s).ok_or_else(|| OptionError::WrongType {
+                            name: "sslmode".into(),
+                            expected: "one of disable, prefer, require, verify-ca, verify-full",
+                            got: format!("{s:?}"),
+                        })?,
+                    },
+                    ssl_root_cert: r.string("sslrootcert")?.filter(|s| !s.is_empty()),
                 };
                 r.finish()?;
+                if cfg.ssl_mode.verifies() && cfg.ssl_root_cert.is_none() {
+                    return Err(OptionError::Missing {
+                        name: "sslrootcert",
+                        context: format!("sslmode = {}", cfg.ssl_mode),
+                    });
+                }
                 Ok(PeerConfig::Postgres(cfg))
             }
             PeerKind::Clickhouse => {
@@ -373,6 +465,7 @@ impl PeerConfig {
                         .string("database")?
                         .unwrap_or_else(|| "default".to_owned()),
                     disable_tls: r.boolean("disable_tls")?.unwrap_or(false),
+                    ssl_root_cert: r.string("sslrootcert")?.filter(|s| !s.is_empty()),
                     compression: match r.string("compression")?.as_deref() {
                         None => None,
                         Some("lz4") => Some(true),

@@ -70,7 +70,22 @@ impl Engine {
         let n = mirrors.len();
         for m in mirrors {
             info!(mirror = %m.name, state = %m.state, "resuming mirror");
-            self.spawn(m, None).await?;
+            let id = m.id;
+            // One mirror that cannot start (a root certificate file gone, say) must not keep
+            // the others, or the daemon, from running: it is marked failed with the reason.
+            if let Err(e) = self.spawn(m, None).await {
+                if !matches!(e.kind, ErrorKind::InvalidInput | ErrorKind::Misconfigured) {
+                    return Err(e);
+                }
+                error!(error = %e, "mirror cannot start");
+                self.catalog
+                    .set_mirror_state(
+                        id,
+                        MirrorState::Failed,
+                        Some((&e.message, e.hint.as_deref())),
+                    )
+                    .await?;
+            }
         }
         Ok(n)
     }
@@ -93,7 +108,7 @@ impl Engine {
             };
         }
         let (src_cfg, dst_cfg) = setup::peer_configs(&req.source, &req.destination)?;
-        let dest = Destination::new(&dst_cfg);
+        let dest = Destination::new(&dst_cfg)?;
         let plan = setup::plan(&req.name, &src_cfg, &dest, &req.spec).await?;
         let set_up = setup::create(
             &self.catalog,
@@ -221,7 +236,7 @@ impl Engine {
         let source = self.peer_by_id(row.source_peer).await?;
         let destination = self.peer_by_id(row.destination_peer).await?;
         let (src_cfg, dst_cfg) = setup::peer_configs(&source, &destination)?;
-        let dest = Destination::new(&dst_cfg);
+        let dest = Destination::new(&dst_cfg)?;
         self.stop(name).await;
 
         // Fresh tables beside the live ones, from the tables' current shape.
@@ -350,7 +365,7 @@ impl Engine {
             row: row.clone(),
             spec,
             source: src_cfg,
-            destination: Destination::new(&dst_cfg),
+            destination: Destination::new(&dst_cfg)?,
             stop: stop_rx,
         };
         let span = tracing::info_span!("mirror", mirror = %row.name);

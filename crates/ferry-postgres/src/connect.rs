@@ -4,8 +4,12 @@ use std::time::Duration;
 
 use ferry_core::peer::PostgresConfig;
 use ferry_core::ErrorKind;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls};
 use tracing::debug;
+
+use crate::tls;
 
 /// How long a connection attempt may take before the peer counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,32 +81,59 @@ pub fn pg_config(cfg: &PostgresConfig, application_name: &str) -> Config {
 }
 
 /// Opens a connection; the connection task runs in the background until the client drops.
+///
+/// Over TCP the stream comes from [`tls::open`], which negotiates TLS as the peer's `sslmode`
+/// asks, so ordinary and replication connections share one TLS path; a socket directory as
+/// `host` connects through tokio-postgres directly (no TLS there, as with libpq).
 pub async fn connect(cfg: &PostgresConfig, application_name: &str) -> Result<Client, SourceError> {
-    let pg = pg_config(cfg, application_name);
-    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(NoTls)).await;
-    let (client, connection) = match attempt {
-        Ok(r) => r.map_err(|e| SourceError::from_pg(cfg, e))?,
-        Err(_) => {
-            return Err(SourceError {
-                kind: ErrorKind::Transient,
-                sqlstate: "08001".into(),
-                message: format!(
-                    "could not connect to PostgreSQL at {}:{}: timed out after {}s",
-                    cfg.host,
-                    cfg.port,
-                    CONNECT_TIMEOUT.as_secs()
-                ),
-                hint: Some("Check that the host is reachable from Ferry.".into()),
-                source: None,
-            })
+    let mut pg = pg_config(cfg, application_name);
+    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        if cfg.host.starts_with('/') {
+            let (client, connection) = pg
+                .connect(NoTls)
+                .await
+                .map_err(|e| SourceError::from_pg(cfg, e))?;
+            spawn_connection(connection);
+            return Ok(client);
         }
-    };
+        let stream = tls::open(cfg).await?;
+        // TLS, if any, is already in place: tokio-postgres must not ask for it again.
+        pg.ssl_mode(SslMode::Disable);
+        let (client, connection) = pg
+            .connect_raw(stream, NoTls)
+            .await
+            .map_err(|e| SourceError::from_pg(cfg, e))?;
+        spawn_connection(connection);
+        Ok(client)
+    })
+    .await;
+    match attempt {
+        Ok(r) => r,
+        Err(_) => Err(SourceError {
+            kind: ErrorKind::Transient,
+            sqlstate: "08001".into(),
+            message: format!(
+                "could not connect to PostgreSQL at {}:{}: timed out after {}s",
+                cfg.host,
+                cfg.port,
+                CONNECT_TIMEOUT.as_secs()
+            ),
+            hint: Some("Check that the host is reachable from Ferry.".into()),
+            source: None,
+        }),
+    }
+}
+
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             debug!(error = %e, "source connection closed");
         }
     });
-    Ok(client)
 }
 
 /// Connects to a peer and checks that it answers, for `CREATE PEER`.

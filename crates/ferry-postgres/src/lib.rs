@@ -7,4 +7,5 @@ pub mod ctid;
 pub mod pgoutput;
 pub mod replication;
 pub mod source;
+pub mod tls;
 pub mod types;

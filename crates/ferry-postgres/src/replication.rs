@@ -53,7 +53,6 @@ use ferry_core::peer::PostgresConfig;
 use ferry_core::{ErrorKind, Lsn};
 use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
-use tokio::net::TcpStream;
 use tokio_postgres::fallible_iterator::FallibleIterator;
 
 use crate::connect::{SourceError, CONNECT_TIMEOUT};
@@ -157,19 +156,7 @@ impl ReplicationConnection {
     }
 
     async fn connect_inner(cfg: &PostgresConfig, peer: String) -> Result<Self, SourceError> {
-        let stream = TcpStream::connect((cfg.host.as_str(), cfg.port))
-            .await
-            .map_err(|e| SourceError {
-                kind: ErrorKind::Transient,
-                sqlstate: "08001".into(),
-                message: format!("could not connect to PostgreSQL at {peer}: {e}"),
-                hint: Some(
-                    "Check that the server is running and that host and port are right.".into(),
-                ),
-                source: None,
-            })?;
-        // Status updates are small and should not wait for Nagle.
-        let _ = stream.set_nodelay(true);
+        let stream = crate::tls::open(cfg).await?;
         let mut wire = Wire::new(stream, peer);
         let params = [
             ("user", cfg.user.as_str()),

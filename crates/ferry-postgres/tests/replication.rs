@@ -39,6 +39,8 @@ fn config(db: &TempPgDatabase) -> PostgresConfig {
         user: db.server.user.clone(),
         password: db.server.password.clone(),
         database: db.name.clone(),
+        ssl_mode: Default::default(),
+        ssl_root_cert: None,
     }
 }
 

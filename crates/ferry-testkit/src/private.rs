@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+use crate::tls::TestCertificates;
 use crate::{random_name, ChServer, PgServer};
 
 /// How long a private server may take to start or stop.
@@ -246,6 +247,9 @@ pub enum StopMode {
     Immediate,
 }
 
+/// The role of a [`PrivatePostgres::start_with_tls`] cluster that must use TLS over TCP.
+pub const TLS_ONLY_USER: &str = "tls_only";
+
 /// A PostgreSQL cluster of one test.
 pub struct PrivatePostgres {
     dir: PathBuf,
@@ -313,6 +317,75 @@ impl PrivatePostgres {
             user: "postgres".into(),
             password: self.password.clone(),
         }
+    }
+
+    /// Creates a cluster that also speaks TLS, and starts it.
+    ///
+    /// The server's certificate is issued by a test authority ([`PrivatePostgres::root_cert`])
+    /// for the name `localhost` only, so connecting to `127.0.0.1` fails a host-name check. A
+    /// superuser [`TLS_ONLY_USER`] (same password as `postgres`) may connect over TCP only
+    /// with TLS; `postgres` itself may still connect in plain text, for the test's own use.
+    pub async fn start_with_tls() -> PrivatePostgres {
+        let dir = temp_dir("ferry-pg");
+        let mut pg = PrivatePostgres {
+            dir,
+            bindir: Self::bindir(),
+            port: free_port(),
+            password: "ferry".into(),
+            running: false,
+        };
+        pg.init().await;
+        pg.enable_tls();
+        pg.start_again().await;
+        let client = pg.server().connect("postgres").await;
+        client
+            .batch_execute(&format!(
+                "CREATE ROLE {TLS_ONLY_USER} SUPERUSER LOGIN PASSWORD '{}'",
+                pg.password
+            ))
+            .await
+            .expect("create the TLS-only role");
+        pg
+    }
+
+    /// The certificates of a [`PrivatePostgres::start_with_tls`] cluster.
+    pub fn certificates(&self) -> TestCertificates {
+        TestCertificates::issued_in(&self.dir.join("tls"))
+    }
+
+    /// Issues the certificates and turns TLS on (before the first start).
+    fn enable_tls(&mut self) {
+        let tls = self.dir.join("tls");
+        let certs = TestCertificates::issue(&tls);
+        use std::os::unix::fs::PermissionsExt;
+        let key = certs.server_key();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod the server key");
+        self.give(&tls);
+        self.give(&key);
+        self.give(&certs.server_cert());
+
+        let data = self.data();
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+        text.push_str(&format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            certs.server_cert().display(),
+            key.display()
+        ));
+        std::fs::write(&conf, text).expect("write postgresql.conf");
+        // First match wins: the TLS-only role is sorted out before the general lines.
+        let hba = data.join("pg_hba.conf");
+        let general = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        let mut text = String::from("# written by ferry-testkit\n");
+        for db in ["all", "replication"] {
+            text.push_str(&format!(
+                "hostssl {db} {TLS_ONLY_USER} 127.0.0.1/32 scram-sha-256\n\
+                 hostnossl {db} {TLS_ONLY_USER} 127.0.0.1/32 reject\n"
+            ));
+        }
+        text.push_str(&general);
+        std::fs::write(&hba, text).expect("write pg_hba.conf");
     }
 
     pub fn is_running(&self) -> bool {

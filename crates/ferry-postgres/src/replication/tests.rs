@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use super::stream::{parse_copy_data, standby_status_update};
 use super::wire::kind_of_sqlstate;
 use super::*;
+use ferry_core::peer::SslMode;
 
 #[test]
 fn server_versions() {
@@ -248,6 +249,9 @@ async fn listen() -> (TcpListener, PostgresConfig) {
         user: "alice".into(),
         password: "secret".into(),
         database: "db".into(),
+        // The scripted server below speaks no TLS; `prefer` is tested on its own.
+        ssl_mode: SslMode::Disable,
+        ssl_root_cert: None,
     };
     (listener, cfg)
 }
@@ -277,6 +281,91 @@ async fn cleartext_password_and_startup_parameters() {
     assert_eq!(params["replication"], "database");
     assert_eq!(params["application_name"], "ferry");
     assert_eq!(params["options"], STARTUP_OPTIONS);
+}
+
+/// Reads an SSLRequest (length 8, code 80877103) and answers `answer`.
+async fn refuse_tls(s: &mut TcpStream, answer: u8) {
+    let mut request = [0u8; 8];
+    s.read_exact(&mut request).await.unwrap();
+    assert_eq!(request, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+    s.write_all(&[answer]).await.unwrap();
+}
+
+#[tokio::test]
+async fn prefer_continues_in_plain_text_when_the_server_has_no_tls() {
+    let (listener, mut cfg) = listen().await;
+    cfg.ssl_mode = SslMode::Prefer;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        refuse_tls(&mut s, b'N').await;
+        let params = read_startup(&mut s).await;
+        s.write_all(&auth(3, &[])).await.unwrap();
+        read_frontend(&mut s).await;
+        s.write_all(&welcome()).await.unwrap();
+        params
+    });
+    ReplicationConnection::connect(&cfg).await.unwrap();
+    assert_eq!(server.await.unwrap()["user"], "alice");
+}
+
+#[tokio::test]
+async fn require_refuses_a_server_without_tls() {
+    for mode in [SslMode::Require, SslMode::VerifyFull] {
+        let (listener, mut cfg) = listen().await;
+        cfg.ssl_mode = mode;
+        // The root file is read before connecting; any PEM certificate will do here.
+        cfg.ssl_root_cert = (mode == SslMode::VerifyFull).then(test_root_cert);
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            refuse_tls(&mut s, b'N').await;
+            // Nothing else may come: no startup message in the clear.
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).await.unwrap();
+            rest
+        });
+        let e = ReplicationConnection::connect(&cfg).await.unwrap_err();
+        assert_eq!(
+            (e.kind, e.sqlstate.as_str()),
+            (ErrorKind::Misconfigured, "08001"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("does not support TLS"), "{e}");
+        assert!(e.hint.unwrap().contains("sslmode"));
+        assert!(server.await.unwrap().is_empty(), "sent after N");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_root_file_is_reported_before_connecting() {
+    let (_listener, mut cfg) = listen().await;
+    cfg.ssl_mode = SslMode::VerifyCa;
+    cfg.ssl_root_cert = Some("/nonexistent/root.crt".into());
+    let e = ReplicationConnection::connect(&cfg).await.unwrap_err();
+    assert_eq!(
+        (e.kind, e.sqlstate.as_str()),
+        (ErrorKind::InvalidInput, "22023"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("/nonexistent/root.crt"), "{e}");
+}
+
+/// A self-signed root in a file of its own, for tests that only need a readable root.
+fn test_root_cert() -> String {
+    const PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBijCCATGgAwIBAgIUMuSmp927OOeFRE7Qp3vyHHeWEZ4wCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPZmVycnkgdGVzdCByb290MCAXDTI2MTEyMjA1NDkzNVoYDzIx
+MjYxMDI5MDU0OTM1WjAaMRgwFgYDVQQDDA9mZXJyeSB0ZXN0IHJvb3QwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAASjJgVSQttbR51ekaDbt01LuHUzg1Ink38snzAr
+9Rkawgpj6OShiSCZZEDYyYPom1Wf1OI9KCV14ku7/iM5hIewo1MwUTAdBgNVHQ4E
+FgQUHmikUpbgUExPajqzDuF27jq4iKMwHwYDVR0jBBgwFoAUHmikUpbgUExPajqz
+DuF27jq4iKMwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBEAiA8O5uZ
+MsxDTBsteKktPJcpl4Tw+DlTGC1SK/tp3k0t2AIgXK9wt4j67gZACECGlfv1Kfoe
+OsiiZSPk7+39MYiB4h8=
+-----END CERTIFICATE-----
+";
+    let path = std::env::temp_dir().join(format!("ferry-test-root-{}.crt", std::process::id()));
+    std::fs::write(&path, PEM).unwrap();
+    path.display().to_string()
 }
 
 #[tokio::test]

@@ -16,11 +16,11 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use postgres_protocol::message::backend::{ErrorFields, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_postgres::fallible_iterator::FallibleIterator;
 use tracing::debug;
 
 use crate::connect::SourceError;
+use crate::tls::Stream;
 
 /// The tag of CopyBothResponse, which `Message::parse` does not know.
 const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
@@ -37,7 +37,7 @@ pub(super) enum Backend {
 
 /// The socket, its buffers, and what the server told us about itself.
 pub(super) struct Wire {
-    stream: TcpStream,
+    stream: Stream,
     read_buf: BytesMut,
     write_buf: BytesMut,
     /// `host:port`, for messages.
@@ -48,7 +48,7 @@ pub(super) struct Wire {
 }
 
 impl Wire {
-    pub(super) fn new(stream: TcpStream, peer: String) -> Wire {
+    pub(super) fn new(stream: Stream, peer: String) -> Wire {
         Wire {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
@@ -381,7 +381,7 @@ async fn authenticate(wire: &mut Wire, cfg: &PostgresConfig) -> Result<(), Sourc
     }
 }
 
-/// SCRAM-SHA-256 without channel binding (the connection has no TLS to bind to).
+/// SCRAM-SHA-256 without channel binding.
 async fn scram_sha_256(wire: &mut Wire, cfg: &PostgresConfig) -> Result<(), SourceError> {
     let password = password(wire, cfg)?;
     let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
