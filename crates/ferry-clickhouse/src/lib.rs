@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod decimal;
+pub mod lookup;
 pub mod rowbinary;
 pub mod table;
 pub mod types;

@@ -99,7 +99,11 @@ impl Destination {
         &self.cfg.database
     }
 
-    fn err(&self, e: clickhouse::error::Error) -> DestinationError {
+    pub(crate) fn client(&self) -> &clickhouse::Client {
+        &self.client
+    }
+
+    pub(crate) fn err(&self, e: clickhouse::error::Error) -> DestinationError {
         DestinationError::from_client(&self.cfg, e)
     }
 
@@ -265,9 +269,27 @@ impl RowInsert {
         version: u64,
         is_deleted: bool,
     ) -> Result<(), WriteError> {
+        self.push_with(values, &[], version, is_deleted).await
+    }
+
+    /// As [`RowInsert::push`], with some columns given already encoded (`(column, RowBinary)`,
+    /// in column order, as [`Destination::stored_values`] returns them); their `values` are
+    /// not looked at.
+    pub async fn push_with(
+        &mut self,
+        values: &[Value],
+        encoded: &[(usize, &[u8])],
+        version: u64,
+        is_deleted: bool,
+    ) -> Result<(), WriteError> {
         let start = self.buf.len();
         let mut clamped = Clamped::No;
+        let mut encoded = encoded.iter().peekable();
         for (i, ((kind, nullable), v)) in self.columns.iter().zip(values).enumerate() {
+            if let Some((_, bytes)) = encoded.next_if(|(c, _)| *c == i) {
+                self.buf.extend_from_slice(bytes);
+                continue;
+            }
             match encode(kind, *nullable, v, &mut self.buf) {
                 Ok(c) => clamped |= c,
                 Err(e) => {

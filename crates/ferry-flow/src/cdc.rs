@@ -30,10 +30,8 @@
 //! # Unchanged TOAST values
 //!
 //! An UPDATE that leaves a large (TOASTed) column alone does not carry its value. Ferry takes
-//! the value from an earlier change of the same row in the batch, or else reads it from the
-//! source by key. The source may have moved on since this change; the value read is then that
-//! of a later change of the row, which follows in the stream and is applied after this one, so
-//! the row still ends in the source's state. Ferry never writes an empty or default value for
+//! it from an earlier change of the row in the batch, else from ClickHouse's version of the
+//! row from before the batch (see [`toast`]). It never writes an empty or default value for
 //! an unchanged column.
 //!
 //! # Schema changes
@@ -48,7 +46,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_catalog::{BatchRecord, Catalog, TableRow};
 use ferry_clickhouse::table::{Destination, WriteError};
-use ferry_core::ident::{ch_ident, ch_qualified, pg_ident};
+use ferry_core::ident::{ch_ident, ch_qualified};
 use ferry_core::peer::PostgresConfig;
 use ferry_core::value::PG_EPOCH_UNIX_MICROS;
 use ferry_core::{ColumnSchema, ErrorKind, Lsn, TableName, Value, ValueKind};
@@ -64,6 +62,8 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::FlowError;
+
+mod toast;
 
 /// How often the position is reported to the source when nothing else happens.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -113,6 +113,15 @@ struct PendingRow {
     values: Vec<Value>,
     /// Columns whose value was an unchanged TOAST value not found in the batch.
     unresolved: Vec<usize>,
+    /// Values of `unresolved` columns found again, as ClickHouse holds them (RowBinary), by
+    /// column; they take the place of `values` there.
+    encoded: Vec<(usize, Vec<u8>)>,
+    /// The batch's earlier row of the same row whose unchanged values are unresolved too:
+    /// this row's take theirs, once found.
+    depends_on: Option<usize>,
+    /// For an update that moved the row to a new key: the batch's deletion row of its old
+    /// key, under which its earlier values are stored.
+    moved_from: Option<usize>,
     version: u64,
     deleted: bool,
 }
@@ -817,28 +826,36 @@ impl Streamer {
             None => tb.latest.get(&key).copied(),
         };
         let mut unresolved = Vec::new();
+        let mut depends_on = None;
         let mut row = Vec::with_capacity(active.len());
         for (slot, v) in values.into_iter().enumerate() {
             let col = &columns[active[slot]];
             row.push(match v {
                 Some(v) => v,
-                None if deleted || !present[slot] => placeholder(&col.kind, col.nullable),
                 // A deletion's row has no values to give.
-                None => match previous
-                    .and_then(|p| tb.rows.get(p))
-                    .filter(|p| !p.deleted && !p.unresolved.contains(&slot))
-                {
-                    Some(p) => p.values[slot].clone(),
-                    None => {
+                None if deleted || !present[slot] => placeholder(&col.kind, col.nullable),
+                None => match previous.filter(|&p| tb.rows.get(p).is_some_and(|p| !p.deleted)) {
+                    Some(p) if !tb.rows[p].unresolved.contains(&slot) => {
+                        tb.rows[p].values[slot].clone()
+                    }
+                    earlier => {
+                        depends_on = earlier;
                         unresolved.push(slot);
                         placeholder(&col.kind, col.nullable)
                     }
                 },
             });
         }
+        // The deletion of the old key was pushed just before this row.
+        let moved_from = previous_key
+            .filter(|_| !unresolved.is_empty() && depends_on.is_none())
+            .and_then(|_| tb.rows.len().checked_sub(1));
         tb.rows.push(PendingRow {
             values: row,
             unresolved,
+            encoded: Vec::new(),
+            depends_on,
+            moved_from,
             version: lsn.0,
             deleted,
         });
@@ -853,133 +870,11 @@ impl Streamer {
         Ok(())
     }
 
-    /// Reads unchanged TOAST values that the batch did not have from the source, by key.
-    async fn resolve_from_source(&mut self, t: usize) -> Result<(), FlowError> {
-        let Some(tb) = self.batch.tables.get(&t) else {
-            return Ok(());
-        };
-        let needy: Vec<usize> = (0..tb.rows.len())
-            .filter(|&i| !tb.rows[i].unresolved.is_empty())
-            .collect();
-        if needy.is_empty() {
-            return Ok(());
-        }
-        let target = &self.targets[t];
-        let key_slots: Vec<usize> = tb
-            .active
-            .iter()
-            .enumerate()
-            .filter(|(_, &c)| target.columns[c].key_position.is_some())
-            .map(|(s, _)| s)
-            .collect();
-        if key_slots.is_empty() {
-            // REPLICA IDENTITY FULL sends every value; nothing is ever unchanged there.
-            return Err(FlowError::internal(
-                "unchanged TOAST value in a table without a key",
-            ));
-        }
-        let client = connect(&self.ctx.source, "ferry toast lookup").await?;
-        client
-            .batch_execute(
-                crate::snapshot::SESSION_SETTINGS
-                    .replace("SET LOCAL", "SET")
-                    .as_str(),
-            )
-            .await
-            .map_err(|e| SourceError::from_pg(&self.ctx.source, e))?;
-        // Every column of the table as text, for the rows with these keys.
-        let select: Vec<String> = tb
-            .active
-            .iter()
-            .map(|&c| {
-                let q = pg_ident(&target.columns[c].name);
-                format!("CASE WHEN num_nulls({q}) = 0 THEN format('%s', {q}) END")
-            })
-            .collect();
-        let key_text: Vec<String> = key_slots
-            .iter()
-            .map(|&s| {
-                let q = pg_ident(&target.columns[tb.active[s]].name);
-                format!("format('%s', {q})")
-            })
-            .collect();
-        let params: Vec<Vec<String>> = key_slots
-            .iter()
-            .map(|&s| {
-                needy
-                    .iter()
-                    .map(|&i| value_text(&tb.rows[i].values[s]))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .collect::<Result<_, _>>()?;
-        let unnest_args: Vec<String> = (1..=key_slots.len())
-            .map(|i| format!("${i}::text[]"))
-            .collect();
-        let sql = format!(
-            "SELECT concat_ws(E'\\x01', {}) AS k, {} FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))",
-            key_text.join(", "),
-            select.join(", "),
-            target.row.source.quoted(),
-            key_text.join(", "),
-            unnest_args.join(", ")
-        );
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-            .iter()
-            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        let rows = client
-            .query(&sql, &refs)
-            .await
-            .map_err(|e| SourceError::from_pg(&self.ctx.source, e))?;
-        let mut found: HashMap<String, &tokio_postgres::Row> = HashMap::new();
-        for r in &rows {
-            found.insert(r.get::<_, String>(0), r);
-        }
-        let columns = self.targets[t].columns.clone();
-        let tb = self
-            .batch
-            .tables
-            .get_mut(&t)
-            .ok_or_else(|| FlowError::internal("batch table missing"))?;
-        let mut missing = 0usize;
-        for i in needy {
-            let key = key_slots
-                .iter()
-                .map(|&s| value_text(&tb.rows[i].values[s]))
-                .collect::<Result<Vec<_>, _>>()?
-                .join("\u{1}");
-            let Some(r) = found.get(&key) else {
-                // Deleted at the source since: a later change in the stream deletes it here too.
-                missing += 1;
-                continue;
-            };
-            let active = tb.active.clone();
-            let row = &mut tb.rows[i];
-            for &slot in &row.unresolved {
-                let col = &columns[active[slot]];
-                let text: Option<String> = r.get(slot + 1);
-                row.values[slot] = match text {
-                    None => Value::Null,
-                    Some(s) => decode_text(&col.kind, &s)
-                        .map_err(|e| FlowError::new(e.kind(), "22P02", e.to_string()))?,
-                };
-            }
-            row.unresolved.clear();
-        }
-        if missing > 0 {
-            debug!(
-                rows = missing,
-                "rows with unchanged TOAST values are gone at the source; a later delete follows"
-            );
-        }
-        Ok(())
-    }
-
     /// Writes the batch's rows to ClickHouse: one insert per table.
     async fn write_batch(&mut self) -> Result<(), FlowError> {
         let tables: Vec<usize> = self.batch.tables.keys().copied().collect();
         for t in &tables {
-            self.resolve_from_source(*t).await?;
+            self.resolve_unchanged(*t).await?;
         }
         for t in tables {
             let Some(tb) = self.batch.tables.remove(&t) else {
@@ -1000,8 +895,10 @@ impl Streamer {
                 &columns,
             );
             for r in &tb.rows {
+                let encoded: Vec<(usize, &[u8])> =
+                    r.encoded.iter().map(|(s, b)| (*s, b.as_slice())).collect();
                 insert
-                    .push(&r.values, r.version, r.deleted)
+                    .push_with(&r.values, &encoded, r.version, r.deleted)
                     .await
                     .map_err(|e| match e {
                         WriteError::Encode { column, source } => FlowError::new(

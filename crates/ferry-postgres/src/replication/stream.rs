@@ -78,6 +78,12 @@ impl ReplicationStream {
                 self.server_done = true;
                 Ok(None)
             }
+            // A walsender that shuts down once the client has confirmed everything it sent
+            // ends the COPY with CommandComplete alone, without CopyDone.
+            Backend::Message(Message::CommandComplete(_)) => {
+                self.server_done = true;
+                Ok(None)
+            }
             Backend::Message(Message::ErrorResponse(e)) => Err(wire.server_error(e.fields())),
             other => Err(wire.unexpected(&other, "replication")),
         }

@@ -598,3 +598,34 @@ async fn server_going_away_is_transient() {
         (ErrorKind::Transient, "08006")
     );
 }
+
+#[tokio::test]
+async fn a_walsender_shutting_down_ends_the_stream_with_command_complete() {
+    let (conn, mut s) = connected().await;
+    let server = tokio::spawn(async move {
+        let (tag, _) = read_frontend(&mut s).await;
+        assert_eq!(tag, b'Q');
+        // What a walsender sends at a fast shutdown once everything sent is confirmed:
+        // CommandComplete without CopyDone, then it exits.
+        let mut out = backend(b'W', &[0, 0, 0]);
+        out.extend(xlog_data(0x40, b"last"));
+        out.extend(backend(b'C', b"COPY 0\0"));
+        s.write_all(&out).await.unwrap();
+        s
+    });
+    let options = PgOutputOptions {
+        publication_names: vec!["p".into()],
+        ..PgOutputOptions::default()
+    };
+    let mut stream = conn
+        .start_replication("s1", Lsn::ZERO, &options)
+        .await
+        .unwrap();
+    assert!(matches!(
+        stream.next().await.unwrap(),
+        Some(ReplicationMessage::XLogData { .. })
+    ));
+    assert!(stream.next().await.unwrap().is_none());
+    assert!(stream.next().await.unwrap().is_none());
+    drop(server.await.unwrap());
+}
