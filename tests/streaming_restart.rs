@@ -117,6 +117,18 @@ async fn converge(ferry: &Client, src: &Client, dest: &TempChDatabase, step: &st
     assert_eq!(mirror_state(ferry).await.0, "running", "{step}");
 }
 
+/// `mirror_status.lag_seconds` (0 when not shown).
+async fn lag(ferry: &Client) -> f64 {
+    ferry
+        .query_one(
+            "SELECT coalesce(lag_seconds, 0)::float8 FROM mirror_status",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Batches of changes the mirror recorded as written.
 async fn batches(ferry: &TestFerry) -> i64 {
     ferry
@@ -203,10 +215,20 @@ async fn clickhouse_restart_during_streaming_loses_nothing() {
     let stopped_at = catalog_now(&ferry).await;
     let written_before = written.load(Ordering::Relaxed);
     let down = Instant::now();
-    while down.elapsed() < DOWN_FOR {
+    let mut lag_seen = 0.0;
+    // More than streaming ever lags here (sync_interval = 1): it grows while nothing is written.
+    let grown = DOWN_FOR.as_secs_f64() / 2.0;
+    while down.elapsed() < DOWN_FOR || lag_seen < grown {
         assert_not_failed(&client, "ClickHouse down").await;
+        // The mirror says it is behind, by more and more.
+        lag_seen = lag(&client).await.max(lag_seen);
+        assert!(
+            down.elapsed() < TIMEOUT,
+            "mirror_status shows no growing lag while ClickHouse is down (at most {lag_seen} s)"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    println!("lag while ClickHouse was down: {lag_seen} s");
     let written_while_down = batches(&ferry).await;
     let starting_at = catalog_now(&ferry).await;
     let written_down = written.load(Ordering::Relaxed) - written_before;
@@ -245,6 +267,15 @@ async fn clickhouse_restart_during_streaming_loses_nothing() {
     println!("{} transactions written", written.load(Ordering::Relaxed));
     converge(&client, &src, &dest, "after the restart").await;
     println!("converged {:?} after ClickHouse came back", back.elapsed());
+    // Idle and caught up again: no lag.
+    let started = Instant::now();
+    while lag(&client).await > 0.0 {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the lag did not return to 0 once caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     ferry.stop().await;
     drop(dest);
     clickhouse.stop().await;

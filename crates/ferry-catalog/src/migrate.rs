@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "streaming",
         sql: include_str!("../../../migrations/0004_streaming.sql"),
     },
+    Migration {
+        version: 5,
+        name: "lag",
+        sql: include_str!("../../../migrations/0005_lag.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock that serialises migration runs.

@@ -489,7 +489,8 @@ impl Catalog {
         match batch {
             None => {
                 tx.execute(
-                    "UPDATE ferry.mirrors SET confirmed_lsn = $2::text::pg_lsn, source_lsn = $3::text::pg_lsn
+                    "UPDATE ferry.mirrors SET confirmed_lsn = $2::text::pg_lsn, source_lsn = $3::text::pg_lsn,
+                         position_at = now()
                      WHERE id = $1",
                     &[&mirror_id, &confirmed, &source_lsn],
                 )
@@ -499,7 +500,7 @@ impl Catalog {
                 tx.execute(
                     &format!(
                         "UPDATE ferry.mirrors SET confirmed_lsn = $2::text::pg_lsn, source_lsn = $3::text::pg_lsn,
-                             rows_inserted = rows_inserted + $4, rows_updated = rows_updated + $5,
+                             position_at = now(), rows_inserted = rows_inserted + $4, rows_updated = rows_updated + $5,
                              rows_deleted = rows_deleted + $6, last_batch_at = {FROM_PG_MICROS} $7::int8,
                              last_commit_at = coalesce({FROM_PG_MICROS} $8::int8, last_commit_at)
                          WHERE id = $1"

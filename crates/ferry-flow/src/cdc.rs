@@ -242,6 +242,31 @@ impl Streamer {
 
     /// Streams until stopped (`Ok`) or an error.
     pub async fn run(mut self) -> Result<(), FlowError> {
+        let result = self.stream_changes().await;
+        if result.is_err() && self.server_lsn > self.confirmed {
+            // The source got further than the destination: record that, so the mirror's lag
+            // shows while it retries (best effort: the catalog may be what failed).
+            let _ = self.record_position().await;
+        }
+        result
+    }
+
+    /// Records the confirmed position and the source's in the catalog, without a batch.
+    async fn record_position(&mut self) -> Result<(), FlowError> {
+        self.ctx
+            .catalog
+            .confirm(
+                self.ctx.mirror_id,
+                &self.confirmed.to_string(),
+                &self.server_lsn.to_string(),
+                None,
+            )
+            .await?;
+        self.catalog_written = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn stream_changes(&mut self) -> Result<(), FlowError> {
         let conn = ReplicationConnection::connect(&self.ctx.source).await?;
         let options = PgOutputOptions {
             publication_names: vec![self.ctx.publication.clone()],
@@ -301,15 +326,17 @@ impl Streamer {
                         stream.send_status(self.confirmed, self.confirmed, self.confirmed, true).await?;
                     }
                 }
-                _ = status.tick() => self.report(&mut stream).await?,
+                _ = status.tick() => {
+                    self.report(&mut stream).await?;
+                    if self.catalog_written.is_none_or(|t| t.elapsed() >= STATUS_EVERY) {
+                        self.record_position().await?;
+                    }
+                }
                 _ = crate::stopped(&mut stop) => {
                     if !self.in_transaction && self.batch.rows > 0 {
                         self.flush(&mut stream).await?;
                     }
-                    self.ctx
-                        .catalog
-                        .confirm(self.ctx.mirror_id, &self.confirmed.to_string(), &self.server_lsn.to_string(), None)
-                        .await?;
+                    self.record_position().await?;
                     let _ = stream.stop().await;
                     return Ok(());
                 }
@@ -374,16 +401,7 @@ impl Streamer {
             .catalog_written
             .is_none_or(|t| t.elapsed() >= IDLE_CATALOG_EVERY)
         {
-            self.ctx
-                .catalog
-                .confirm(
-                    self.ctx.mirror_id,
-                    &to.to_string(),
-                    &self.server_lsn.to_string(),
-                    None,
-                )
-                .await?;
-            self.catalog_written = Some(Instant::now());
+            self.record_position().await?;
         }
         Ok(())
     }
@@ -945,6 +963,7 @@ impl Streamer {
                     Some(&record),
                 )
                 .await?;
+            self.catalog_written = Some(Instant::now());
             debug!(rows = batch.rows, lsn = %self.committed, "batch applied");
         }
         if self.committed > self.confirmed {
