@@ -30,12 +30,13 @@ const KEYS_PER_QUERY_BYTES: usize = 1 << 20;
 const MAX_QUERY_SIZE: usize = 8 << 20;
 
 /// Per key (its RowBinary), the RowBinary of each asked-for column.
-pub type StoredValues = HashMap<Vec<u8>, Vec<Vec<u8>>>;
+type StoredValues = HashMap<Vec<u8>, Vec<Vec<u8>>>;
 
 impl Destination {
     /// The values of `columns` that `database.table` holds for each of `keys` (values of
     /// `key_columns`, in order), taken from the newest row older than `before` (see the
-    /// module doc). Keys without a live row there are absent from the answer.
+    /// module doc): per key, in the order of `keys`, the RowBinary of each column, or `None`
+    /// when the table has no live row for it.
     pub async fn stored_values(
         &self,
         database: &str,
@@ -44,14 +45,17 @@ impl Destination {
         columns: &[ColumnSchema],
         keys: &[Vec<Value>],
         before: u64,
-    ) -> Result<StoredValues, WriteError> {
+    ) -> Result<Vec<Option<Vec<Vec<u8>>>>, WriteError> {
         let mut found = StoredValues::new();
+        let mut encoded_keys = Vec::with_capacity(keys.len());
         let mut chunk = Vec::new();
         for key in keys {
+            let start = chunk.len();
             for (i, (c, v)) in key_columns.iter().zip(key).enumerate() {
                 encode(&c.kind, c.nullable, v, &mut chunk)
                     .map_err(|source| WriteError::Encode { column: i, source })?;
             }
+            encoded_keys.push(chunk[start..].to_vec());
             if chunk.len() >= KEYS_PER_QUERY_BYTES {
                 self.stored_chunk(
                     database,
@@ -78,7 +82,7 @@ impl Destination {
             )
             .await?;
         }
-        Ok(found)
+        Ok(encoded_keys.iter().map(|k| found.get(k).cloned()).collect())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 
-use ferry_clickhouse::rowbinary::encode;
 use ferry_core::ident::pg_ident;
 use ferry_core::{ColumnSchema, Value};
 use ferry_postgres::connect::{connect, SourceError};
@@ -97,14 +96,8 @@ impl Streamer {
             .get_mut(&t)
             .ok_or_else(|| FlowError::internal("batch table missing"))?;
         let mut missing = Vec::new();
-        let mut key = Vec::new();
-        for (&i, values) in roots.iter().zip(&lookup) {
-            key.clear();
-            for (c, v) in key_columns.iter().zip(values) {
-                encode(&c.kind, c.nullable, v, &mut key)
-                    .map_err(|e| FlowError::new(e.kind(), "22000", e.to_string()))?;
-            }
-            let Some(found) = stored.get(&key) else {
+        for (&i, found) in roots.iter().zip(stored) {
+            let Some(mut found) = found else {
                 missing.push(i);
                 continue;
             };
@@ -113,7 +106,7 @@ impl Streamer {
                 let n = value_slots
                     .binary_search(&slot)
                     .map_err(|_| FlowError::internal("looked-up column missing"))?;
-                row.encoded.push((slot, found[n].clone()));
+                row.encoded.push((slot, std::mem::take(&mut found[n])));
             }
         }
         if !missing.is_empty() {
