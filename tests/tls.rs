@@ -15,6 +15,14 @@ use ferry_testkit::{ChServer, PgServer};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Runs a statement that must fail, and returns the server's error.
+async fn refused(client: &tokio_postgres::Client, sql: String) -> tokio_postgres::error::DbError {
+    let e = client.batch_execute(&sql).await.unwrap_err();
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{e}")).clone();
+    println!("{}: {} ({:?})", db.code().code(), db.message(), db.hint());
+    db
+}
+
 #[tokio::test]
 async fn sslmodes_and_a_mirror_over_tls() {
     let postgres = PrivatePostgres::start_with_tls().await;
@@ -33,34 +41,31 @@ async fn sslmodes_and_a_mirror_over_tls() {
             admin.port, admin.password, source.name
         )
     };
-    let refused = |sql: String| {
-        let client = &client;
-        async move {
-            let e = client.batch_execute(&sql).await.unwrap_err();
-            let db = e.as_db_error().unwrap_or_else(|| panic!("{e}")).clone();
-            println!("{}: {} ({:?})", db.code().code(), db.message(), db.hint());
-            db
-        }
-    };
 
     // The server refuses this role in plain text, and Ferry passes its answer on.
-    let e = refused(peer("plain", "localhost", ", sslmode = 'disable'")).await;
+    let e = refused(&client, peer("plain", "localhost", ", sslmode = 'disable'")).await;
     assert_eq!(e.code().code(), "28000");
     // verify-full: the certificate names localhost, not 127.0.0.1.
-    let e = refused(peer(
-        "by_address",
-        "127.0.0.1",
-        &format!(", sslmode = 'verify-full', sslrootcert = '{root}'"),
-    ))
+    let e = refused(
+        &client,
+        peer(
+            "by_address",
+            "127.0.0.1",
+            &format!(", sslmode = 'verify-full', sslrootcert = '{root}'"),
+        ),
+    )
     .await;
     assert_eq!(e.code().code(), "08001");
     assert!(e.hint().unwrap_or("").contains("does not name"), "{e:?}");
     // An authority that did not issue the server's certificate.
-    let e = refused(peer(
-        "other_root",
-        "localhost",
-        &format!(", sslmode = 'verify-ca', sslrootcert = '{other}'"),
-    ))
+    let e = refused(
+        &client,
+        peer(
+            "other_root",
+            "localhost",
+            &format!(", sslmode = 'verify-ca', sslrootcert = '{other}'"),
+        ),
+    )
     .await;
     assert_eq!(e.code().code(), "08001");
     assert!(
@@ -68,18 +73,29 @@ async fn sslmodes_and_a_mirror_over_tls() {
         "{e:?}"
     );
     // A root file that is not there.
-    let e = refused(peer(
-        "no_file",
-        "localhost",
-        ", sslmode = 'verify-ca', sslrootcert = '/nonexistent/root.crt'",
-    ))
+    let e = refused(
+        &client,
+        peer(
+            "no_file",
+            "localhost",
+            ", sslmode = 'verify-ca', sslrootcert = '/nonexistent/root.crt'",
+        ),
+    )
     .await;
     assert_eq!(e.code().code(), "22023");
     // Verification without saying what to trust.
-    let e = refused(peer("no_root", "localhost", ", sslmode = 'verify-full'")).await;
+    let e = refused(
+        &client,
+        peer("no_root", "localhost", ", sslmode = 'verify-full'"),
+    )
+    .await;
     assert_eq!(e.code().code(), "42601");
     assert!(e.hint().unwrap_or("").contains("sslrootcert"), "{e:?}");
-    let e = refused(peer("bad_mode", "localhost", ", sslmode = 'sometimes'")).await;
+    let e = refused(
+        &client,
+        peer("bad_mode", "localhost", ", sslmode = 'sometimes'"),
+    )
+    .await;
     assert_eq!(e.code().code(), "22023");
 
     // What is accepted: verify-ca checks only the issuer; require and prefer check nothing.
@@ -213,30 +229,27 @@ async fn clickhouse_over_https() {
             proxy.port, dest.name
         )
     };
-    let refused = |sql: String| {
-        let client = &client;
-        async move {
-            let e = client.batch_execute(&sql).await.unwrap_err();
-            let db = e.as_db_error().unwrap_or_else(|| panic!("{e}")).clone();
-            println!("{}: {} ({:?})", db.code().code(), db.message(), db.hint());
-            db
-        }
-    };
 
-    let e = refused(peer(
-        "by_address",
-        "127.0.0.1",
-        &format!(", sslrootcert = '{root}'"),
-    ))
+    let e = refused(
+        &client,
+        peer(
+            "by_address",
+            "127.0.0.1",
+            &format!(", sslrootcert = '{root}'"),
+        ),
+    )
     .await;
     assert_eq!(e.code().code(), "08001");
     assert!(e.hint().unwrap_or("").contains("does not name"), "{e:?}");
     let other = certs.unrelated_root().display().to_string();
-    let e = refused(peer(
-        "other_root",
-        "localhost",
-        &format!(", sslrootcert = '{other}'"),
-    ))
+    let e = refused(
+        &client,
+        peer(
+            "other_root",
+            "localhost",
+            &format!(", sslrootcert = '{other}'"),
+        ),
+    )
     .await;
     assert_eq!(e.code().code(), "08001");
     assert!(
@@ -244,10 +257,10 @@ async fn clickhouse_over_https() {
         "{e:?}"
     );
     // The system's authorities did not issue the test certificate either.
-    let e = refused(peer("system_roots", "localhost", "")).await;
+    let e = refused(&client, peer("system_roots", "localhost", "")).await;
     assert!(["08001", "22023"].contains(&e.code().code()), "{e:?}");
     // Plain HTTP to the TLS port gets no answer Ferry can use.
-    let e = refused(peer("plain", "localhost", ", disable_tls = true")).await;
+    let e = refused(&client, peer("plain", "localhost", ", disable_tls = true")).await;
     assert_eq!(e.code().code(), "08001");
 
     client

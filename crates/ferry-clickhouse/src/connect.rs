@@ -55,7 +55,7 @@ impl DestinationError {
             }
             E::Network(inner) => {
                 let detail = innermost(inner.as_ref());
-                if let Some(tls) = rustls_error(inner.as_ref()) {
+                if let Some(tls) = ferry_core::tls::find_rustls_error(inner.as_ref()) {
                     return DestinationError {
                         kind: ErrorKind::Misconfigured,
                         code: None,
@@ -63,7 +63,21 @@ impl DestinationError {
                             "TLS handshake with ClickHouse at {} failed: {tls}",
                             cfg.url()
                         ),
-                        hint: Some(tls_hint(cfg, tls)),
+                        hint: Some(
+                            ferry_core::tls::certificate_hint(
+                                tls,
+                                &cfg.host,
+                                cfg.ssl_root_cert
+                                    .as_deref()
+                                    .unwrap_or("the system's certificate authorities"),
+                                "",
+                            )
+                            .unwrap_or_else(|| {
+                                "Check that the port is ClickHouse's HTTPS port, or set \
+                                 disable_tls = true for plain HTTP."
+                                    .into()
+                            }),
+                        ),
                         source: Some(e),
                     };
                 }
@@ -120,48 +134,6 @@ fn first_line(text: &str) -> &str {
         .trim()
 }
 
-/// The rustls error behind a network failure, if the TLS handshake is what failed.
-fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-        return Some(tls);
-    }
-    // An io::Error's `source()` skips the error it wraps (which may be another io::Error):
-    // look inside it directly.
-    if let Some(inner) = e
-        .downcast_ref::<std::io::Error>()
-        .and_then(|io| io.get_ref())
-    {
-        if let Some(tls) = rustls_error(inner) {
-            return Some(tls);
-        }
-    }
-    e.source().and_then(rustls_error)
-}
-
-fn tls_hint(cfg: &ClickhouseConfig, e: &rustls::Error) -> String {
-    use rustls::CertificateError as C;
-    match e {
-        rustls::Error::InvalidCertificate(
-            C::NotValidForName | C::NotValidForNameContext { .. },
-        ) => {
-            format!(
-                "The server's certificate does not name \"{}\"; connect by a name it lists.",
-                cfg.host
-            )
-        }
-        rustls::Error::InvalidCertificate(_) => format!(
-            "The server's certificate could not be verified against {}. Check sslrootcert, \
-             or the certificate and its validity dates.",
-            cfg.ssl_root_cert
-                .as_deref()
-                .unwrap_or("the system's certificate authorities")
-        ),
-        _ => "Check that the port is ClickHouse's HTTPS port, or set disable_tls = true \
-              for plain HTTP."
-            .into(),
-    }
-}
-
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
@@ -193,13 +165,10 @@ pub fn client(cfg: &ClickhouseConfig) -> Result<clickhouse::Client, DestinationE
     let mut http = HttpConnector::new();
     http.set_keepalive(Some(TCP_KEEPALIVE));
     http.set_nodelay(true);
-    let pool = |b: &mut hyper_util::client::legacy::Builder| {
-        b.pool_idle_timeout(POOL_IDLE_TIMEOUT);
-    };
+    let mut builder = HyperClient::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(POOL_IDLE_TIMEOUT);
     let base = if cfg.disable_tls {
-        let mut b = HyperClient::builder(TokioExecutor::new());
-        pool(&mut b);
-        clickhouse::Client::with_http_client(b.build(http))
+        clickhouse::Client::with_http_client(builder.build(http))
     } else {
         let roots = ferry_core::tls::root_store(cfg.ssl_root_cert.as_deref()).map_err(|e| {
             DestinationError {
@@ -227,9 +196,7 @@ pub fn client(cfg: &ClickhouseConfig) -> Result<clickhouse::Client, DestinationE
             .https_only()
             .enable_http1()
             .wrap_connector(http);
-        let mut b = HyperClient::builder(TokioExecutor::new());
-        pool(&mut b);
-        clickhouse::Client::with_http_client(b.build(https))
+        clickhouse::Client::with_http_client(builder.build(https))
     };
     let mut c = base
         .with_url(cfg.url())

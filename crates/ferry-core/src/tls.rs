@@ -40,6 +40,51 @@ pub fn root_store(sslrootcert: Option<&str>) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
+/// The rustls error behind an error, if a TLS handshake is what failed.
+pub fn find_rustls_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    // An io::Error's `source()` skips the error it wraps (which may be another io::Error):
+    // look inside it directly.
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if let Some(tls) = find_rustls_error(inner) {
+            return Some(tls);
+        }
+    }
+    e.source().and_then(find_rustls_error)
+}
+
+/// What to change when the server's certificate failed its check (`None` for other TLS
+/// failures): connect by another name (`by_name` adds what else may be done), or check what
+/// is trusted (`trusted` names it).
+pub fn certificate_hint(
+    e: &rustls::Error,
+    host: &str,
+    trusted: &str,
+    by_name: &str,
+) -> Option<String> {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => Some(format!(
+            "The server's certificate does not name \"{host}\". Connect by a name the \
+             certificate lists{by_name}."
+        )),
+        rustls::Error::InvalidCertificate(_) => Some(format!(
+            "The server's certificate could not be verified against {trusted}. Check \
+             sslrootcert, or the server's certificate and its validity dates."
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,30 +165,16 @@ pub async fn open(cfg: &PostgresConfig) -> Result<Stream, SourceError> {
 
 /// Describes a failed handshake; a certificate that fails its check is for a person to fix.
 fn handshake_error(cfg: &PostgresConfig, peer: &str, e: io::Error) -> SourceError {
-    let rustls_error = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    let (kind, hint) = match rustls_error {
-        Some(rustls::Error::InvalidCertificate(CertificateError::NotValidForName))
-        | Some(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
-            ..
-        })) => (
+    let (kind, hint) = match ferry_core::tls::find_rustls_error(&e) {
+        Some(tls) => (
             ErrorKind::Misconfigured,
-            Some(format!(
-                "The server's certificate does not name \"{}\". Connect by a name the \
-                 certificate lists, or use sslmode = verify-ca to check only its issuer.",
-                cfg.host
-            )),
+            ferry_core::tls::certificate_hint(
+                tls,
+                &cfg.host,
+                cfg.ssl_root_cert.as_deref().unwrap_or("the trusted roots"),
+                ", or use sslmode = verify-ca to check only its issuer",
+            ),
         ),
-        Some(rustls::Error::InvalidCertificate(_)) => (
-            ErrorKind::Misconfigured,
-            Some(format!(
-                "The server's certificate could not be verified against {}. Check \
-                 sslrootcert, or the server's certificate and its validity dates.",
-                cfg.ssl_root_cert.as_deref().unwrap_or("the trusted roots")
-            )),
-        ),
-        Some(_) => (ErrorKind::Misconfigured, None),
         None => (ErrorKind::Transient, None),
     };
     SourceError {

@@ -287,16 +287,21 @@ impl PrivatePostgres {
 
     /// Creates a cluster on a free port and starts it.
     pub async fn start() -> PrivatePostgres {
-        let dir = temp_dir("ferry-pg");
+        let mut pg = Self::initialised().await;
+        pg.start_again().await;
+        pg
+    }
+
+    /// A new cluster on a free port, not started yet.
+    async fn initialised() -> PrivatePostgres {
         let mut pg = PrivatePostgres {
-            dir,
+            dir: temp_dir("ferry-pg"),
             bindir: Self::bindir(),
             port: free_port(),
             password: "ferry".into(),
             running: false,
         };
         pg.init().await;
-        pg.start_again().await;
         pg
     }
 
@@ -326,15 +331,7 @@ impl PrivatePostgres {
     /// superuser [`TLS_ONLY_USER`] (same password as `postgres`) may connect over TCP only
     /// with TLS; `postgres` itself may still connect in plain text, for the test's own use.
     pub async fn start_with_tls() -> PrivatePostgres {
-        let dir = temp_dir("ferry-pg");
-        let mut pg = PrivatePostgres {
-            dir,
-            bindir: Self::bindir(),
-            port: free_port(),
-            password: "ferry".into(),
-            running: false,
-        };
-        pg.init().await;
+        let mut pg = Self::initialised().await;
         pg.enable_tls();
         pg.start_again().await;
         let client = pg.server().connect("postgres").await;
