@@ -8,6 +8,61 @@
 
 use std::time::Duration;
 
+/// An error as it crosses a boundary between Ferry's parts: a kind that decides retries, the
+/// SQLSTATE a client is shown when it answers a statement, a message a person can act on
+/// (never a value of a row, never a secret) and, where it helps, a hint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub sqlstate: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, sqlstate: &str, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            sqlstate: sqlstate.to_owned(),
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Error {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Puts `context` before the message ("table public.t: …").
+    pub fn context(mut self, context: impl std::fmt::Display) -> Error {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+
+    /// Wrong input from a user: never retried.
+    pub fn invalid(sqlstate: &str, message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::InvalidInput, sqlstate, message)
+    }
+
+    /// A bug or a broken invariant.
+    pub fn internal(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Internal, "XX000", message)
+    }
+
+    /// A network failure or a server restarting: tried again.
+    pub fn transient(sqlstate: &str, message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Transient, sqlstate, message)
+    }
+}
+
+impl From<crate::canonical::DecodeError> for Error {
+    fn from(e: crate::canonical::DecodeError) -> Self {
+        Error::new(e.kind(), "22P03", e.to_string())
+    }
+}
+
 /// What kind of failure an error is, which decides what Ferry does about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {

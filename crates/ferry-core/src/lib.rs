@@ -13,6 +13,9 @@
 //! - [`ident`]: the one place identifiers are quoted for either server;
 //! - [`error`]: the error kinds that decide what is retried.
 
+pub mod canonical;
+pub mod change;
+pub mod destination;
 pub mod error;
 pub mod ident;
 pub mod lsn;
@@ -22,7 +25,7 @@ pub mod schema;
 pub mod tls;
 pub mod value;
 
-pub use error::ErrorKind;
+pub use error::{Error, ErrorKind};
 pub use lsn::Lsn;
 pub use schema::{ColumnSchema, TableName, TableSchema, ValueKind};
 pub use value::{civil_from_days, days_from_civil, Numeric, Value};

@@ -105,6 +105,61 @@ pub struct MirrorSpec {
     pub options: MirrorOptions,
 }
 
+/// Declares a state enum stored in the catalog as text.
+macro_rules! catalog_state {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<$name> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+catalog_state! {
+    /// A table's state, as `mirror_tables.state` shows it.
+    TableState {
+        /// Not loaded yet.
+        Pending = "pending",
+        /// Its initial load runs.
+        Copying = "copying",
+        /// Loaded (or joined without a load); its changes are applied.
+        Done = "done",
+        /// Stopped with an error; the other tables go on.
+        Failed = "failed",
+    }
+}
+
+catalog_state! {
+    /// A CTID range's state in the initial load.
+    PartitionState {
+        Pending = "pending",
+        Done = "done",
+        Failed = "failed",
+    }
+}
+
 /// A mirror's state, as `mirror_status.state` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MirrorState {

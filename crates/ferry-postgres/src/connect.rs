@@ -32,14 +32,7 @@ impl SourceError {
     pub fn from_pg(cfg: &PostgresConfig, e: tokio_postgres::Error) -> SourceError {
         if let Some(db) = e.as_db_error() {
             let code = db.code().code().to_owned();
-            let kind = match code.as_str() {
-                c if c.starts_with("28") || c == "42501" => ErrorKind::Permission,
-                "3D000" | "42P01" | "42704" => ErrorKind::NotFound,
-                c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
-                    ErrorKind::Transient
-                }
-                _ => ErrorKind::Internal,
-            };
+            let kind = kind_of_sqlstate(&code);
             let hint = db.hint().map(str::to_owned);
             return SourceError {
                 kind,
@@ -65,6 +58,53 @@ impl SourceError {
     }
 }
 
+/// What to do about a SQLSTATE a source answered with: the one classifier of source errors,
+/// for ordinary and replication connections alike.
+pub fn kind_of_sqlstate(code: &str) -> ErrorKind {
+    match code {
+        c if c.starts_with("28") || c == "42501" => ErrorKind::Permission,
+        "3D000" | "42P01" | "42704" | "3F000" => ErrorKind::NotFound,
+        // duplicate_object: the slot or publication exists already.
+        "42710" => ErrorKind::AlreadyExists,
+        // object_in_use: the slot is held by another walsender, typically one that has not
+        // noticed yet that its client went away.
+        "55006" => ErrorKind::Transient,
+        // object_not_in_prerequisite_state (wal_level, a slot of another database or one that
+        // lost its WAL) and configuration_limit_exceeded (max_replication_slots).
+        "55000" | "53400" => ErrorKind::Misconfigured,
+        "22023" => ErrorKind::InvalidInput,
+        // connection exceptions, operator intervention (shutdown, cancel), too many
+        // connections, serialization failures and deadlocks.
+        c if c.starts_with("08")
+            || c.starts_with("57P")
+            || c == "53300"
+            || c == "57014"
+            || c == "40001"
+            || c == "40P01" =>
+        {
+            ErrorKind::Transient
+        }
+        _ => ErrorKind::Internal,
+    }
+}
+
+impl From<SourceError> for ferry_core::Error {
+    fn from(e: SourceError) -> Self {
+        ferry_core::Error {
+            kind: e.kind,
+            sqlstate: e.sqlstate,
+            message: e.message,
+            hint: e.hint,
+        }
+    }
+}
+
+/// The session settings of every source connection, ordinary and replication, as the `options`
+/// startup parameter. The text forms of values (pgoutput's text mode, types the snapshot reads
+/// as text) depend on them, and must be the same on every path.
+pub const STARTUP_OPTIONS: &str = "-c datestyle=ISO -c timezone=UTC -c intervalstyle=postgres \
+                                   -c extra_float_digits=3 -c bytea_output=hex";
+
 /// The tokio-postgres settings for a peer.
 pub fn pg_config(cfg: &PostgresConfig, application_name: &str) -> Config {
     let mut c = Config::new();
@@ -73,6 +113,7 @@ pub fn pg_config(cfg: &PostgresConfig, application_name: &str) -> Config {
         .user(&cfg.user)
         .dbname(&cfg.database)
         .application_name(application_name)
+        .options(STARTUP_OPTIONS)
         .connect_timeout(CONNECT_TIMEOUT);
     if !cfg.password.is_empty() {
         c.password(&cfg.password);

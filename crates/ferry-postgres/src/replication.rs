@@ -59,9 +59,7 @@ use crate::connect::{SourceError, CONNECT_TIMEOUT};
 pub use stream::{ReplicationMessage, ReplicationStream};
 use wire::{invalid_input, Backend, ServerError, Wire};
 
-/// The `options` startup parameter: the session settings pgoutput's text values depend on.
-pub const STARTUP_OPTIONS: &str = "-c datestyle=ISO -c timezone=UTC -c intervalstyle=postgres \
-                                   -c extra_float_digits=3 -c bytea_output=hex";
+pub use crate::connect::STARTUP_OPTIONS;
 
 /// The longest slot name PostgreSQL accepts (`NAMEDATALEN - 1`).
 const MAX_SLOT_NAME_LEN: usize = 63;

@@ -11,8 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use super::stream::{parse_copy_data, standby_status_update};
-use super::wire::kind_of_sqlstate;
 use super::*;
+use crate::connect::kind_of_sqlstate;
 use ferry_core::peer::SslMode;
 
 #[test]

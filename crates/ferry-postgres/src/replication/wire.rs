@@ -258,34 +258,12 @@ impl ServerError {
             None => format!("PostgreSQL at {peer}: {}", self.message),
         };
         SourceError {
-            kind: kind_of_sqlstate(&self.code),
+            kind: crate::connect::kind_of_sqlstate(&self.code),
             sqlstate: self.code,
             message,
             hint: self.hint,
             source: None,
         }
-    }
-}
-
-/// What to do about a SQLSTATE, as [`SourceError::from_pg`] decides it, plus the states the
-/// replication commands add.
-pub(super) fn kind_of_sqlstate(code: &str) -> ErrorKind {
-    match code {
-        c if c.starts_with("28") || c == "42501" => ErrorKind::Permission,
-        "3D000" | "42P01" | "42704" => ErrorKind::NotFound,
-        // duplicate_object: the slot exists already.
-        "42710" => ErrorKind::AlreadyExists,
-        // object_in_use: the slot is held by another walsender, typically one that has not
-        // noticed yet that its client went away.
-        "55006" => ErrorKind::Transient,
-        // object_not_in_prerequisite_state (wal_level, a slot of another database or one that
-        // lost its WAL) and configuration_limit_exceeded (max_replication_slots).
-        "55000" | "53400" => ErrorKind::Misconfigured,
-        "22023" => ErrorKind::InvalidInput,
-        c if c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "57014" => {
-            ErrorKind::Transient
-        }
-        _ => ErrorKind::Internal,
     }
 }
 

@@ -54,15 +54,13 @@
 //!   for every `Text` column. `xml`'s binary form depends on the client encoding.
 //! - `reg*` types are sent as numbers in binary but as names in text: they travel as names.
 
-mod binary;
 mod datetime;
 mod numeric;
 mod text;
 
-use ferry_core::ErrorKind;
 use ferry_core::ValueKind;
 
-pub use binary::decode_binary;
+pub use ferry_core::canonical::{decode as decode_binary, DecodeError};
 pub use text::decode_text;
 
 /// Well-known type OIDs (fixed in PostgreSQL's catalog).
@@ -396,39 +394,20 @@ pub fn value_kind(ty: &PgTypeInfo, money_scale: u8) -> Mapping {
     }
 }
 
-/// Why a value could not be decoded. Messages never include the value itself.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("{what} value must be {expected} bytes, got {got}")]
-    Length {
-        what: &'static str,
-        expected: usize,
-        got: usize,
-    },
-    #[error("{what} value is truncated")]
-    Truncated { what: &'static str },
-    #[error("{what} value has {extra} unexpected trailing bytes")]
-    TrailingBytes { what: &'static str, extra: usize },
-    #[error("text value is not valid UTF-8")]
-    Utf8,
-    #[error("invalid {what} value: {reason}")]
-    Invalid {
-        what: &'static str,
-        reason: &'static str,
-    },
-    #[error("{what} value is out of range")]
-    OutOfRange { what: &'static str },
-}
-
-impl DecodeError {
-    /// A value the server sent that Ferry cannot read is a bug or a broken invariant.
-    pub fn kind(&self) -> ErrorKind {
-        ErrorKind::Internal
+/// Appends the canonical binary form ([`ferry_core::canonical`]) of a value of `kind` given in
+/// PostgreSQL's text output, as pgoutput's text mode sends it.
+pub fn text_to_canonical(
+    kind: &ValueKind,
+    text: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
+    let text = std::str::from_utf8(text).map_err(|_| DecodeError::Utf8)?;
+    if *kind == ValueKind::Text {
+        out.extend_from_slice(text.as_bytes());
+        return Ok(());
     }
-
-    pub(crate) fn invalid(what: &'static str, reason: &'static str) -> DecodeError {
-        DecodeError::Invalid { what, reason }
-    }
+    let value = decode_text(kind, text)?;
+    ferry_core::canonical::encode(kind, &value, out)
 }
 
 #[cfg(test)]

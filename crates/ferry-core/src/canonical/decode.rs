@@ -1,26 +1,6 @@
-//! PostgreSQL's binary send formats.
-//!
-//! All integers are big-endian:
-//!
-//! | kind | format |
-//! |---|---|
-//! | `Bool` | 1 byte, 0 or 1 |
-//! | `Int16` / `Int32` / `Int64` / `UInt32` | 2 / 4 / 8 / 4 bytes |
-//! | `Float32` / `Float64` | IEEE 754 bits, 4 / 8 bytes |
-//! | `Decimal` | `numeric_send` (see [`super::numeric`]) |
-//! | `Text` | the UTF-8 bytes (the connection's client encoding must be UTF8) |
-//! | `Bytes` | the bytes |
-//! | `Uuid` | 16 bytes |
-//! | `Date` | i32 days since 2000-01-01 (`i32::MAX`/`MIN` = ±infinity) |
-//! | `Timestamp` / `TimestampTz` | i64 µs since 2000-01-01 (UTC) (`i64::MAX`/`MIN` = ±infinity) |
-//! | `Array` | see below |
-//!
-//! An array (`array_send`) is `ndim i32 | has_nulls i32 | element oid u32`, then `ndim` pairs
-//! of `length i32 | lower bound i32`, then every element in row-major order as `length i32`
-//! (−1 for NULL) and that many bytes in the element's own binary format. An empty array has
-//! `ndim = 0` and nothing after the header.
+//! Reading the canonical binary forms into [`Value`]s.
 
-use ferry_core::{Value, ValueKind};
+use crate::{Value, ValueKind};
 
 use super::{numeric, DecodeError};
 
@@ -28,7 +8,7 @@ use super::{numeric, DecodeError};
 const MAX_DIMS: usize = 6;
 
 /// Decodes one non-NULL field in PostgreSQL's binary format as a value of `kind`.
-pub fn decode_binary(kind: &ValueKind, raw: &[u8]) -> Result<Value, DecodeError> {
+pub fn decode(kind: &ValueKind, raw: &[u8]) -> Result<Value, DecodeError> {
     Ok(match kind {
         ValueKind::Bool => match fixed::<1>(raw, "bool")? {
             [0] => Value::Bool(false),
@@ -41,7 +21,7 @@ pub fn decode_binary(kind: &ValueKind, raw: &[u8]) -> Result<Value, DecodeError>
         ValueKind::UInt32 => Value::UInt32(u32::from_be_bytes(fixed(raw, "oid")?)),
         ValueKind::Float32 => Value::Float32(f32::from_be_bytes(fixed(raw, "float4")?)),
         ValueKind::Float64 => Value::Float64(f64::from_be_bytes(fixed(raw, "float8")?)),
-        ValueKind::Decimal { .. } => Value::Numeric(numeric::decode_binary(raw)?),
+        ValueKind::Decimal { .. } => Value::Numeric(numeric::decode(raw)?),
         ValueKind::Text => Value::Text(
             std::str::from_utf8(raw)
                 .map_err(|_| DecodeError::Utf8)?
@@ -124,7 +104,7 @@ fn decode_array(element: &ValueKind, raw: &[u8]) -> Result<Value, DecodeError> {
             continue;
         }
         let len = usize::try_from(len).map_err(|_| DecodeError::invalid(WHAT, "bad length"))?;
-        elements.push(decode_binary(element, r.take(len)?)?);
+        elements.push(decode(element, r.take(len)?)?);
     }
     if !r.rest.is_empty() {
         return Err(DecodeError::TrailingBytes {
@@ -163,42 +143,39 @@ mod tests {
     #[test]
     fn scalars() {
         use ValueKind as K;
-        assert_eq!(decode_binary(&K::Bool, &[1]), Ok(Value::Bool(true)));
+        assert_eq!(decode(&K::Bool, &[1]), Ok(Value::Bool(true)));
+        assert_eq!(decode(&K::Int16, &[0xFF, 0xFE]), Ok(Value::Int16(-2)));
         assert_eq!(
-            decode_binary(&K::Int16, &[0xFF, 0xFE]),
-            Ok(Value::Int16(-2))
-        );
-        assert_eq!(
-            decode_binary(&K::Int64, &i64::MIN.to_be_bytes()),
+            decode(&K::Int64, &i64::MIN.to_be_bytes()),
             Ok(Value::Int64(i64::MIN))
         );
         assert_eq!(
-            decode_binary(&K::UInt32, &u32::MAX.to_be_bytes()),
+            decode(&K::UInt32, &u32::MAX.to_be_bytes()),
             Ok(Value::UInt32(u32::MAX))
         );
         assert_eq!(
-            decode_binary(&K::Float64, &f64::NEG_INFINITY.to_be_bytes()),
+            decode(&K::Float64, &f64::NEG_INFINITY.to_be_bytes()),
             Ok(Value::Float64(f64::NEG_INFINITY))
         );
         assert!(matches!(
-            decode_binary(&K::Float32, &f32::NAN.to_be_bytes()),
+            decode(&K::Float32, &f32::NAN.to_be_bytes()),
             Ok(Value::Float32(f)) if f.is_nan()
         ));
         assert_eq!(
-            decode_binary(&K::Text, "é\0".as_bytes()),
+            decode(&K::Text, "é\0".as_bytes()),
             Ok(Value::Text("é\0".into()))
         );
-        assert_eq!(decode_binary(&K::Text, &[0xFF]), Err(DecodeError::Utf8));
+        assert_eq!(decode(&K::Text, &[0xFF]), Err(DecodeError::Utf8));
         assert_eq!(
-            decode_binary(&K::Bytes, &[0, 0xFF]),
+            decode(&K::Bytes, &[0, 0xFF]),
             Ok(Value::Bytes(vec![0, 0xFF]))
         );
         assert_eq!(
-            decode_binary(&K::Date, &i32::MAX.to_be_bytes()),
+            decode(&K::Date, &i32::MAX.to_be_bytes()),
             Ok(Value::Date(i32::MAX))
         );
         assert_eq!(
-            decode_binary(&K::TimestampTz, &(-1i64).to_be_bytes()),
+            decode(&K::TimestampTz, &(-1i64).to_be_bytes()),
             Ok(Value::TimestampTz(-1))
         );
     }
@@ -213,7 +190,7 @@ mod tests {
         let two = 2i32.to_be_bytes();
         let raw = array(23, &[(2, 1), (2, 0)], &[Some(&one), None, Some(&two), None]);
         assert_eq!(
-            decode_binary(&kind, &raw),
+            decode(&kind, &raw),
             Ok(Value::Array {
                 dims: vec![2, 2],
                 elements: vec![Value::Int32(1), Value::Null, Value::Int32(2), Value::Null],
@@ -221,7 +198,7 @@ mod tests {
         );
         let empty = array(23, &[], &[]);
         assert_eq!(
-            decode_binary(&kind, &empty),
+            decode(&kind, &empty),
             Ok(Value::Array {
                 dims: vec![],
                 elements: vec![],
@@ -248,7 +225,7 @@ mod tests {
         ];
         for kind in &kinds {
             for n in 0..20 {
-                let _ = decode_binary(kind, &vec![0x41; n]);
+                let _ = decode(kind, &vec![0x41; n]);
             }
         }
         let kind = ValueKind::Array {
@@ -256,21 +233,21 @@ mod tests {
             dims: 1,
         };
         let raw = array(25, &[(3, 1)], &[Some(b"ab"), None, Some(b"")]);
-        assert!(decode_binary(&kind, &raw).is_ok());
+        assert!(decode(&kind, &raw).is_ok());
         for n in 0..raw.len() {
-            assert!(decode_binary(&kind, &raw[..n]).is_err(), "prefix {n}");
+            assert!(decode(&kind, &raw[..n]).is_err(), "prefix {n}");
         }
         let mut trailing = raw.clone();
         trailing.push(0);
-        assert!(decode_binary(&kind, &trailing).is_err());
+        assert!(decode(&kind, &trailing).is_err());
         // Absurd dimensions must not allocate or overflow.
         let huge = array(25, &[(i32::MAX, 1), (i32::MAX, 1)], &[]);
-        assert!(decode_binary(&kind, &huge).is_err());
+        assert!(decode(&kind, &huge).is_err());
         let negative = array(25, &[(-1, 1)], &[]);
-        assert!(decode_binary(&kind, &negative).is_err());
+        assert!(decode(&kind, &negative).is_err());
         let mut deep = array(25, &[], &[]);
         deep[..4].copy_from_slice(&7i32.to_be_bytes());
-        assert!(decode_binary(&kind, &deep).is_err());
+        assert!(decode(&kind, &deep).is_err());
         // Pseudo-random bytes.
         let mut x: u32 = 12345;
         for _ in 0..2000 {
@@ -281,8 +258,8 @@ mod tests {
                     (x >> 16) as u8 % 4
                 })
                 .collect();
-            let _ = decode_binary(&kind, &bytes);
-            let _ = decode_binary(
+            let _ = decode(&kind, &bytes);
+            let _ = decode(
                 &ValueKind::Decimal {
                     precision: 5,
                     scale: 0,

@@ -1,0 +1,140 @@
+//! What a mirror keeps on its source besides the slot's stream: its publication, dropping its
+//! slot, and the few look-ups the stream needs (the WAL position, a domain's base type).
+
+use std::time::Duration;
+
+use ferry_core::ident::{pg_ident, pg_literal};
+use ferry_core::peer::PostgresConfig;
+use ferry_core::{Lsn, TableName};
+use tokio_postgres::Client;
+use tracing::info;
+
+use crate::connect::{connect, SourceError};
+
+/// What a publication Ferry creates covers.
+pub enum PublicationScope<'a> {
+    Tables(&'a [TableName]),
+    /// Every table of these schemas, including tables created later (PostgreSQL 15+).
+    Schemas(&'a [String]),
+}
+
+fn pg_err(cfg: &PostgresConfig) -> impl Fn(tokio_postgres::Error) -> SourceError + '_ {
+    move |e| SourceError::from_pg(cfg, e)
+}
+
+/// The server's version number (`server_version_num`).
+pub async fn server_version(client: &Client, cfg: &PostgresConfig) -> Result<i32, SourceError> {
+    Ok(client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .map_err(pg_err(cfg))?
+        .get(0))
+}
+
+/// Creates the publication unless one of that name exists; returns whether it created it.
+/// Ferry's publications publish partitioned tables through their root.
+pub async fn ensure_publication(
+    client: &Client,
+    cfg: &PostgresConfig,
+    name: &str,
+    scope: PublicationScope<'_>,
+) -> Result<bool, SourceError> {
+    let exists = client
+        .query_one(
+            "SELECT count(*) FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(pg_err(cfg))?
+        .get::<_, i64>(0)
+        > 0;
+    if exists {
+        info!(publication = %name, "using the existing publication");
+        return Ok(false);
+    }
+    let target = match scope {
+        PublicationScope::Tables(tables) => {
+            let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
+            format!("TABLE {}", list.join(", "))
+        }
+        PublicationScope::Schemas(schemas) => {
+            let list: Vec<String> = schemas.iter().map(|s| pg_ident(s)).collect();
+            format!("TABLES IN SCHEMA {}", list.join(", "))
+        }
+    };
+    let sql = format!(
+        "CREATE PUBLICATION {} FOR {target} WITH (publish_via_partition_root = true)",
+        pg_ident(name)
+    );
+    client.batch_execute(&sql).await.map_err(pg_err(cfg))?;
+    Ok(true)
+}
+
+/// Drops what a mirror created on its source, ignoring what is already gone. An active slot
+/// (a walsender of a mirror task still closing) is dropped once it is free.
+pub async fn drop_source_objects(
+    cfg: &PostgresConfig,
+    publication: Option<&str>,
+    slot: Option<&str>,
+) -> Result<(), SourceError> {
+    let client = connect(cfg, "ferry cleanup").await?;
+    if let Some(slot) = slot {
+        let sql = format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {}",
+            pg_literal(slot)
+        );
+        let mut attempt = 0;
+        loop {
+            match client.execute(&sql, &[]).await {
+                Ok(_) => break,
+                Err(e) if e.code().map(|c| c.code()) == Some("55006") && attempt < 50 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(SourceError::from_pg(cfg, e)),
+            }
+        }
+    }
+    if let Some(p) = publication {
+        client
+            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", pg_ident(p)))
+            .await
+            .map_err(pg_err(cfg))?;
+    }
+    Ok(())
+}
+
+/// The server's current WAL write position.
+pub async fn current_wal_lsn(cfg: &PostgresConfig) -> Result<Lsn, SourceError> {
+    let client = connect(cfg, "ferry position").await?;
+    let text: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(pg_err(cfg))?
+        .get(0);
+    text.parse().map_err(|e| SourceError {
+        kind: ferry_core::ErrorKind::Internal,
+        sqlstate: "XX000".into(),
+        message: format!("the source answered an unreadable WAL position: {e}"),
+        hint: None,
+        source: None,
+    })
+}
+
+/// The base type of a domain (through domains over domains); any other type itself.
+pub async fn base_type(cfg: &PostgresConfig, oid: u32) -> Result<u32, SourceError> {
+    let client = connect(cfg, "ferry type lookup").await?;
+    let row = client
+        .query_one(
+            "WITH RECURSIVE walk(oid, typtype, typbasetype) AS (
+                 SELECT oid, typtype, typbasetype FROM pg_type WHERE oid = $1
+                 UNION ALL
+                 SELECT t.oid, t.typtype, t.typbasetype FROM pg_type t JOIN walk w ON t.oid = w.typbasetype
+                 WHERE w.typtype = 'd')
+             SELECT coalesce((SELECT oid FROM walk WHERE typtype <> 'd' LIMIT 1), $1)",
+            &[&oid],
+        )
+        .await
+        .map_err(pg_err(cfg))?;
+    Ok(row.get(0))
+}
