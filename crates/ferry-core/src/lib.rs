@@ -11,8 +11,10 @@
 //! - [`peer`]: connection settings of source and destination peers;
 //! - [`mirror`]: what a mirror copies and how;
 //! - [`ident`]: the one place identifiers are quoted for either server;
-//! - [`error`]: the error kinds that decide what is retried.
+//! - [`error`]: the error kinds that decide what is retried;
+//! - [`binary_copy`]: framing PostgreSQL's binary COPY stream into rows of borrowed fields.
 
+pub mod binary_copy;
 pub mod canonical;
 pub mod change;
 pub mod destination;
