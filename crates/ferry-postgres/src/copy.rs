@@ -1,84 +1,51 @@
-//! An incremental decoder for `COPY … TO STDOUT (FORMAT binary)`.
+//! An incremental decoder for `COPY … TO STDOUT (FORMAT binary)` into rows of [`Value`]s.
 //!
-//! The stream (PostgreSQL's "binary COPY file format") is:
-//!
-//! ```text
-//! header:  "PGCOPY\n\xff\r\n\0" | flags i32 | extension length i32 | extension bytes
-//! tuple:   field count i16 | per field: length i32 (−1 = NULL) and that many bytes
-//! trailer: field count −1
-//! ```
-//!
-//! Integers are big-endian and every field is in its type's binary send format (decoded by
-//! [`decode_binary`]). Bit 16 of the flags says each tuple carries an OID (never since
-//! PostgreSQL 12, and rejected here); the other low 16 bits are "critical" and must be zero;
-//! the high 15 bits may be ignored.
-//!
-//! The server sends the stream as CopyData messages that may cut a tuple anywhere (in practice
-//! one message per tuple). [`BinaryCopyDecoder::push`] appends a chunk to an internal buffer and
-//! [`BinaryCopyDecoder::next_row`] decodes the next complete tuple in place, so a row costs one
-//! copy of its bytes into the buffer plus the allocations its values need; the buffer only
-//! keeps the unfinished tail and is compacted as it is consumed.
+//! The stream is framed by [`ferry_core::binary_copy`] (which explains the format); every
+//! field is in its type's binary send format and is decoded by [`decode_binary`].
+//! [`BinaryCopyDecoder::push`] keeps a copy of a chunk and [`BinaryCopyDecoder::next_row`]
+//! decodes its next complete row, so a row costs one copy of its bytes plus the allocations its
+//! values need. (The snapshot's fast path, which never makes [`Value`]s, frames the chunks
+//! itself and transcodes the fields.)
 
+use ferry_core::binary_copy::{CopyFramer, FrameError, DEFAULT_MAX_ROW_BYTES};
 use ferry_core::{Value, ValueKind};
 
 use crate::types::{decode_binary, DecodeError};
 
-/// The 11-byte signature that starts every binary COPY stream.
-pub const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
-/// Flag bit: every tuple starts with an OID field.
-const FLAG_OIDS: u32 = 1 << 16;
+pub use ferry_core::binary_copy::SIGNATURE;
 
 /// Why a binary COPY stream could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CopyError {
-    #[error("not a binary COPY stream: bad signature")]
-    Signature,
-    #[error("binary COPY stream has unsupported header flags {0:#x}")]
-    Flags(u32),
-    #[error("binary COPY header extension has a negative length")]
-    Extension,
-    #[error("binary COPY row has {got} fields, expected {expected}")]
-    FieldCount { expected: usize, got: i16 },
-    #[error("binary COPY field {column} has invalid length {length}")]
-    FieldLength { column: usize, length: i32 },
+    #[error(transparent)]
+    Frame(#[from] FrameError),
     #[error("binary COPY field {column}: {source}")]
     Decode {
         column: usize,
         #[source]
         source: DecodeError,
     },
-    #[error("binary COPY stream ended before its trailer")]
-    Truncated,
-    #[error("data after the end of the binary COPY stream")]
-    TrailingData,
 }
 
 impl CopyError {
     /// A stream the server sent that Ferry cannot read is a bug or a broken invariant.
     pub fn kind(&self) -> ferry_core::ErrorKind {
-        ferry_core::ErrorKind::Internal
+        match self {
+            CopyError::Frame(e) => e.kind(),
+            CopyError::Decode { source, .. } => source.kind(),
+        }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Waiting for the fixed part of the header.
-    Header,
-    /// Skipping this many more bytes of header extension.
-    Extension(usize),
-    Tuples,
-    /// The trailer was read.
-    Done,
 }
 
 /// Decodes a binary COPY stream into rows of [`Value`]s, one [`ValueKind`] per column.
 #[derive(Debug)]
 pub struct BinaryCopyDecoder {
     kinds: Vec<ValueKind>,
+    framer: CopyFramer,
+    /// The chunks pushed and not read yet.
     buf: Vec<u8>,
     /// Start of the unread bytes in `buf`.
     pos: usize,
-    state: State,
     rows: u64,
 }
 
@@ -86,10 +53,10 @@ impl BinaryCopyDecoder {
     /// A decoder for rows whose columns have these kinds, in the order they are selected.
     pub fn new(kinds: Vec<ValueKind>) -> Self {
         BinaryCopyDecoder {
+            framer: CopyFramer::new(kinds.len(), DEFAULT_MAX_ROW_BYTES),
             kinds,
             buf: Vec::with_capacity(64 * 1024),
             pos: 0,
-            state: State::Header,
             rows: 0,
         }
     }
@@ -110,36 +77,24 @@ impl BinaryCopyDecoder {
     /// The next complete row, or `None` when more input is needed or the stream is over
     /// (see [`BinaryCopyDecoder::is_done`]).
     pub fn next_row(&mut self) -> Result<Option<Vec<Value>>, CopyError> {
-        loop {
-            match self.state {
-                State::Header => {
-                    if !self.read_header()? {
-                        return Ok(None);
-                    }
-                }
-                State::Extension(left) => {
-                    let n = left.min(self.buf.len() - self.pos);
-                    self.pos += n;
-                    if n < left {
-                        self.state = State::Extension(left - n);
-                        return Ok(None);
-                    }
-                    self.state = State::Tuples;
-                }
-                State::Tuples => return self.read_tuple(),
-                State::Done => {
-                    if self.pos < self.buf.len() {
-                        return Err(CopyError::TrailingData);
-                    }
-                    return Ok(None);
-                }
-            }
+        let Some(row) = self.framer.next_row(&self.buf, &mut self.pos)? else {
+            return Ok(None);
+        };
+        let mut values = Vec::with_capacity(self.kinds.len());
+        for (column, (field, kind)) in row.fields().zip(&self.kinds).enumerate() {
+            values.push(match field {
+                None => Value::Null,
+                Some(raw) => decode_binary(kind, raw)
+                    .map_err(|source| CopyError::Decode { column, source })?,
+            });
         }
+        self.rows += 1;
+        Ok(Some(values))
     }
 
     /// Whether the trailer has been read.
     pub fn is_done(&self) -> bool {
-        self.state == State::Done
+        self.framer.is_done()
     }
 
     /// The number of rows decoded so far.
@@ -149,128 +104,33 @@ impl BinaryCopyDecoder {
 
     /// Checks, once the input has ended and every row was taken, that the stream was complete.
     pub fn finish(&self) -> Result<u64, CopyError> {
-        match self.state {
-            State::Done if self.pos == self.buf.len() => Ok(self.rows),
-            State::Done => Err(CopyError::TrailingData),
-            _ => Err(CopyError::Truncated),
-        }
-    }
-
-    fn unread(&self) -> &[u8] {
-        &self.buf[self.pos..]
-    }
-
-    /// Reads the fixed header if it is all there.
-    fn read_header(&mut self) -> Result<bool, CopyError> {
-        let data = self.unread();
-        // Reject a wrong stream as soon as its first bytes disagree.
-        let n = data.len().min(SIGNATURE.len());
-        if data[..n] != SIGNATURE[..n] {
-            return Err(CopyError::Signature);
-        }
-        if data.len() < SIGNATURE.len() + 8 {
-            return Ok(false);
-        }
-        let flags = be_u32(data, 11);
-        if flags & 0xFFFF != 0 || flags & FLAG_OIDS != 0 {
-            return Err(CopyError::Flags(flags));
-        }
-        let extension =
-            usize::try_from(be_u32(data, 15) as i32).map_err(|_| CopyError::Extension)?;
-        self.pos += SIGNATURE.len() + 8;
-        self.state = State::Extension(extension);
-        Ok(true)
-    }
-
-    fn read_tuple(&mut self) -> Result<Option<Vec<Value>>, CopyError> {
-        let data = &self.buf[self.pos..];
-        if data.len() < 2 {
-            return Ok(None);
-        }
-        let count = i16::from_be_bytes([data[0], data[1]]);
-        if count == -1 {
-            self.pos += 2;
-            self.state = State::Done;
-            if self.pos < self.buf.len() {
-                return Err(CopyError::TrailingData);
+        if self.pos < self.buf.len() {
+            return Err(if self.framer.is_done() {
+                FrameError::TrailingData
+            } else {
+                FrameError::Truncated
             }
-            return Ok(None);
+            .into());
         }
-        if usize::try_from(count).ok() != Some(self.kinds.len()) {
-            return Err(CopyError::FieldCount {
-                expected: self.kinds.len(),
-                got: count,
-            });
-        }
-        // First make sure the whole tuple is here, so that a partial one costs nothing.
-        let mut end = 2;
-        for column in 0..self.kinds.len() {
-            let Some(len) = data.get(end..end + 4) else {
-                return Ok(None);
-            };
-            let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-            end += 4;
-            if len >= 0 {
-                end += len as usize;
-            } else if len != -1 {
-                return Err(CopyError::FieldLength {
-                    column,
-                    length: len,
-                });
-            }
-        }
-        if data.len() < end {
-            return Ok(None);
-        }
-        let mut row = Vec::with_capacity(self.kinds.len());
-        let mut at = 2;
-        for (column, kind) in self.kinds.iter().enumerate() {
-            let len = be_u32(data, at) as i32;
-            at += 4;
-            if len == -1 {
-                row.push(Value::Null);
-                continue;
-            }
-            let raw = &data[at..at + len as usize];
-            at += len as usize;
-            row.push(
-                decode_binary(kind, raw).map_err(|source| CopyError::Decode { column, source })?,
-            );
-        }
-        self.pos += end;
-        self.rows += 1;
-        Ok(Some(row))
+        self.framer.finish()?;
+        Ok(self.rows)
     }
-}
-
-/// A big-endian u32 at `at`; the caller has checked the bounds.
-fn be_u32(data: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use ferry_core::binary_copy::write;
+
     fn header(flags: u32, extension: &[u8]) -> Vec<u8> {
-        let mut v = SIGNATURE.to_vec();
-        v.extend_from_slice(&flags.to_be_bytes());
-        v.extend_from_slice(&(extension.len() as u32).to_be_bytes());
-        v.extend_from_slice(extension);
+        let mut v = Vec::new();
+        write::header(&mut v, flags, extension);
         v
     }
 
     fn tuple(v: &mut Vec<u8>, fields: &[Option<&[u8]>]) {
-        v.extend_from_slice(&(fields.len() as i16).to_be_bytes());
-        for f in fields {
-            match f {
-                None => v.extend_from_slice(&(-1i32).to_be_bytes()),
-                Some(b) => {
-                    v.extend_from_slice(&(b.len() as i32).to_be_bytes());
-                    v.extend_from_slice(b);
-                }
-            }
-        }
+        write::tuple(v, fields.iter().copied());
     }
 
     fn sample() -> (Vec<u8>, Vec<Vec<Value>>) {
@@ -339,7 +199,11 @@ mod tests {
             let mut d = BinaryCopyDecoder::new(vec![ValueKind::Int32, ValueKind::Text]);
             d.push(&stream[..n]);
             while let Ok(Some(_)) = d.next_row() {}
-            assert_eq!(d.finish(), Err(CopyError::Truncated), "prefix {n}");
+            assert_eq!(
+                d.finish(),
+                Err(CopyError::Frame(FrameError::Truncated)),
+                "prefix {n}"
+            );
         }
     }
 
@@ -357,9 +221,15 @@ mod tests {
                 }
             }
         };
-        assert_eq!(run(b"PGCOPX"), Err(CopyError::Signature));
-        assert_eq!(run(&header(1 << 16, b"")), Err(CopyError::Flags(1 << 16)));
-        assert_eq!(run(&header(1, b"")), Err(CopyError::Flags(1)));
+        assert_eq!(run(b"PGCOPX"), Err(CopyError::Frame(FrameError::Signature)));
+        assert_eq!(
+            run(&header(1 << 16, b"")),
+            Err(CopyError::Frame(FrameError::Flags(1 << 16)))
+        );
+        assert_eq!(
+            run(&header(1, b"")),
+            Err(CopyError::Frame(FrameError::Flags(1)))
+        );
         // Non-critical flag bits are ignored.
         let mut ok = header(1 << 20, b"");
         ok.extend_from_slice(&(-1i16).to_be_bytes());
@@ -369,10 +239,10 @@ mod tests {
         tuple(&mut s, &[Some(b"ab"), Some(b"cd")]);
         assert!(matches!(
             run(&s),
-            Err(CopyError::FieldCount {
+            Err(CopyError::Frame(FrameError::FieldCount {
                 expected: 1,
                 got: 2
-            })
+            }))
         ));
         let mut s = header(0, b"");
         tuple(&mut s, &[Some(b"abc")]);
@@ -382,22 +252,29 @@ mod tests {
         s.extend_from_slice(&(-2i32).to_be_bytes());
         assert!(matches!(
             run(&s),
-            Err(CopyError::FieldLength {
+            Err(CopyError::Frame(FrameError::FieldLength {
                 column: 0,
                 length: -2
-            })
+            }))
         ));
         let mut s = header(0, b"");
         s.extend_from_slice(&(-1i16).to_be_bytes());
         s.push(0);
-        assert_eq!(run(&s), Err(CopyError::TrailingData));
+        assert_eq!(run(&s), Err(CopyError::Frame(FrameError::TrailingData)));
         let mut s = header(0, b"");
         s[15..19].copy_from_slice(&(-5i32).to_be_bytes());
-        assert_eq!(run(&s), Err(CopyError::Extension));
-        // A huge announced field length just waits for more data.
+        assert_eq!(run(&s), Err(CopyError::Frame(FrameError::Extension)));
+        // A large announced field length just waits for more data; one beyond what PostgreSQL
+        // can send is refused before anything is gathered for it.
         let mut s = header(0, b"");
         s.extend_from_slice(&1i16.to_be_bytes());
+        s.extend_from_slice(&(1i32 << 29).to_be_bytes());
+        assert_eq!(run(&s), Err(CopyError::Frame(FrameError::Truncated)));
+        s.truncate(s.len() - 4);
         s.extend_from_slice(&i32::MAX.to_be_bytes());
-        assert_eq!(run(&s), Err(CopyError::Truncated));
+        assert!(matches!(
+            run(&s),
+            Err(CopyError::Frame(FrameError::RowTooLarge { .. }))
+        ));
     }
 }
