@@ -346,28 +346,51 @@ async fn schema_mapping_copies_every_table() {
         )
         .await
         .unwrap();
-    // The mapping's database does not exist yet: Ferry creates it. The guard drops it.
+    // A mapping's database must exist: a typo is an error that names it, and nothing is made.
     let sales = TempChDatabase {
         server: ChServer::from_env(),
         name: random_name("ferry_sales"),
     };
-    let exists: u64 = ChServer::from_env()
+    let create = format!(
+        "CREATE MIRROR sales FROM src TO dst WITH SCHEMA MAPPING (sales:{})
+         WITH (do_initial_copy = true, initial_copy_only = true, snapshot_num_tables_in_parallel = 2)",
+        sales.name
+    );
+    let e = s.client.batch_execute(&create).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "3D000", "{e}");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains(&sales.name), "{message}");
+    let count = |sql: &'static str, name: String| async move {
+        ChServer::from_env()
+            .client()
+            .query(sql)
+            .bind(name)
+            .fetch_one::<u64>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        count(
+            "SELECT count() FROM system.databases WHERE name = ?",
+            sales.name.clone()
+        )
+        .await,
+        0
+    );
+    ChServer::from_env()
         .client()
-        .query("SELECT count() FROM system.databases WHERE name = ?")
-        .bind(&sales.name)
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(exists, 0);
-
-    s.client
-        .batch_execute(&format!(
-            "CREATE MIRROR sales FROM src TO dst WITH SCHEMA MAPPING (sales:{})
-             WITH (do_initial_copy = true, initial_copy_only = true, snapshot_num_tables_in_parallel = 2)",
-            sales.name
+        .query(&format!(
+            "CREATE DATABASE {}",
+            ferry_core::ident::ch_ident(&sales.name)
         ))
+        .execute()
         .await
         .unwrap();
+
+    s.client.batch_execute(&create).await.unwrap();
     wait_for_state(&s.client, "sales", "completed", LOAD_TIMEOUT).await;
 
     // Exactly the schema's tables, in the mapping's database, the empty one included.

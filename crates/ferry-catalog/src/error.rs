@@ -44,19 +44,7 @@ impl From<tokio_postgres::Error> for CatalogError {
     fn from(e: tokio_postgres::Error) -> Self {
         let kind = match e.code() {
             None => ErrorKind::Transient,
-            Some(c) => match c.code() {
-                "23505" => ErrorKind::AlreadyExists,
-                "23503" => ErrorKind::InvalidInput,
-                s if s.starts_with("08")
-                    || s.starts_with("57P")
-                    || s == "40001"
-                    || s == "40P01" =>
-                {
-                    ErrorKind::Transient
-                }
-                s if s.starts_with("28") || s == "42501" => ErrorKind::Permission,
-                _ => ErrorKind::Internal,
-            },
+            Some(c) => ferry_core::error::kind_of_sqlstate(c.code()),
         };
         let message = match e.as_db_error() {
             Some(db) => db.message().to_owned(),
@@ -66,6 +54,17 @@ impl From<tokio_postgres::Error> for CatalogError {
             kind,
             message,
             source: Some(e),
+        }
+    }
+}
+
+impl From<CatalogError> for ferry_core::Error {
+    fn from(e: CatalogError) -> Self {
+        ferry_core::Error {
+            kind: e.kind(),
+            sqlstate: e.sqlstate().unwrap_or("XX000").to_owned(),
+            message: e.to_string(),
+            hint: None,
         }
     }
 }

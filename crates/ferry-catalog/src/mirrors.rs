@@ -1,7 +1,7 @@
 //! Mirrors, their tables and their partitions in the catalog.
 
-use ferry_core::mirror::MirrorState;
-use ferry_core::TableName;
+use ferry_core::mirror::{MirrorState, PartitionState, TableState};
+use ferry_core::{Lsn, TableName};
 use tokio_postgres::Row;
 
 use crate::{Catalog, CatalogError};
@@ -18,8 +18,8 @@ pub struct MirrorRow {
     pub publication_name: Option<String>,
     pub created_publication: bool,
     pub slot_name: Option<String>,
-    pub snapshot_lsn: Option<String>,
-    pub confirmed_lsn: Option<String>,
+    pub snapshot_lsn: Option<Lsn>,
+    pub confirmed_lsn: Option<Lsn>,
 }
 
 /// A table of a mirror, to be stored.
@@ -42,7 +42,7 @@ pub struct TableRow {
     pub destination_database: String,
     pub destination_table: String,
     pub columns: serde_json::Value,
-    pub state: String,
+    pub state: TableState,
     pub rows_copied: i64,
     /// While a resync runs: the fresh table the load writes into, and its ClickHouse UUID.
     pub load_table: Option<String>,
@@ -67,7 +67,7 @@ pub struct PartitionRow {
     pub relation: String,
     pub start_block: i64,
     pub end_block: Option<i64>,
-    pub state: String,
+    pub state: PartitionState,
     pub rows_copied: i64,
     pub attempts: i32,
 }
@@ -89,24 +89,35 @@ fn mirror_from_row(row: &Row) -> Result<MirrorRow, CatalogError> {
         publication_name: row.get(6),
         created_publication: row.get(7),
         slot_name: row.get(8),
-        snapshot_lsn: row.get(9),
-        confirmed_lsn: row.get(10),
+        snapshot_lsn: lsn(row.get(9))?,
+        confirmed_lsn: lsn(row.get(10))?,
     })
 }
 
-fn table_from_row(row: &Row) -> TableRow {
-    TableRow {
+/// An LSN as the catalog stores it (`pg_lsn` read as text).
+fn lsn(text: Option<String>) -> Result<Option<Lsn>, CatalogError> {
+    text.map(|t| {
+        t.parse()
+            .map_err(|e| CatalogError::Corrupt(format!("stored position: {e}")))
+    })
+    .transpose()
+}
+
+fn table_from_row(row: &Row) -> Result<TableRow, CatalogError> {
+    let state: String = row.get(7);
+    Ok(TableRow {
         id: row.get(0),
         source: TableName::new(row.get::<_, String>(1), row.get::<_, String>(2)),
         source_oid: row.get(3),
         destination_database: row.get(4),
         destination_table: row.get(5),
         columns: row.get(6),
-        state: row.get(7),
+        state: TableState::parse(&state)
+            .ok_or_else(|| CatalogError::Corrupt(format!("table has unknown state {state:?}")))?,
         rows_copied: row.get(8),
         load_table: row.get(9),
         load_table_uuid: row.get(10),
-    }
+    })
 }
 
 impl Catalog {
@@ -219,9 +230,10 @@ impl Catalog {
     pub async fn set_mirror_snapshot(
         &self,
         id: i64,
-        snapshot_lsn: &str,
+        snapshot_lsn: Lsn,
     ) -> Result<(), CatalogError> {
         let client = self.client().await?;
+        let snapshot_lsn = snapshot_lsn.to_string();
         client
             .execute(
                 "UPDATE ferry.mirrors SET snapshot_lsn = $2::text::pg_lsn, state = 'snapshot',
@@ -251,17 +263,18 @@ impl Catalog {
                 &[&mirror_id],
             )
             .await?;
-        Ok(rows.iter().map(table_from_row).collect())
+        rows.iter().map(table_from_row).collect()
     }
 
     /// Sets a table's state; `error` is recorded, or cleared when `None`.
     pub async fn set_table_state(
         &self,
         table_id: i64,
-        state: &str,
+        state: TableState,
         error: Option<&str>,
     ) -> Result<(), CatalogError> {
         let client = self.client().await?;
+        let state = state.as_str();
         client
             .execute(
                 "UPDATE ferry.mirror_table SET state = $2, error = $3,
@@ -331,19 +344,23 @@ impl Catalog {
                 &[&table_id],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| PartitionRow {
-                table_id: r.get(0),
-                partition_no: r.get(1),
-                relation: r.get(2),
-                start_block: r.get(3),
-                end_block: r.get(4),
-                state: r.get(5),
-                rows_copied: r.get(6),
-                attempts: r.get(7),
+        rows.iter()
+            .map(|r| {
+                let state: String = r.get(5);
+                Ok(PartitionRow {
+                    table_id: r.get(0),
+                    partition_no: r.get(1),
+                    relation: r.get(2),
+                    start_block: r.get(3),
+                    end_block: r.get(4),
+                    state: PartitionState::parse(&state).ok_or_else(|| {
+                        CatalogError::Corrupt(format!("partition has unknown state {state:?}"))
+                    })?,
+                    rows_copied: r.get(6),
+                    attempts: r.get(7),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Marks a partition copied, with the snapshot it was read in.
@@ -408,9 +425,10 @@ impl Catalog {
     pub async fn begin_resync(
         &self,
         mirror_id: i64,
-        snapshot_lsn: &str,
+        snapshot_lsn: Lsn,
         load_tables: &[(i64, String, String, serde_json::Value)],
     ) -> Result<(), CatalogError> {
+        let snapshot_lsn = snapshot_lsn.to_string();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         tx.execute(
@@ -457,8 +475,8 @@ impl Catalog {
 #[derive(Debug, Clone)]
 pub struct BatchRecord {
     pub rows: i64,
-    pub first_lsn: String,
-    pub last_lsn: String,
+    pub first_lsn: Lsn,
+    pub last_lsn: Lsn,
     /// Microseconds since 2000-01-01 UTC (PostgreSQL's epoch), as pgoutput gives times.
     pub started_micros: i64,
     pub finished_micros: i64,
@@ -480,10 +498,11 @@ impl Catalog {
     pub async fn confirm(
         &self,
         mirror_id: i64,
-        confirmed: &str,
-        source_lsn: &str,
+        confirmed: Lsn,
+        source_lsn: Lsn,
         batch: Option<&BatchRecord>,
     ) -> Result<(), CatalogError> {
+        let (confirmed, source_lsn) = (confirmed.to_string(), source_lsn.to_string());
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         match batch {
@@ -524,7 +543,7 @@ impl Catalog {
                                 {FROM_PG_MICROS} $5::int8, {FROM_PG_MICROS} $6::int8
                          FROM ferry.cdc_batch WHERE mirror_id = $1"
                     ),
-                    &[&mirror_id, &b.rows, &b.first_lsn, &b.last_lsn, &b.started_micros, &b.finished_micros],
+                    &[&mirror_id, &b.rows, &b.first_lsn.to_string(), &b.last_lsn.to_string(), &b.started_micros, &b.finished_micros],
                 )
                 .await?;
                 tx.execute(

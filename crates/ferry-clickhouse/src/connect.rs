@@ -127,6 +127,17 @@ impl DestinationError {
     }
 }
 
+impl From<DestinationError> for ferry_core::Error {
+    fn from(e: DestinationError) -> Self {
+        ferry_core::Error {
+            kind: e.kind,
+            sqlstate: e.sqlstate().to_owned(),
+            message: e.message,
+            hint: e.hint,
+        }
+    }
+}
+
 fn first_line(text: &str) -> &str {
     text.lines()
         .find(|l| !l.trim().is_empty())

@@ -6,13 +6,14 @@
 //! ClickHouse itself with `formatRow('RowBinary', column)`, and go into the next insert
 //! byte for byte, so no type needs a decoder and nothing can be blurred on the way.
 //!
-//! The keys travel inside the query as RowBinary too, read by the `format()` table function
-//! into their own column types, so `(key) IN (…)` uses the table's primary key index. A
-//! table holds every version of a row until a merge collapses them; for each key the newest
-//! row with a version below `before` is taken (the row as it was before the batch being
-//! written), else, when merges have left only later versions (rows already written by a run
-//! that crashed before confirming them), the newest row; a key whose row so taken is a
-//! deletion has no values to give and is left out of the answer.
+//! The keys travel inside the query as RowBinary too, each with its bound, read by the
+//! `format()` table function into their own column types, so `(key) IN (…)` uses the table's
+//! primary key index. A table holds every version of a row until a merge collapses them; for
+//! each key the newest row with a version below the key's bound is taken (the row as it was
+//! before the change being written: the bound is the change's own version), else, when merges
+//! have left only later versions (rows already written by a run that crashed before
+//! confirming them, which carry the same values), the newest row; a key whose row so taken is
+//! a deletion has no values to give and is left out of the answer.
 
 use std::collections::HashMap;
 
@@ -21,7 +22,7 @@ use ferry_core::{ColumnSchema, Value};
 
 use crate::connect::DestinationError;
 use crate::rowbinary::encode;
-use crate::table::{Destination, WriteError, IS_DELETED_COLUMN, VERSION_COLUMN};
+use crate::table::{ClickHouse, WriteError, IS_DELETED_COLUMN, VERSION_COLUMN};
 use crate::types::clickhouse_type;
 
 /// Bytes of encoded keys sent in one query (each byte may become four in the literal).
@@ -32,60 +33,43 @@ const MAX_QUERY_SIZE: usize = 8 << 20;
 /// Per key (its RowBinary), the RowBinary of each asked-for column.
 type StoredValues = HashMap<Vec<u8>, Vec<Vec<u8>>>;
 
-impl Destination {
+impl ClickHouse {
     /// The values of `columns` that `database.table` holds for each of `keys` (values of
-    /// `key_columns`, in order), taken from the newest row older than `before` (see the
-    /// module doc): per key, in the order of `keys`, the RowBinary of each column, or `None`
-    /// when the table has no live row for it.
+    /// `key_columns`, in order, each with its bound), taken from the newest row older than the
+    /// bound (see the module doc): per key, in the order of `keys`, the RowBinary of each
+    /// column, or `None` when the table has no live row for it. A key is asked for once.
     pub async fn stored_values(
         &self,
         database: &str,
         table: &str,
         key_columns: &[ColumnSchema],
         columns: &[ColumnSchema],
-        keys: &[Vec<Value>],
-        before: u64,
+        keys: &[(Vec<Value>, u64)],
     ) -> Result<Vec<Option<Vec<Vec<u8>>>>, WriteError> {
         let mut found = StoredValues::new();
         let mut encoded_keys = Vec::with_capacity(keys.len());
         let mut chunk = Vec::new();
-        for key in keys {
+        for (key, bound) in keys {
             let start = chunk.len();
             for (i, (c, v)) in key_columns.iter().zip(key).enumerate() {
                 encode(&c.kind, c.nullable, v, &mut chunk)
                     .map_err(|source| WriteError::Encode { column: i, source })?;
             }
             encoded_keys.push(chunk[start..].to_vec());
+            chunk.extend_from_slice(&bound.to_le_bytes());
             if chunk.len() >= KEYS_PER_QUERY_BYTES {
-                self.stored_chunk(
-                    database,
-                    table,
-                    key_columns,
-                    columns,
-                    &chunk,
-                    before,
-                    &mut found,
-                )
-                .await?;
+                self.stored_chunk(database, table, key_columns, columns, &chunk, &mut found)
+                    .await?;
                 chunk.clear();
             }
         }
         if !chunk.is_empty() {
-            self.stored_chunk(
-                database,
-                table,
-                key_columns,
-                columns,
-                &chunk,
-                before,
-                &mut found,
-            )
-            .await?;
+            self.stored_chunk(database, table, key_columns, columns, &chunk, &mut found)
+                .await?;
         }
         Ok(encoded_keys.iter().map(|k| found.get(k).cloned()).collect())
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn stored_chunk(
         &self,
         database: &str,
@@ -93,12 +77,12 @@ impl Destination {
         key_columns: &[ColumnSchema],
         columns: &[ColumnSchema],
         encoded_keys: &[u8],
-        before: u64,
         found: &mut StoredValues,
     ) -> Result<(), WriteError> {
-        let keys: Vec<String> = key_columns.iter().map(|c| ch_ident(&c.name)).collect();
+        let names: Vec<String> = key_columns.iter().map(|c| ch_ident(&c.name)).collect();
+        let keys: Vec<String> = names.iter().map(|n| format!("t.{n}")).collect();
         let keys = keys.join(", ");
-        let structure: Vec<String> = key_columns
+        let mut structure: Vec<String> = key_columns
             .iter()
             .map(|c| {
                 format!(
@@ -108,9 +92,11 @@ impl Destination {
                 )
             })
             .collect();
-        let version = ch_ident(VERSION_COLUMN);
-        let deleted = ch_ident(IS_DELETED_COLUMN);
-        // The newest row below `before`, else the newest row: of a column `x`.
+        structure.push("_ferry_bound UInt64".into());
+        let version = format!("t.{}", ch_ident(VERSION_COLUMN));
+        let deleted = format!("t.{}", ch_ident(IS_DELETED_COLUMN));
+        let before = "b._ferry_bound";
+        // The newest row below the key's bound, else the newest row: of a column `x`.
         let newest = |x: &str| {
             format!(
                 "if(countIf({version} < {before}) > 0, \
@@ -119,18 +105,24 @@ impl Destination {
         };
         let values: Vec<String> = columns
             .iter()
-            .map(|c| newest(&format!("formatRow('RowBinary', {})", ch_ident(&c.name))))
+            .map(|c| newest(&format!("formatRow('RowBinary', t.{})", ch_ident(&c.name))))
             .collect();
+        let data = format!(
+            "format(RowBinary, {}, {})",
+            literal(structure.join(", ").as_bytes()),
+            literal(encoded_keys)
+        );
         // A row whose newest version is a deletion has no values to give (a deletion row
         // holds stand-ins): such keys are left out, like keys never written.
         let sql = format!(
-            "SELECT formatRow('RowBinary', {keys}), {values} FROM {table} \
-             WHERE ({keys}) IN (SELECT {keys} FROM format(RowBinary, {structure}, {data})) \
-             GROUP BY {keys} HAVING {gone} = 0",
+            "SELECT formatRow('RowBinary', {keys}), {values} \
+             FROM {table} AS t INNER JOIN {data} AS b USING ({using}) \
+             WHERE ({plain}) IN (SELECT {plain} FROM {data}) \
+             GROUP BY {keys}, b._ferry_bound HAVING {gone} = 0",
             values = values.join(", "),
             table = ch_qualified(database, table),
-            structure = literal(structure.join(", ").as_bytes()),
-            data = literal(encoded_keys),
+            using = names.join(", "),
+            plain = names.join(", "),
             gone = newest(&deleted),
         );
         let bytes = self

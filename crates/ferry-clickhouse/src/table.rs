@@ -1,4 +1,4 @@
-//! Destination tables: their layout, and writing rows into them.
+//! ClickHouse tables: their layout, and writing rows into them.
 //!
 //! Every replicated table is a `ReplacingMergeTree` ordered by the source's key, with three
 //! columns of Ferry's own after the source's:
@@ -80,15 +80,15 @@ pub fn create_table_sql(database: &str, table: &str, columns: &[ColumnSchema]) -
 
 /// A destination ClickHouse: DDL and inserts, with errors classified.
 #[derive(Clone)]
-pub struct Destination {
+pub struct ClickHouse {
     cfg: ClickhouseConfig,
     client: clickhouse::Client,
 }
 
-impl Destination {
+impl ClickHouse {
     /// A destination for the peer; fails only on TLS settings that cannot be used.
-    pub fn new(cfg: &ClickhouseConfig) -> Result<Destination, DestinationError> {
-        Ok(Destination {
+    pub fn new(cfg: &ClickhouseConfig) -> Result<ClickHouse, DestinationError> {
+        Ok(ClickHouse {
             cfg: cfg.clone(),
             client: crate::connect::client(cfg)?,
         })
@@ -238,7 +238,7 @@ impl Destination {
 
 /// An insert in progress. Dropping it without [`RowInsert::finish`] aborts the insert.
 pub struct RowInsert {
-    destination: Destination,
+    destination: ClickHouse,
     insert: Option<clickhouse::insert_formatted::InsertFormatted>,
     columns: Vec<(ferry_core::ValueKind, bool)>,
     buf: Vec<u8>,
@@ -260,6 +260,17 @@ pub enum WriteError {
     Destination(#[from] DestinationError),
 }
 
+impl From<WriteError> for ferry_core::Error {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Destination(d) => d.into(),
+            WriteError::Encode { source, .. } => {
+                ferry_core::Error::new(source.kind(), "22000", source.to_string())
+            }
+        }
+    }
+}
+
 impl RowInsert {
     /// Adds a row (values in column order) with its version and deletion marker, and sends a
     /// chunk when enough has gathered. A row that cannot be encoded is not added.
@@ -273,7 +284,7 @@ impl RowInsert {
     }
 
     /// As [`RowInsert::push`], with some columns given already encoded (`(column, RowBinary)`,
-    /// in column order, as [`Destination::stored_values`] returns them); their `values` are
+    /// in column order, as [`ClickHouse::stored_values`] returns them); their `values` are
     /// not looked at.
     pub async fn push_with(
         &mut self,

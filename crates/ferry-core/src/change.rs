@@ -144,6 +144,14 @@ impl TableChanges {
         }
     }
 
+    /// Edits a tuple written earlier.
+    pub fn tuple_writer_for(&mut self, t: TupleRef) -> TupleWriter<'_> {
+        TupleWriter {
+            first: t.0 as usize,
+            changes: self,
+        }
+    }
+
     /// Adds a row change whose tuples were written with [`TableChanges::tuple_writer`].
     pub fn push_row(&mut self, change: RowChange) {
         self.ops.push(Op::Row(change));
@@ -250,7 +258,7 @@ impl<'a> Row<'a> {
 
     /// Whether some field is an unchanged TOAST value.
     pub fn has_unchanged(&self) -> bool {
-        self.slots.iter().any(|s| *s == Slot::Unchanged)
+        self.slots.contains(&Slot::Unchanged)
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Order matters, so that a failure at any step leaves nothing behind:
 //! 1. check the source (`wal_level`, privileges, free slots) and every table (exists, has a
-//!    key or `REPLICA IDENTITY FULL`, every column mapped) and the destination (no table of
-//!    that name yet) — nothing is created until all of this passed;
+//!    key or `REPLICA IDENTITY FULL`, every column mapped) and the destination
+//!    ([`Destination::check`]: namespaces exist, no table of that name, every column can be
+//!    held) — nothing is created until all of this passed;
 //! 2. store the mirror in the catalog (state `setting_up`);
 //! 3. create the publication (unless the user named one that exists), then the slot with its
 //!    exported snapshot on a replication connection, then the destination tables;
@@ -15,12 +16,12 @@
 use std::collections::HashSet;
 
 use ferry_catalog::{Catalog, NewTable, StoredPeer};
-use ferry_clickhouse::table::Destination;
-use ferry_core::ident::{pg_ident, pg_literal};
+use ferry_core::destination::{Destination, TableSpec, TargetName};
 use ferry_core::mirror::{Mapping, MirrorSpec};
-use ferry_core::peer::{ClickhouseConfig, PeerConfig, PostgresConfig};
+use ferry_core::peer::PostgresConfig;
 use ferry_core::{ErrorKind, TableName};
 use ferry_postgres::connect::connect;
+use ferry_postgres::publication::{self, PublicationScope};
 use ferry_postgres::replication::ReplicationConnection;
 use ferry_postgres::source::{self, SourceTable};
 use tokio_postgres::Client;
@@ -31,8 +32,7 @@ use crate::FlowError;
 /// One table of a mirror as planned.
 pub struct PlannedTable {
     pub source: SourceTable,
-    pub destination_database: String,
-    pub destination_table: String,
+    pub spec: TableSpec,
 }
 
 /// What a new mirror will copy.
@@ -40,60 +40,25 @@ pub struct Plan {
     pub tables: Vec<PlannedTable>,
 }
 
-/// The peers' typed settings, checked for their roles.
-pub fn peer_configs(
-    source: &StoredPeer,
-    destination: &StoredPeer,
-) -> Result<(PostgresConfig, ClickhouseConfig), FlowError> {
-    let src = match &source.config {
-        PeerConfig::Postgres(c) => c.clone(),
-        other => {
-            return Err(FlowError::invalid(
-                "42809",
-                format!(
-                    "peer \"{}\" is a {} peer; a mirror's source must be a POSTGRES peer",
-                    source.name,
-                    other.kind()
-                ),
-            ))
-        }
-    };
-    let dst = match &destination.config {
-        PeerConfig::Clickhouse(c) => c.clone(),
-        other => {
-            return Err(FlowError::invalid(
-                "42809",
-                format!(
-                    "peer \"{}\" is a {} peer; a mirror's destination must be a CLICKHOUSE peer",
-                    destination.name,
-                    other.kind()
-                ),
-            ))
-        }
-    };
-    Ok((src, dst))
-}
-
 /// The source tables a mapping names, with their destinations, expanded and de-duplicated.
 async fn resolve_mapping(
     client: &Client,
     cfg: &PostgresConfig,
     mapping: &Mapping,
-    default_db: &str,
-) -> Result<Vec<(TableName, String, String, Vec<String>)>, FlowError> {
+    default_namespace: &str,
+) -> Result<Vec<(TableName, TargetName, Vec<String>)>, FlowError> {
     let mut out = Vec::new();
     match mapping {
         Mapping::Tables(entries) => {
             for e in entries {
-                let db = e
+                let namespace = e
                     .destination
                     .database
                     .clone()
-                    .unwrap_or_else(|| default_db.to_owned());
+                    .unwrap_or_else(|| default_namespace.to_owned());
                 out.push((
                     e.source.clone(),
-                    db,
-                    e.destination.table.clone(),
+                    TargetName::new(namespace, e.destination.table.clone()),
                     e.exclude.clone(),
                 ));
             }
@@ -109,24 +74,24 @@ async fn resolve_mapping(
                 }
                 for t in source::tables_in_schema(client, cfg, schema).await? {
                     let name = t.name.clone();
-                    out.push((t, db.clone(), name, Vec::new()));
+                    out.push((t, TargetName::new(db.clone(), name), Vec::new()));
                 }
             }
         }
     }
     let mut sources = HashSet::new();
     let mut destinations = HashSet::new();
-    for (src, db, table, _) in &out {
+    for (src, target, _) in &out {
         if !sources.insert(src.clone()) {
             return Err(FlowError::invalid(
                 "42710",
                 format!("table {src} is mapped more than once"),
             ));
         }
-        if !destinations.insert((db.clone(), table.clone())) {
+        if !destinations.insert(target.clone()) {
             return Err(FlowError::invalid(
                 "42710",
-                format!("destination table {db}.{table} is the target of more than one table"),
+                format!("destination table {target} is the target of more than one table"),
             ));
         }
     }
@@ -143,7 +108,7 @@ async fn resolve_mapping(
 pub async fn plan(
     mirror: &str,
     src_cfg: &PostgresConfig,
-    dest: &Destination,
+    dest: &dyn Destination,
     spec: &MirrorSpec,
 ) -> Result<Plan, FlowError> {
     let (_, slot) = mirror_names(mirror, spec);
@@ -153,9 +118,10 @@ pub async fn plan(
     let client = connect(src_cfg, "ferry setup").await?;
     source::check_replication(&client, src_cfg, 1).await?;
     let money_scale = source::money_scale(&client, src_cfg).await?;
-    let entries = resolve_mapping(&client, src_cfg, &spec.mapping, dest.default_database()).await?;
+    let entries =
+        resolve_mapping(&client, src_cfg, &spec.mapping, dest.default_namespace()).await?;
     let mut tables = Vec::with_capacity(entries.len());
-    for (name, db, table, exclude) in entries {
+    for (name, target, exclude) in entries {
         let Some(t) =
             source::describe_table(&client, src_cfg, &name, &exclude, money_scale).await?
         else {
@@ -182,20 +148,16 @@ pub async fn plan(
                 format!("table {name} has no columns to copy"),
             ));
         }
-        if dest.database_exists(&db).await? && dest.table_exists(&db, &table).await? {
-            return Err(FlowError::new(
-                ErrorKind::AlreadyExists,
-                "42P07",
-                format!("destination table {db}.{table} already exists"),
-            )
-            .with_hint("Drop it in ClickHouse, or map the source table to another name."));
-        }
-        tables.push(PlannedTable {
-            source: t,
-            destination_database: db,
-            destination_table: table,
-        });
+        let spec = TableSpec {
+            id: 0,
+            source: name,
+            target,
+            columns: t.columns.clone(),
+        };
+        tables.push(PlannedTable { source: t, spec });
     }
+    let specs: Vec<TableSpec> = tables.iter().map(|t| t.spec.clone()).collect();
+    dest.check(&specs).await?;
     Ok(Plan { tables })
 }
 
@@ -228,112 +190,28 @@ pub fn mirror_names(mirror: &str, spec: &MirrorSpec) -> (String, String) {
     (publication, slot)
 }
 
-/// Creates the publication unless one of that name exists; returns whether it created it.
-/// What a publication Ferry creates covers.
-pub enum PublicationScope<'a> {
-    Tables(&'a [TableName]),
-    /// Every table of these schemas, including tables created later (PostgreSQL 15+).
-    Schemas(&'a [String]),
-}
-
-/// The scope of a mirror's publication: whole schemas for a schema mapping where the server
-/// can (so that tables created later are published too), else the tables.
-pub async fn publication_scope<'a>(
-    client: &Client,
-    cfg: &PostgresConfig,
-    mapping: &'a Mapping,
-    schemas: &'a mut Vec<String>,
-    tables: &'a [TableName],
-) -> Result<PublicationScope<'a>, FlowError> {
-    if let Mapping::Schemas(pairs) = mapping {
-        let version: i32 = client
-            .query_one("SELECT current_setting('server_version_num')::int4", &[])
-            .await
-            .map_err(|e| ferry_postgres::connect::SourceError::from_pg(cfg, e))?
-            .get(0);
-        if version >= 150000 {
-            *schemas = pairs.iter().map(|(s, _)| s.clone()).collect();
-            return Ok(PublicationScope::Schemas(schemas));
-        }
-    }
-    Ok(PublicationScope::Tables(tables))
-}
-
+/// Creates the mirror's publication unless one of that name exists: whole schemas for a
+/// schema mapping where the server can (so that tables created later are published too), else
+/// the tables. Returns whether it was created.
 pub async fn ensure_publication(
-    client: &Client,
     cfg: &PostgresConfig,
     name: &str,
-    scope: PublicationScope<'_>,
+    mapping: &Mapping,
+    tables: &[TableName],
 ) -> Result<bool, FlowError> {
-    let exists = client
-        .query_one(
-            "SELECT count(*) FROM pg_publication WHERE pubname = $1",
-            &[&name],
-        )
-        .await
-        .map_err(|e| ferry_postgres::connect::SourceError::from_pg(cfg, e))?
-        .get::<_, i64>(0)
-        > 0;
-    if exists {
-        info!(publication = %name, "using the existing publication");
-        return Ok(false);
-    }
-    let target = match scope {
-        PublicationScope::Tables(tables) => {
-            let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
-            format!("TABLE {}", list.join(", "))
+    let client = connect(cfg, "ferry setup").await?;
+    let schemas: Vec<String> = match mapping {
+        Mapping::Schemas(pairs) if publication::server_version(&client, cfg).await? >= 150000 => {
+            pairs.iter().map(|(s, _)| s.clone()).collect()
         }
-        PublicationScope::Schemas(schemas) => {
-            let list: Vec<String> = schemas.iter().map(|s| pg_ident(s)).collect();
-            format!("TABLES IN SCHEMA {}", list.join(", "))
-        }
+        _ => Vec::new(),
     };
-    let sql = format!(
-        "CREATE PUBLICATION {} FOR {target} WITH (publish_via_partition_root = true)",
-        pg_ident(name)
-    );
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| ferry_postgres::connect::SourceError::from_pg(cfg, e))?;
-    Ok(true)
-}
-
-/// Drops what a mirror created on its source, ignoring what is already gone.
-pub async fn drop_source_objects(
-    cfg: &PostgresConfig,
-    publication: Option<&str>,
-    slot: Option<&str>,
-) -> Result<(), FlowError> {
-    let client = connect(cfg, "ferry cleanup").await?;
-    if let Some(slot) = slot {
-        // An active slot (a connection of a mirror task still closing) is dropped once free.
-        for attempt in 0..50 {
-            let r = client
-                .execute(
-                    &format!(
-                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {}",
-                        pg_literal(slot)
-                    ),
-                    &[],
-                )
-                .await;
-            match r {
-                Ok(_) => break,
-                Err(e) if e.code().map(|c| c.code()) == Some("55006") && attempt < 49 => {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(ferry_postgres::connect::SourceError::from_pg(cfg, e).into()),
-            }
-        }
-    }
-    if let Some(p) = publication {
-        client
-            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", pg_ident(p)))
-            .await
-            .map_err(|e| ferry_postgres::connect::SourceError::from_pg(cfg, e))?;
-    }
-    Ok(())
+    let scope = if schemas.is_empty() {
+        PublicationScope::Tables(tables)
+    } else {
+        PublicationScope::Schemas(&schemas)
+    };
+    Ok(publication::ensure_publication(&client, cfg, name, scope).await?)
 }
 
 /// What setting a mirror up produced.
@@ -352,33 +230,38 @@ pub async fn create(
     source: &StoredPeer,
     destination: &StoredPeer,
     src_cfg: &PostgresConfig,
-    dest: &Destination,
+    dest: &dyn Destination,
     spec: &MirrorSpec,
     plan: &Plan,
 ) -> Result<Option<SetUp>, FlowError> {
     let (publication, slot) = mirror_names(name, spec);
-    let tables: Vec<NewTable> = plan
-        .tables
-        .iter()
-        .map(|t| NewTable {
-            source: t.source.name.clone(),
+    let mut tables = Vec::with_capacity(plan.tables.len());
+    for t in &plan.tables {
+        tables.push(NewTable {
+            source: t.spec.source.clone(),
             source_oid: t.source.oid,
-            destination_database: t.destination_database.clone(),
-            destination_table: t.destination_table.clone(),
-            columns: serde_json::to_value(&t.source.columns).unwrap_or_default(),
+            destination_database: t.spec.target.namespace.clone(),
+            destination_table: t.spec.target.table.clone(),
+            columns: serde_json::to_value(&t.spec.columns)
+                .map_err(|e| FlowError::internal(e.to_string()))?,
             rows_estimated: t.source.estimated_rows() as i64,
-        })
-        .collect();
+        });
+    }
     let spec_json = serde_json::to_value(spec).map_err(|e| FlowError::internal(e.to_string()))?;
-    let client = connect(src_cfg, "ferry setup").await?;
-    let source_names: Vec<TableName> = plan.tables.iter().map(|t| t.source.name.clone()).collect();
-    let created_publication = {
-        let mut schemas = Vec::new();
-        let scope =
-            publication_scope(&client, src_cfg, &spec.mapping, &mut schemas, &source_names).await?;
-        ensure_publication(&client, src_cfg, &publication, scope).await?
-    };
+    let source_names: Vec<TableName> = plan.tables.iter().map(|t| t.spec.source.clone()).collect();
+    let created_publication =
+        ensure_publication(src_cfg, &publication, &spec.mapping, &source_names).await?;
     let undo_publication = created_publication.then_some(publication.as_str());
+    let undo_source = |slot: Option<&str>| {
+        let slot = slot.map(str::to_owned);
+        async move {
+            if let Err(e) =
+                publication::drop_source_objects(src_cfg, undo_publication, slot.as_deref()).await
+            {
+                warn!(mirror = %name, error = %e, "could not undo the source objects of a failed setup");
+            }
+        }
+    };
 
     let id = match catalog
         .insert_mirror(
@@ -395,11 +278,11 @@ pub async fn create(
     {
         Ok(Some(id)) => id,
         Ok(None) => {
-            let _ = drop_source_objects(src_cfg, undo_publication, None).await;
+            undo_source(None).await;
             return Ok(None);
         }
         Err(e) => {
-            let _ = drop_source_objects(src_cfg, undo_publication, None).await;
+            undo_source(None).await;
             return Err(e.into());
         }
     };
@@ -414,47 +297,26 @@ pub async fn create(
         Ok(r) => r,
         Err(e) => {
             let _ = catalog.delete_mirror(id).await;
-            let _ = drop_source_objects(src_cfg, undo_publication, None).await;
+            undo_source(None).await;
             return Err(e);
         }
     };
 
-    let mut made: Vec<(String, String)> = Vec::new();
+    let mut made: Vec<TargetName> = Vec::new();
     for t in &plan.tables {
-        let r = async {
-            dest.ensure_database(&t.destination_database).await?;
-            dest.create_table(
-                &t.destination_database,
-                &t.destination_table,
-                &t.source.columns,
-            )
-            .await
-        }
-        .await;
-        if let Err(e) = r {
-            for (db, table) in &made {
-                let _ = dest
-                    .execute(&format!(
-                        "DROP TABLE IF EXISTS {}",
-                        ferry_core::ident::ch_qualified(db, table)
-                    ))
-                    .await;
+        if let Err(e) = dest.create_table(&t.spec, &t.spec.target).await {
+            for target in &made {
+                let _ = dest.drop_table(target).await;
             }
             drop(repl);
             let _ = catalog.delete_mirror(id).await;
-            if let Err(cleanup) = drop_source_objects(src_cfg, undo_publication, Some(&slot)).await
-            {
-                warn!(mirror = %name, error = %cleanup, "could not drop the slot after a failed setup");
-            }
-            return Err(FlowError::from(e).context(format!(
-                "creating destination table {}.{}",
-                t.destination_database, t.destination_table
-            )));
+            undo_source(Some(&slot)).await;
+            return Err(e.context(format!("creating destination table {}", t.spec.target)));
         }
-        made.push((t.destination_database.clone(), t.destination_table.clone()));
+        made.push(t.spec.target.clone());
     }
     catalog
-        .set_mirror_snapshot(id, &created.consistent_point.to_string())
+        .set_mirror_snapshot(id, created.consistent_point)
         .await?;
     info!(mirror = %name, slot = %slot, publication = %publication, lsn = %created.consistent_point, "mirror set up");
     Ok(Some(SetUp {

@@ -58,35 +58,7 @@ impl SourceError {
     }
 }
 
-/// What to do about a SQLSTATE a source answered with: the one classifier of source errors,
-/// for ordinary and replication connections alike.
-pub fn kind_of_sqlstate(code: &str) -> ErrorKind {
-    match code {
-        c if c.starts_with("28") || c == "42501" => ErrorKind::Permission,
-        "3D000" | "42P01" | "42704" | "3F000" => ErrorKind::NotFound,
-        // duplicate_object: the slot or publication exists already.
-        "42710" => ErrorKind::AlreadyExists,
-        // object_in_use: the slot is held by another walsender, typically one that has not
-        // noticed yet that its client went away.
-        "55006" => ErrorKind::Transient,
-        // object_not_in_prerequisite_state (wal_level, a slot of another database or one that
-        // lost its WAL) and configuration_limit_exceeded (max_replication_slots).
-        "55000" | "53400" => ErrorKind::Misconfigured,
-        "22023" => ErrorKind::InvalidInput,
-        // connection exceptions, operator intervention (shutdown, cancel), too many
-        // connections, serialization failures and deadlocks.
-        c if c.starts_with("08")
-            || c.starts_with("57P")
-            || c == "53300"
-            || c == "57014"
-            || c == "40001"
-            || c == "40P01" =>
-        {
-            ErrorKind::Transient
-        }
-        _ => ErrorKind::Internal,
-    }
-}
+pub use ferry_core::error::kind_of_sqlstate;
 
 impl From<SourceError> for ferry_core::Error {
     fn from(e: SourceError) -> Self {

@@ -95,6 +95,9 @@ pub struct PgOutputOptions {
     pub streaming: bool,
     /// Send `pg_logical_emit_message` messages (PostgreSQL 14+).
     pub messages: bool,
+    /// Send values in their types' binary send format where the type has one, instead of
+    /// their text output (PostgreSQL 14+).
+    pub binary: bool,
 }
 
 impl Default for PgOutputOptions {
@@ -104,6 +107,7 @@ impl Default for PgOutputOptions {
             proto_version: 1,
             streaming: false,
             messages: false,
+            binary: false,
         }
     }
 }
@@ -445,6 +449,9 @@ fn start_replication_command(
     }
     if options.streaming {
         sql.push_str(", streaming 'on'");
+    }
+    if options.binary {
+        sql.push_str(", binary 'true'");
     }
     sql.push(')');
     Ok(sql)

@@ -307,6 +307,7 @@ async fn slot_snapshot_and_pgoutput_v1() {
         proto_version: 1,
         streaming: false,
         messages: true,
+        binary: false,
     };
     let stream = conn
         .start_replication(&slot, created.consistent_point, &options)
@@ -558,6 +559,7 @@ async fn protocol_v2_streams_large_transactions() {
         proto_version: 2,
         streaming: true,
         messages: false,
+        binary: false,
     };
     let stream = conn
         .start_replication(&slot, created.consistent_point, &options)

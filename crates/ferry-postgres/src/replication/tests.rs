@@ -70,12 +70,13 @@ fn start_replication_quotes_publications() {
         proto_version: 2,
         streaming: true,
         messages: true,
+        binary: true,
     };
     assert_eq!(
         start_replication_command("s1", Lsn(0x16_B374_D848), &options).unwrap(),
         "START_REPLICATION SLOT \"s1\" LOGICAL 16/B374D848 (proto_version '2', \
          publication_names '\"pub1\",\"we\"\"ird\",\"it''s, ok\"', messages 'true', \
-         streaming 'on')"
+         streaming 'on', binary 'true')"
     );
     let v1 = PgOutputOptions {
         publication_names: vec!["p".into()],

@@ -1,4 +1,4 @@
-//! The initial load: every table cut into CTID ranges, copied in parallel into ClickHouse.
+//! The initial load: every table cut into CTID ranges, copied in parallel into the destination.
 //!
 //! # Consistency
 //!
@@ -12,16 +12,17 @@
 //! # Restarts
 //!
 //! Each range's state is in the catalog (`ferry.mirror_partition`), and a range is marked done
-//! only once ClickHouse confirmed its insert. After a crash or a restart the exported snapshot
+//! only once the destination has it durably ([`LoadSink::finish`]). After a crash or a restart the exported snapshot
 //! is gone: the ranges not done yet are read again, each in a fresh snapshot of its own, and
 //! the catalog records that (`snapshot` NULL). This stays correct because the slot still holds
 //! every change since the consistent point: rows of a range read later than the others already
 //! contain some of those changes, and applying the stream from the consistent point replays
-//! them, with versions above the load's, so every row converges to its current state at the
-//! source. A mirror that streams does so anyway; an `initial_copy_only` mirror whose ranges were
-//! not all read in the exported snapshot applies the slot's changes up to the then current WAL
-//! position before it completes and drops its slot. Reading a range twice is harmless too: a row has the same key and version (0) in
-//! both inserts, and `ReplacingMergeTree` keeps one.
+//! them, and a destination applies a change to a row by its key, so every row converges to its
+//! current state at the source. A mirror that streams does so anyway; an `initial_copy_only`
+//! mirror whose ranges were not all read in the exported snapshot applies the slot's changes up
+//! to the then current WAL position before it completes and drops its slot. Reading a range
+//! twice is harmless too: the destination keeps one row per key, or recognises a range it
+//! already holds (the destination contract, `ferry_core::destination`).
 //!
 //! # Failures
 //!
@@ -34,14 +35,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_catalog::{Catalog, PartitionRow, TableRow};
-use ferry_clickhouse::table::{Destination, WriteError};
+use ferry_core::destination::{Destination, Load, LoadSink, TableSpec, TargetName};
 use ferry_core::error::Backoff;
-use ferry_core::ident::{pg_ident, pg_literal};
+use ferry_core::mirror::{PartitionState, TableState};
 use ferry_core::peer::PostgresConfig;
-use ferry_core::{ColumnSchema, ErrorKind};
-use ferry_postgres::connect::{connect, SourceError};
-use ferry_postgres::copy::BinaryCopyDecoder;
+use ferry_postgres::connect::connect;
 use ferry_postgres::ctid;
+use ferry_postgres::snapshot::{select_list, RangeReader};
 use ferry_postgres::source::{self, SourceTable};
 use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
@@ -54,18 +54,12 @@ pub const MAX_ATTEMPTS: i32 = 5;
 /// How often progress is written to the catalog and the log.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-/// Session settings for every snapshot read. The text forms of types carried as text depend on
-/// them, and must match those the streaming path sees.
-pub const SESSION_SETTINGS: &str =
-    "SET LOCAL DateStyle = 'ISO'; SET LOCAL IntervalStyle = 'postgres';
-     SET LOCAL TimeZone = 'UTC'; SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'";
-
 /// What the load needs to know about its mirror.
 pub struct LoadContext {
     pub mirror: String,
     pub mirror_id: i64,
     pub source: PostgresConfig,
-    pub destination: Destination,
+    pub destination: Arc<dyn Destination>,
     pub catalog: Catalog,
     /// The exported snapshot, while it is alive; `None` after a restart.
     pub snapshot: Option<String>,
@@ -89,7 +83,9 @@ pub enum LoadOutcome {
 
 struct TableJob {
     row: TableRow,
-    columns: Vec<ColumnSchema>,
+    spec: TableSpec,
+    /// Where the rows go: the live table, or the fresh one of a resync.
+    into: TargetName,
     /// The SELECT list, with the casts the column kinds need.
     select: String,
     /// Rows of ranges done, including those done before a restart.
@@ -107,7 +103,10 @@ impl TableJob {
 /// Copies every table not done yet. Returns once all are done or failed, or when stopped.
 pub async fn run(ctx: Arc<LoadContext>) -> Result<LoadOutcome, FlowError> {
     let tables = ctx.catalog.mirror_tables(ctx.mirror_id).await?;
-    let pending: Vec<TableRow> = tables.into_iter().filter(|t| t.state != "done").collect();
+    let pending: Vec<TableRow> = tables
+        .into_iter()
+        .filter(|t| t.state != TableState::Done)
+        .collect();
     if pending.is_empty() {
         return Ok(LoadOutcome::Done);
     }
@@ -115,27 +114,23 @@ pub async fn run(ctx: Arc<LoadContext>) -> Result<LoadOutcome, FlowError> {
     let money_scale = source::money_scale(&client, &ctx.source).await?;
     let mut jobs = Vec::with_capacity(pending.len());
     for row in pending {
-        let columns: Vec<ColumnSchema> =
-            serde_json::from_value(row.columns.clone()).map_err(|e| {
-                FlowError::internal(format!(
-                    "table {}: stored columns unreadable: {e}",
-                    row.source
-                ))
-            })?;
-        let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+        let spec = crate::table_spec(&row)?;
+        let names: Vec<String> = spec.columns.iter().map(|c| c.name.clone()).collect();
         let described =
             source::describe_table(&client, &ctx.source, &row.source, &[], money_scale).await?;
         let Some(described) = described else {
             let e = format!("table {} no longer exists on the source", row.source);
             ctx.catalog
-                .set_table_state(row.id, "failed", Some(&e))
+                .set_table_state(row.id, TableState::Failed, Some(&e))
                 .await?;
             continue;
         };
-        let select = select_list(&described, &names)?;
+        let select = select_list(&described, &names, ctx.destination.wire())?;
+        let into = TargetName::new(spec.target.namespace.clone(), row.target_table());
         let job = TableJob {
             row,
-            columns,
+            spec,
+            into,
             select,
             done: AtomicU64::new(0),
             inflight: AtomicU64::new(0),
@@ -177,7 +172,7 @@ pub async fn run(ctx: Arc<LoadContext>) -> Result<LoadOutcome, FlowError> {
                     Ok(false) => stopped = true,
                     Err(e) => {
                         warn!(mirror = %ctx.mirror, table = %name, error = %e, "table failed");
-                        ctx.catalog.set_table_state(table_id, "failed", Some(&e.message)).await?;
+                        ctx.catalog.set_table_state(table_id, TableState::Failed, Some(&e.message)).await?;
                         failed.push(name);
                     }
                 }
@@ -219,26 +214,6 @@ async fn report(
     );
 }
 
-/// The SELECT list for the stored columns: each column with the cast its kind needs.
-fn select_list(table: &SourceTable, names: &[String]) -> Result<String, FlowError> {
-    let mut parts = Vec::with_capacity(names.len());
-    for n in names {
-        let idx = table
-            .columns
-            .iter()
-            .position(|c| &c.name == n)
-            .ok_or_else(|| {
-                FlowError::new(
-                    ErrorKind::Unsupported,
-                    "42703",
-                    format!("column \"{n}\" of table {} no longer exists", table.name),
-                )
-            })?;
-        parts.push(table.mappings[idx].select_expr(&pg_ident(n)));
-    }
-    Ok(parts.join(", "))
-}
-
 /// Copies one table's pending ranges. `Ok(false)` when stopped before the end.
 async fn copy_table(
     ctx: &Arc<LoadContext>,
@@ -256,21 +231,21 @@ async fn copy_table(
     let partitions = catalog.plan_partitions(table.row.id, &planned).await?;
     let done_rows: i64 = partitions
         .iter()
-        .filter(|p| p.state == "done")
+        .filter(|p| p.state == PartitionState::Done)
         .map(|p| p.rows_copied)
         .sum();
     table.done.store(done_rows.max(0) as u64, Ordering::Relaxed);
     let pending: Vec<PartitionRow> = partitions
         .into_iter()
-        .filter(|p| p.state != "done")
+        .filter(|p| p.state != PartitionState::Done)
         .collect();
     if pending.is_empty() {
         catalog.set_table_progress(table.row.id, done_rows).await?;
-        catalog.set_table_state(table.row.id, "done", None).await?;
+        finish_table(ctx, table).await?;
         return Ok(true);
     }
     catalog
-        .set_table_state(table.row.id, "copying", None)
+        .set_table_state(table.row.id, TableState::Copying, None)
         .await?;
     info!(
         partitions = pending.len(),
@@ -328,8 +303,20 @@ async fn copy_table(
     catalog
         .set_table_progress(table.row.id, table.done.load(Ordering::Relaxed) as i64)
         .await?;
-    catalog.set_table_state(table.row.id, "done", None).await?;
+    finish_table(ctx, table).await?;
     Ok(true)
+}
+
+/// Every range of a table is in: the destination finishes the table (builds what is better
+/// built after a load), then the catalog marks it done.
+async fn finish_table(ctx: &LoadContext, table: &TableJob) -> Result<(), FlowError> {
+    ctx.destination
+        .finish_load(&table.spec, &table.into)
+        .await?;
+    ctx.catalog
+        .set_table_state(table.row.id, TableState::Done, None)
+        .await?;
+    Ok(())
 }
 
 /// Copies a range, trying again after transient errors. `Ok(None)` when stopped.
@@ -353,7 +340,7 @@ async fn copy_partition_with_retries(
         let started = Instant::now();
         let mut stop = ctx.stop.clone();
         let result = tokio::select! {
-            r = copy_partition(ctx, &p.relation, &range, table, &sent) => Some(r),
+            r = copy_partition(ctx, p, &range, table, &sent) => Some(r),
             _ = stop.wait_for(|s| *s) => None,
         };
         let Some(result) = result else {
@@ -388,68 +375,50 @@ async fn copy_partition_with_retries(
     }
 }
 
-/// Reads one range with binary COPY and streams it into ClickHouse as one insert. Counts the
-/// rows it sends in `sent` and in the table's `inflight`.
+/// Reads one range with binary COPY and streams it into the destination. Counts the rows it
+/// sends in `sent` and in the table's `inflight`.
 async fn copy_partition(
     ctx: &LoadContext,
-    relation: &str,
+    p: &PartitionRow,
     range: &ctid::BlockRange,
     table: &TableJob,
     sent: &AtomicU64,
 ) -> Result<u64, FlowError> {
-    let (select, columns) = (&table.select, &table.columns);
-    let (db, dest_table) = (&table.row.destination_database, table.row.target_table());
-    let cfg = &ctx.source;
-    let pg = |e: tokio_postgres::Error| FlowError::from(SourceError::from_pg(cfg, e));
-    let client = connect(cfg, "ferry snapshot").await?;
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(pg)?;
-    if let Some(s) = &ctx.snapshot {
-        client
-            .batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", pg_literal(s)))
-            .await
-            .map_err(pg)?;
-    }
-    client.batch_execute(SESSION_SETTINGS).await.map_err(pg)?;
-    let sql = format!(
-        "COPY (SELECT {select} FROM ONLY {relation} WHERE {}) TO STDOUT (FORMAT binary)",
-        range.predicate()
-    );
-    let stream = client.copy_out(sql.as_str()).await.map_err(pg)?;
-    futures::pin_mut!(stream);
-    let mut decoder = BinaryCopyDecoder::new(columns.iter().map(|c| c.kind.clone()).collect());
-    let mut insert = ctx.destination.insert(db, dest_table, columns);
-    let name_column = |e: WriteError| match e {
-        WriteError::Encode { column, source } => FlowError::new(
-            source.kind(),
-            "22000",
-            format!(
-                "column \"{}\": {source}",
-                columns.get(column).map(|c| c.name.as_str()).unwrap_or("?")
-            ),
-        ),
-        other => FlowError::from(other),
-    };
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(pg)?;
-        decoder.push(&chunk);
-        while let Some(row) = decoder.next_row()? {
-            insert.push(&row, 0, false).await.map_err(name_column)?;
-            sent.fetch_add(1, Ordering::Relaxed);
-            table.inflight.fetch_add(1, Ordering::Relaxed);
+    let mut sink: Box<dyn LoadSink> = match ctx
+        .destination
+        .load(&table.spec, &table.into, p.partition_no)
+        .await?
+    {
+        Load::Sink(sink) => sink,
+        Load::Done { rows } => {
+            debug!(
+                partition = p.partition_no,
+                rows, "the destination holds this range already"
+            );
+            return Ok(rows);
         }
+    };
+    let reader = RangeReader::open(&ctx.source, ctx.snapshot.as_deref()).await?;
+    let stream = reader.copy(&table.select, &p.relation, range).await?;
+    futures::pin_mut!(stream);
+    let mut counted = 0u64;
+    while let Some(chunk) = stream.next().await {
+        sink.write(chunk?).await?;
+        let now = sink.rows();
+        let delta = now.saturating_sub(counted);
+        counted = now;
+        sent.fetch_add(delta, Ordering::Relaxed);
+        table.inflight.fetch_add(delta, Ordering::Relaxed);
     }
-    decoder.finish()?;
-    let clamped = insert.clamped();
-    let rows = insert.finish().await?;
-    client.batch_execute("COMMIT").await.map_err(pg)?;
-    if clamped > 0 {
+    let summary = sink.finish().await?;
+    reader.close().await?;
+    for s in &summary.substitutions {
         warn!(
-            rows = clamped,
-            "dates or timestamps outside ClickHouse's range were clamped to its bounds"
+            column = %s.column,
+            values = s.count,
+            example_key = s.example_key.as_deref().unwrap_or(""),
+            "values the destination cannot hold were replaced"
         );
     }
-    Ok(rows)
+    Ok(summary.rows)
 }

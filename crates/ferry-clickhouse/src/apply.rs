@@ -1,0 +1,470 @@
+//! Streamed changes into ClickHouse: every change becomes a row of the destination table.
+//!
+//! # Versions
+//!
+//! A change is written as a row with `_ferry_version` set to the LSN of the change's own WAL
+//! record. A row's changes reach the WAL in the order they commit (a writer holds the row's
+//! lock until it commits) and a change's LSN is the same every time the WAL is decoded, so the
+//! newest change of each row wins in `ReplacingMergeTree`, and replaying WAL after a crash
+//! writes exactly the rows written before, which collapse into them. Rows of the initial load
+//! have version 0, below every change.
+//!
+//! A deletion is a row with the key and `_ferry_is_deleted = 1`; its other columns hold what
+//! the change carried, else NULL or the type's zero. An update that moves a row to a new key
+//! deletes the old key the same way. `TRUNCATE` empties the table when the changes reach it:
+//! the rows before it are written first.
+//!
+//! # Unchanged TOAST values
+//!
+//! An UPDATE that leaves a large (TOASTed) column alone does not carry its value, and the
+//! engine fills in what an earlier change of the same row in the batch carried. What is left
+//! comes from the row's earlier change in these changes when there is one (whose own value may
+//! have come from further back: the changes are resolved in order), else from ClickHouse: the
+//! newest version of the row older than the change, under the old key when the update moved
+//! the row ([`crate::lookup`]); the bytes ClickHouse returns go into the insert as they are. A row ClickHouse holds no live version of (someone
+//! deleted it there) cannot be completed: its table fails with a hint to resync it, rather
+//! than a value being made up.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use ferry_core::change::{ChangeKind, Field, Op, Row, RowChange, TableChanges};
+use ferry_core::destination::{Apply, ApplyError, Summary};
+use ferry_core::ident::ch_qualified;
+use ferry_core::{canonical, ColumnSchema, Error, ErrorKind, Lsn, Numeric, Value, ValueKind};
+
+use crate::connect::DestinationError;
+use crate::load::column_error;
+use crate::table::{ClickHouse, WriteError};
+
+/// Applying changes to one ClickHouse.
+pub struct ClickHouseApply {
+    ch: ClickHouse,
+}
+
+impl ClickHouseApply {
+    pub(crate) fn new(ch: ClickHouse) -> ClickHouseApply {
+        ClickHouseApply { ch }
+    }
+}
+
+#[async_trait]
+impl Apply for ClickHouseApply {
+    async fn write(&mut self, changes: Vec<TableChanges>) -> Result<Summary, ApplyError> {
+        let mut summary = Summary::default();
+        for tc in &changes {
+            let rows = self
+                .write_table(tc)
+                .await
+                .map_err(|e| attribute(tc.table.id, e))?;
+            summary.rows += rows;
+        }
+        Ok(summary)
+    }
+
+    /// Every insert was acknowledged by ClickHouse when `write` returned.
+    async fn commit(&mut self, _position: Lsn) -> Result<(), ApplyError> {
+        Ok(())
+    }
+}
+
+/// Whether an error concerns the table alone (a value it cannot hold, its table or a column
+/// gone in ClickHouse) or the destination as a whole.
+fn attribute(table: i64, e: Failure) -> ApplyError {
+    match e {
+        Failure::Table(e) => ApplyError::for_table(table, e),
+        Failure::Destination(d) => {
+            // UNKNOWN_TABLE, NO_SUCH_COLUMN_IN_TABLE, UNKNOWN_IDENTIFIER, THERE_IS_NO_COLUMN
+            let table_gone = matches!(d.code, Some(60) | Some(16) | Some(47) | Some(8));
+            let e = Error::from(d);
+            if table_gone {
+                ApplyError::for_table(table, e)
+            } else {
+                ApplyError::from(e)
+            }
+        }
+    }
+}
+
+enum Failure {
+    Table(Error),
+    Destination(DestinationError),
+}
+
+impl From<DestinationError> for Failure {
+    fn from(e: DestinationError) -> Self {
+        Failure::Destination(e)
+    }
+}
+
+impl From<WriteError> for Failure {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Destination(d) => Failure::Destination(d),
+            other => Failure::Table(other.into()),
+        }
+    }
+}
+
+/// A column's value for a row that marks a deletion, where the change carries none.
+pub(crate) fn placeholder(kind: &ValueKind, nullable: bool) -> Value {
+    if nullable {
+        return Value::Null;
+    }
+    match kind {
+        ValueKind::Bool => Value::Bool(false),
+        ValueKind::Int16 => Value::Int16(0),
+        ValueKind::Int32 => Value::Int32(0),
+        ValueKind::Int64 => Value::Int64(0),
+        ValueKind::UInt32 => Value::UInt32(0),
+        ValueKind::Float32 => Value::Float32(0.0),
+        ValueKind::Float64 => Value::Float64(0.0),
+        ValueKind::Decimal { .. } => Value::Numeric(Numeric::Finite("0".into())),
+        ValueKind::Text => Value::Text(String::new()),
+        ValueKind::Bytes => Value::Bytes(Vec::new()),
+        ValueKind::Uuid => Value::Uuid([0; 16]),
+        ValueKind::Date => Value::Date(0),
+        ValueKind::Timestamp => Value::Timestamp(0),
+        ValueKind::TimestampTz => Value::TimestampTz(0),
+        ValueKind::Array { .. } => Value::Array {
+            dims: Vec::new(),
+            elements: Vec::new(),
+        },
+    }
+}
+
+/// The value of a field as written, `None` for an unchanged one.
+fn value_of(column: &ColumnSchema, field: Field<'_>) -> Result<Option<Value>, Failure> {
+    Ok(match field {
+        Field::Null => Some(Value::Null),
+        Field::Unchanged => None,
+        Field::Value(raw) => Some(canonical::decode(&column.kind, raw).map_err(|e| {
+            Failure::Table(Error::from(e).context(format!("column \"{}\"", column.name)))
+        })?),
+    })
+}
+
+/// Where each row's unchanged values come from.
+#[derive(Default)]
+struct Sources {
+    /// Op index → the earlier op (in these changes) of the same row, whose values it takes.
+    earlier: HashMap<usize, usize>,
+    /// Ops whose values later ops take.
+    kept: std::collections::HashSet<usize>,
+    /// Op index → per row slot, the RowBinary ClickHouse holds.
+    stored: HashMap<usize, Vec<(usize, Vec<u8>)>>,
+}
+
+impl ClickHouseApply {
+    /// Writes one table's changes; returns the rows written.
+    async fn write_table(&self, tc: &TableChanges) -> Result<u64, Failure> {
+        let spec = &tc.table;
+        let columns: Vec<ColumnSchema> = tc
+            .columns
+            .iter()
+            .map(|&i| spec.columns[i].clone())
+            .collect();
+        let keyed = columns.iter().any(|c| c.key_position.is_some());
+        // Positions (within the rows) of the columns that identify a row.
+        let key_slots: Vec<usize> = {
+            let mut k: Vec<usize> = (0..columns.len())
+                .filter(|&s| !keyed || columns[s].key_position.is_some())
+                .collect();
+            k.sort_by_key(|&s| columns[s].key_position);
+            k
+        };
+        let sources = self.unchanged_sources(tc, &columns, &key_slots).await?;
+        let (db, table) = (&spec.target.namespace, &spec.target.table);
+        let mut insert = self.ch.insert(db, table, &columns);
+        let mut written = 0u64;
+        let mut values = Vec::with_capacity(columns.len());
+        // The RowBinary of each column of the ops later ops take values from.
+        let mut kept: HashMap<usize, Vec<Vec<u8>>> = HashMap::new();
+        for (i, op) in tc.ops().iter().enumerate() {
+            let change = match op {
+                Op::Truncate { .. } => {
+                    // The rows before the TRUNCATE land first.
+                    let done = std::mem::replace(&mut insert, self.ch.insert(db, table, &columns));
+                    written += done.finish().await?;
+                    self.ch
+                        .execute(&format!("TRUNCATE TABLE {}", ch_qualified(db, table)))
+                        .await?;
+                    continue;
+                }
+                Op::Row(c) => c,
+            };
+            let version = change.lsn.0;
+            if let Some(old) = change.old {
+                let old = tc.tuple(old);
+                if change.kind == ChangeKind::Delete
+                    || key_moved(change, &old, tc, &key_slots, keyed)
+                {
+                    deletion_row(&columns, &old, &mut values)?;
+                    insert
+                        .push(&values, version, true)
+                        .await
+                        .map_err(|e| Failure::Table(column_error(&columns, e)))?;
+                }
+            }
+            let Some(new) = change.new else { continue };
+            let new = tc.tuple(new);
+            values.clear();
+            let mut encoded: Vec<(usize, Vec<u8>)> = Vec::new();
+            for (s, c) in columns.iter().enumerate() {
+                match value_of(c, new.get(s))? {
+                    Some(v) => values.push(v),
+                    None => {
+                        let bytes = match sources.earlier.get(&i) {
+                            Some(j) => kept.get(j).map(|cols| cols[s].clone()),
+                            None => sources
+                                .stored
+                                .get(&i)
+                                .and_then(|cols| cols.iter().find(|(slot, _)| *slot == s))
+                                .map(|(_, b)| b.clone()),
+                        }
+                        .ok_or_else(|| {
+                            Failure::Table(Error::internal("an unchanged value was not looked up"))
+                        })?;
+                        encoded.push((s, bytes));
+                        values.push(Value::Null);
+                    }
+                }
+            }
+            if sources.kept.contains(&i) {
+                let mut cols = Vec::with_capacity(columns.len());
+                for (s, c) in columns.iter().enumerate() {
+                    match encoded.iter().find(|(slot, _)| *slot == s) {
+                        Some((_, b)) => cols.push(b.clone()),
+                        None => {
+                            let mut b = Vec::new();
+                            crate::rowbinary::encode(&c.kind, c.nullable, &values[s], &mut b)
+                                .map_err(|source| {
+                                    Failure::Table(column_error(
+                                        &columns,
+                                        WriteError::Encode { column: s, source },
+                                    ))
+                                })?;
+                            cols.push(b);
+                        }
+                    }
+                }
+                kept.insert(i, cols);
+            }
+            let refs: Vec<(usize, &[u8])> =
+                encoded.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+            insert
+                .push_with(&values, &refs, version, false)
+                .await
+                .map_err(|e| Failure::Table(column_error(&columns, e)))?;
+        }
+        written += insert.finish().await?;
+        Ok(written)
+    }
+
+    /// Decides, in order, where each row's unchanged values come from: the row's latest
+    /// earlier change in `tc`, else ClickHouse, which is asked once for all such rows.
+    async fn unchanged_sources(
+        &self,
+        tc: &TableChanges,
+        columns: &[ColumnSchema],
+        key_slots: &[usize],
+    ) -> Result<Sources, Failure> {
+        let mut sources = Sources::default();
+        // Key (canonical bytes) → the op that last wrote a live row under it.
+        let mut live: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut needy: Vec<(usize, Vec<Value>, u64, Vec<usize>)> = Vec::new();
+        let key_bytes = |row: &Row<'_>| -> Vec<u8> {
+            let mut k = Vec::new();
+            for &s in key_slots {
+                match row.get(s) {
+                    Field::Value(b) => {
+                        k.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                        k.extend_from_slice(b);
+                    }
+                    Field::Null => k.extend_from_slice(&u32::MAX.to_le_bytes()),
+                    Field::Unchanged => k.extend_from_slice(&(u32::MAX - 1).to_le_bytes()),
+                }
+            }
+            k
+        };
+        for (i, op) in tc.ops().iter().enumerate() {
+            let change = match op {
+                Op::Truncate { .. } => {
+                    live.clear();
+                    continue;
+                }
+                Op::Row(c) => c,
+            };
+            let old_key = change.old.map(|o| key_bytes(&tc.tuple(o)));
+            let Some(new) = change.new else {
+                if let Some(k) = old_key {
+                    live.remove(&k);
+                }
+                continue;
+            };
+            let new_row = tc.tuple(new);
+            let new_key = key_bytes(&new_row);
+            if new_row.has_unchanged() {
+                // The row's earlier values are under its old key when the update moved it.
+                let moved = change.old.is_some() && !change.old_is_full;
+                let from = if moved { old_key.clone() } else { None };
+                let from = from.unwrap_or_else(|| new_key.clone());
+                match live.get(&from) {
+                    Some(&j) => {
+                        sources.earlier.insert(i, j);
+                        sources.kept.insert(j);
+                    }
+                    None => {
+                        let key_row = match change.old {
+                            Some(old) if moved => tc.tuple(old),
+                            _ => new_row,
+                        };
+                        let mut key = Vec::with_capacity(key_slots.len());
+                        for &s in key_slots {
+                            key.push(value_of(&columns[s], key_row.get(s))?.ok_or_else(|| {
+                                Failure::Table(Error::internal(
+                                    "a key column is an unchanged TOAST value",
+                                ))
+                            })?);
+                        }
+                        let slots: Vec<usize> = (0..columns.len())
+                            .filter(|&s| new_row.get(s) == Field::Unchanged)
+                            .collect();
+                        needy.push((i, key, change.lsn.0, slots));
+                    }
+                }
+            }
+            if let Some(k) = old_key {
+                live.remove(&k);
+            }
+            live.insert(new_key, i);
+        }
+        if needy.is_empty() {
+            return Ok(sources);
+        }
+        if !columns.iter().any(|c| c.key_position.is_some()) {
+            // REPLICA IDENTITY FULL sends every value; nothing is ever unchanged there.
+            return Err(Failure::Table(Error::internal(
+                "unchanged TOAST value in a table without a key",
+            )));
+        }
+        let mut value_slots: Vec<usize> = needy
+            .iter()
+            .flat_map(|(_, _, _, s)| s.iter().copied())
+            .collect();
+        value_slots.sort_unstable();
+        value_slots.dedup();
+        let key_columns: Vec<ColumnSchema> =
+            key_slots.iter().map(|&s| columns[s].clone()).collect();
+        let value_columns: Vec<ColumnSchema> =
+            value_slots.iter().map(|&s| columns[s].clone()).collect();
+        let keys: Vec<(Vec<Value>, u64)> =
+            needy.iter().map(|(_, k, b, _)| (k.clone(), *b)).collect();
+        let spec = &tc.table;
+        let found = self
+            .ch
+            .stored_values(
+                &spec.target.namespace,
+                &spec.target.table,
+                &key_columns,
+                &value_columns,
+                &keys,
+            )
+            .await?;
+        for ((i, _, _, slots), found) in needy.into_iter().zip(found) {
+            let Some(mut found) = found else {
+                return Err(Failure::Table(
+                    Error::new(
+                        ErrorKind::Misconfigured,
+                        "XX001",
+                        format!(
+                            "an update of table {} left a large value unchanged, and ClickHouse holds no earlier version of the row to take it from",
+                            spec.source
+                        ),
+                    )
+                    .with_hint(format!(
+                        "Rows were removed from {} in ClickHouse; RESYNC MIRROR … TABLE {} reloads the table.",
+                        spec.target, spec.source
+                    )),
+                ));
+            };
+            let mut cols = Vec::with_capacity(slots.len());
+            for s in slots {
+                let n = value_slots
+                    .binary_search(&s)
+                    .map_err(|_| Failure::Table(Error::internal("looked-up column missing")))?;
+                cols.push((s, std::mem::take(&mut found[n])));
+            }
+            sources.stored.insert(i, cols);
+        }
+        Ok(sources)
+    }
+}
+
+/// Whether an update moved the row: its key (for a table without a key, any column) differs
+/// between the old and the new row.
+fn key_moved(
+    change: &RowChange,
+    old: &Row<'_>,
+    tc: &TableChanges,
+    key_slots: &[usize],
+    keyed: bool,
+) -> bool {
+    let Some(new) = change.new else { return true };
+    let new = tc.tuple(new);
+    if !change.old_is_full {
+        // pgoutput sends the old key only when the key changed.
+        return true;
+    }
+    let slots: Vec<usize> = if keyed {
+        key_slots.to_vec()
+    } else {
+        (0..new.len()).collect()
+    };
+    slots.iter().any(|&s| {
+        let (a, b) = (old.get(s), new.get(s));
+        // An unchanged value in the new row is the old one.
+        b != Field::Unchanged && a != b
+    })
+}
+
+/// The row that marks a deletion: what the old row carries, stand-ins for the rest.
+fn deletion_row(
+    columns: &[ColumnSchema],
+    old: &Row<'_>,
+    values: &mut Vec<Value>,
+) -> Result<(), Failure> {
+    values.clear();
+    for (s, c) in columns.iter().enumerate() {
+        let v = match old.get(s) {
+            Field::Value(_) => value_of(c, old.get(s))?.unwrap_or(Value::Null),
+            Field::Null if c.nullable => Value::Null,
+            _ => placeholder(&c.kind, c.nullable),
+        };
+        values.push(v);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_fit_their_kind() {
+        for kind in [
+            ValueKind::Int32,
+            ValueKind::Text,
+            ValueKind::Uuid,
+            ValueKind::Decimal {
+                precision: 10,
+                scale: 2,
+            },
+        ] {
+            let mut out = Vec::new();
+            crate::rowbinary::encode(&kind, false, &placeholder(&kind, false), &mut out).unwrap();
+            assert!(!out.is_empty());
+        }
+        assert_eq!(placeholder(&ValueKind::Int32, true), Value::Null);
+    }
+}

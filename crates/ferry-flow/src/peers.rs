@@ -1,0 +1,41 @@
+//! Turning a mirror's peers into a source configuration and a destination: the one place
+//! that names the destination crates.
+
+use std::sync::Arc;
+
+use ferry_catalog::StoredPeer;
+use ferry_core::destination::Destination;
+use ferry_core::peer::{PeerConfig, PostgresConfig};
+
+use crate::FlowError;
+
+/// The source's settings, checked to be a PostgreSQL peer.
+pub fn source_config(peer: &StoredPeer) -> Result<PostgresConfig, FlowError> {
+    match &peer.config {
+        PeerConfig::Postgres(c) => Ok(c.clone()),
+        other => Err(FlowError::invalid(
+            "42809",
+            format!(
+                "peer \"{}\" is a {} peer; a mirror's source must be a POSTGRES peer",
+                peer.name,
+                other.kind()
+            ),
+        )),
+    }
+}
+
+/// The destination a peer stands for.
+pub fn destination(peer: &StoredPeer) -> Result<Arc<dyn Destination>, FlowError> {
+    match &peer.config {
+        PeerConfig::Clickhouse(c) => Ok(Arc::new(ferry_clickhouse::ClickHouseDestination::new(c)?)),
+        other => Err(FlowError::invalid(
+            "42809",
+            format!(
+                "peer \"{}\" is a {} peer, which cannot be a mirror's destination",
+                peer.name,
+                other.kind()
+            ),
+        )
+        .with_hint("A mirror's destination is a CLICKHOUSE or POSTGRES peer.")),
+    }
+}

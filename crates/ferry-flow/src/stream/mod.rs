@@ -1,0 +1,533 @@
+//! Streaming changes: pgoutput from the slot, in batches, into the destination.
+//!
+//! # Checkpoints
+//!
+//! Changes gather in a batch ([`batch`]). A batch closes at a transaction boundary once it
+//! holds `max_batch_size` rows or is `sync_interval` old; it is handed to the destination
+//! ([`Apply::write`]) and committed there ([`Apply::commit`]). Only after the destination has
+//! committed does the catalog record the commit LSN of the batch's last transaction, and only
+//! then is that LSN confirmed to PostgreSQL (the flush position of the standby status update),
+//! which lets the server discard the WAL before it. A restart resumes the slot from the
+//! catalog's LSN (or the destination's own, when it keeps one and is further); what was written
+//! after it is written again, and the destination contract makes that idempotent.
+//!
+//! A transaction too large for one batch is written in several chunks as it arrives (pgoutput
+//! protocol 1 sends a transaction only once it has committed, so nothing written can be rolled
+//! back); it is committed to the destination and confirmed only at its commit. Memory stays
+//! bounded by the chunk size.
+//!
+//! When nothing is pending, keepalives move the confirmed LSN to the server's sent position,
+//! so an idle mirror, or one whose tables see no writes, does not hold WAL back.
+//!
+//! # One table's trouble
+//!
+//! A destination error that concerns one table ([`ferry_core::destination::ApplyError`]) fails
+//! that table alone: it is marked `failed` in the catalog with the error, and the stream
+//! starts again from the last confirmed position without it, so the other tables lose
+//! nothing. Its changes are skipped from then on, never applied half.
+//!
+//! The stream is split by concern: [`batch`] builds batches from row changes, [`relations`]
+//! maps pgoutput's relations onto the mirror's tables and follows schema changes, and this
+//! module runs the loop and moves positions.
+
+mod batch;
+mod relations;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_catalog::{BatchRecord, Catalog, TableRow};
+use ferry_core::change::ChangeKind;
+use ferry_core::destination::{Apply, ApplyError, Destination, TableSpec, Wire};
+use ferry_core::mirror::TableState;
+use ferry_core::peer::PostgresConfig;
+use ferry_core::value::PG_EPOCH_UNIX_MICROS;
+use ferry_core::{ErrorKind, Lsn, TableName};
+use ferry_postgres::connect::SourceError;
+use ferry_postgres::pgoutput::{OldTuple, PgOutputDecoder, PgOutputMessage};
+use ferry_postgres::replication::{
+    PgOutputOptions, ReplicationConnection, ReplicationMessage, ReplicationStream,
+};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::FlowError;
+use batch::Batch;
+use relations::Relation;
+
+/// How often the position is reported to the source when nothing else happens.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// How often an idle mirror's moving position is written to the catalog.
+const IDLE_CATALOG_EVERY: Duration = Duration::from_secs(5);
+
+/// What the stream needs to know about its mirror.
+pub struct StreamContext {
+    pub mirror: String,
+    pub mirror_id: i64,
+    pub source: PostgresConfig,
+    pub destination: Arc<dyn Destination>,
+    pub catalog: Catalog,
+    pub slot: String,
+    pub publication: String,
+    /// Where to resume: the catalog's confirmed LSN, or the snapshot's.
+    pub start: Lsn,
+    pub sync_interval: Duration,
+    pub max_batch_size: usize,
+    /// Warn and mark the mirror when the slot retains more WAL than this.
+    pub max_slot_lag_bytes: Option<u64>,
+    /// Stop once everything up to here is applied (catching up after a load); `None`: never.
+    pub until: Option<Lsn>,
+    /// For a schema mapping: source schema → destination namespace, where new tables are
+    /// adopted.
+    pub schemas: Vec<(String, String)>,
+    /// For a table mapping: the columns each table leaves out.
+    pub excludes: HashMap<TableName, Vec<String>>,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl StreamContext {
+    fn excluded(&self, table: &TableName) -> Vec<String> {
+        self.excludes.get(table).cloned().unwrap_or_default()
+    }
+}
+
+/// A table of the mirror as the stream knows it.
+pub(crate) struct Target {
+    row: TableRow,
+    spec: Arc<TableSpec>,
+}
+
+fn now_pg_micros() -> i64 {
+    pg_micros(SystemTime::now())
+}
+
+fn pg_micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+        - PG_EPOCH_UNIX_MICROS
+}
+
+/// The stream of one mirror.
+pub struct Streamer {
+    ctx: Arc<StreamContext>,
+    targets: Vec<Target>,
+    relations: HashMap<u32, Option<Arc<Relation>>>,
+    batch: Batch,
+    apply: Box<dyn Apply>,
+    /// Everything up to here is in the destination and the catalog.
+    confirmed: Lsn,
+    /// End of the last transaction received in full.
+    committed: Lsn,
+    /// Where the server says it is.
+    server_lsn: Lsn,
+    in_transaction: bool,
+    /// The commit position of the transaction being received.
+    commit_lsn: Lsn,
+    /// Whether the mirror is marked for retaining too much WAL.
+    lag_marked: bool,
+    /// When an idle advance was last recorded in the catalog.
+    catalog_written: Option<Instant>,
+}
+
+impl Streamer {
+    pub async fn new(ctx: Arc<StreamContext>) -> Result<Streamer, FlowError> {
+        let mut targets = Vec::new();
+        for row in ctx.catalog.mirror_tables(ctx.mirror_id).await? {
+            let spec = Arc::new(crate::table_spec(&row)?);
+            targets.push(Target { row, spec });
+        }
+        let mut start = ctx.start;
+        if ctx.destination.capabilities().stores_position {
+            if let Some(p) = ctx.destination.position().await? {
+                start = start.max(p);
+            }
+        }
+        let apply = ctx.destination.begin_apply().await?;
+        Ok(Streamer {
+            ctx,
+            targets,
+            relations: HashMap::new(),
+            batch: Batch::default(),
+            apply,
+            confirmed: start,
+            committed: start,
+            server_lsn: start,
+            in_transaction: false,
+            commit_lsn: start,
+            lag_marked: false,
+            catalog_written: None,
+        })
+    }
+
+    /// Streams until stopped (`Ok`) or an error.
+    pub async fn run(mut self) -> Result<(), FlowError> {
+        let result = self.stream_changes().await;
+        if result.is_err() && self.server_lsn > self.confirmed {
+            // The source got further than the destination: record that, so the mirror's lag
+            // shows while it retries (best effort: the catalog may be what failed).
+            let _ = self.record_position().await;
+        }
+        result
+    }
+
+    /// Records the confirmed position and the source's in the catalog, without a batch.
+    async fn record_position(&mut self) -> Result<(), FlowError> {
+        self.ctx
+            .catalog
+            .confirm(self.ctx.mirror_id, self.confirmed, self.server_lsn, None)
+            .await?;
+        self.catalog_written = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn stream_changes(&mut self) -> Result<(), FlowError> {
+        let conn = ReplicationConnection::connect(&self.ctx.source).await?;
+        let options = PgOutputOptions {
+            publication_names: vec![self.ctx.publication.clone()],
+            proto_version: 1,
+            streaming: false,
+            messages: false,
+            binary: self.ctx.destination.wire() == Wire::Native,
+        };
+        let mut stream = conn
+            .start_replication(&self.ctx.slot, self.confirmed, &options)
+            .await?;
+        info!(slot = %self.ctx.slot, lsn = %self.confirmed, binary = options.binary, "streaming changes");
+        let mut decoder = PgOutputDecoder::new();
+        let mut stop = self.ctx.stop.clone();
+        let mut status = tokio::time::interval(STATUS_EVERY);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut ticks = 0u64;
+        loop {
+            if self.ctx.until.is_some_and(|u| self.confirmed >= u) {
+                info!(lsn = %self.confirmed, "caught up");
+                let _ = stream.stop().await;
+                return Ok(());
+            }
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg? else {
+                        return Err(FlowError::transient("08006", "the source ended the replication stream"));
+                    };
+                    match msg {
+                        ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
+                            self.server_lsn = self.server_lsn.max(wal_end);
+                            let message = decoder.decode(data).map_err(SourceError::from)?;
+                            self.handle(wal_start, message, &mut stream).await?;
+                        }
+                        ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. } => {
+                            self.server_lsn = self.server_lsn.max(wal_end);
+                            if self.batch.rows == 0 && !self.in_transaction && wal_end > self.confirmed {
+                                // Nothing pending: everything the server sent is applied.
+                                self.advance_idle(wal_end, &mut stream).await?;
+                            }
+                            if reply_requested {
+                                self.report(&mut stream).await?;
+                            }
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    ticks += 1;
+                    let due = self.batch.opened.is_some_and(|t| t.elapsed() >= self.ctx.sync_interval);
+                    if due && !self.in_transaction {
+                        self.flush(&mut stream).await?;
+                    }
+                    // Catching up: ask for a keepalive, which moves an idle position forward.
+                    if self.ctx.until.is_some() && ticks % 5 == 0 && self.batch.rows == 0 && !self.in_transaction {
+                        stream.send_status(self.confirmed, self.confirmed, self.confirmed, true).await?;
+                    }
+                }
+                _ = status.tick() => {
+                    self.report(&mut stream).await?;
+                    if self.catalog_written.is_none_or(|t| t.elapsed() >= STATUS_EVERY) {
+                        self.record_position().await?;
+                    }
+                }
+                _ = crate::stopped(&mut stop) => {
+                    if !self.in_transaction && self.batch.rows > 0 {
+                        self.flush(&mut stream).await?;
+                    }
+                    self.record_position().await?;
+                    let _ = stream.stop().await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn report(&mut self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
+        stream
+            .send_status(self.confirmed, self.confirmed, self.confirmed, false)
+            .await?;
+        self.check_slot_lag().await
+    }
+
+    /// Warns, and marks the mirror, while the slot retains more WAL than allowed.
+    async fn check_slot_lag(&mut self) -> Result<(), FlowError> {
+        let Some(limit) = self.ctx.max_slot_lag_bytes else {
+            return Ok(());
+        };
+        let lag = self.server_lsn.0.saturating_sub(self.confirmed.0);
+        if lag > limit && !self.lag_marked {
+            warn!(
+                lag_bytes = lag,
+                limit_bytes = limit,
+                "the slot retains more WAL than max_slot_lag_bytes"
+            );
+            let message = format!("the replication slot retains {lag} bytes of WAL, more than max_slot_lag_bytes ({limit})");
+            let hint = "The destination may be slow or unreachable; see the daemon's log. The source keeps WAL until Ferry catches up.";
+            self.ctx
+                .catalog
+                .set_mirror_warning(self.ctx.mirror_id, Some((&message, hint)))
+                .await?;
+            self.lag_marked = true;
+        } else if lag <= limit && self.lag_marked {
+            info!(
+                lag_bytes = lag,
+                "the slot's WAL is back under max_slot_lag_bytes"
+            );
+            self.ctx
+                .catalog
+                .set_mirror_warning(self.ctx.mirror_id, None)
+                .await?;
+            self.lag_marked = false;
+        }
+        Ok(())
+    }
+
+    /// Moves the position of a mirror with nothing pending. The server sends a keepalive each
+    /// time it has sent all WAL and the client's position is behind, which on a busy server is
+    /// often: the source hears of the new position at once (so it stops asking), the catalog
+    /// every few seconds. Confirming to the source ahead of the catalog is safe here: nothing
+    /// between the two positions concerns the mirror.
+    async fn advance_idle(
+        &mut self,
+        to: Lsn,
+        stream: &mut ReplicationStream,
+    ) -> Result<(), FlowError> {
+        self.confirmed = to;
+        self.committed = self.committed.max(to);
+        stream.send_status(to, to, to, false).await?;
+        if self
+            .catalog_written
+            .is_none_or(|t| t.elapsed() >= IDLE_CATALOG_EVERY)
+        {
+            self.record_position().await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &mut self,
+        lsn: Lsn,
+        message: PgOutputMessage,
+        stream: &mut ReplicationStream,
+    ) -> Result<(), FlowError> {
+        match message {
+            PgOutputMessage::Begin { final_lsn, .. } => {
+                // A full batch closes at this transaction boundary.
+                if self.batch.rows >= self.ctx.max_batch_size {
+                    self.flush(stream).await?;
+                }
+                self.in_transaction = true;
+                self.commit_lsn = final_lsn;
+            }
+            PgOutputMessage::Commit {
+                end_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                self.in_transaction = false;
+                self.committed = self.committed.max(end_lsn);
+                if self.batch.rows > 0 {
+                    self.batch.last_commit_micros = Some(commit_time_micros);
+                }
+                if self.batch.rows >= self.ctx.max_batch_size {
+                    self.flush(stream).await?;
+                }
+            }
+            PgOutputMessage::Relation(body) => self.relation(body).await?,
+            PgOutputMessage::Insert {
+                relation_id, new, ..
+            } => {
+                self.push(relation_id, ChangeKind::Insert, lsn, Some(&new), None)
+                    .await?
+            }
+            PgOutputMessage::Update {
+                relation_id,
+                old,
+                new,
+                ..
+            } => {
+                let old = old
+                    .as_ref()
+                    .map(|o| (o.tuple(), matches!(o, OldTuple::Full(_))));
+                self.push(relation_id, ChangeKind::Update, lsn, Some(&new), old)
+                    .await?
+            }
+            PgOutputMessage::Delete {
+                relation_id, old, ..
+            } => {
+                let full = matches!(old, OldTuple::Full(_));
+                self.push(
+                    relation_id,
+                    ChangeKind::Delete,
+                    lsn,
+                    None,
+                    Some((old.tuple(), full)),
+                )
+                .await?
+            }
+            PgOutputMessage::Truncate { relation_ids, .. } => {
+                for id in relation_ids {
+                    if let Some((t, relation)) = self.route(id) {
+                        let spec = self.targets[t].spec.clone();
+                        self.batch.push_truncate(t, &spec, &relation, lsn);
+                        info!(table = %spec.source, "source table truncated; the destination is emptied");
+                    }
+                }
+            }
+            PgOutputMessage::Origin { .. }
+            | PgOutputMessage::Type(_)
+            | PgOutputMessage::Message { .. } => {}
+            PgOutputMessage::StreamStart { .. }
+            | PgOutputMessage::StreamStop
+            | PgOutputMessage::StreamCommit { .. }
+            | PgOutputMessage::StreamAbort { .. } => {
+                return Err(FlowError::internal(
+                    "a streamed-transaction message arrived on a protocol 1 stream",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn route(&self, relation_id: u32) -> Option<(usize, Arc<Relation>)> {
+        match self.relations.get(&relation_id) {
+            Some(Some(r)) => Some((r.target, r.clone())),
+            _ => None,
+        }
+    }
+
+    async fn push(
+        &mut self,
+        relation_id: u32,
+        kind: ChangeKind,
+        lsn: Lsn,
+        new: Option<&ferry_postgres::pgoutput::TupleData>,
+        old: Option<(&ferry_postgres::pgoutput::TupleData, bool)>,
+    ) -> Result<(), FlowError> {
+        let Some((t, relation)) = self.route(relation_id) else {
+            return Ok(());
+        };
+        let spec = self.targets[t].spec.clone();
+        if let Err(e) =
+            self.batch
+                .push_row(t, &spec, &relation, kind, lsn, self.commit_lsn, new, old)
+        {
+            // A value the source sent that cannot be read concerns its table alone.
+            self.fail_table(t, &e).await?;
+            self.relations
+                .retain(|_, r| r.as_ref().is_none_or(|r| r.target != t));
+            return Err(restart(&spec.source));
+        }
+        if self.batch.chunk_full(self.ctx.max_batch_size) {
+            self.write_chunk().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the chunk gathered so far to the destination, without committing.
+    async fn write_chunk(&mut self) -> Result<(), FlowError> {
+        let chunk = self.batch.take_chunk();
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match self.apply.write(chunk).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.apply_failed(e).await),
+        }
+    }
+
+    /// A failed write: a table's own trouble fails that table (and the stream starts again
+    /// without it); anything else is the mirror's.
+    async fn apply_failed(&mut self, e: ApplyError) -> FlowError {
+        let Some(id) = e.table else {
+            return e.error;
+        };
+        let Some(t) = self.targets.iter().position(|x| x.row.id == id) else {
+            return e.error;
+        };
+        if let Err(catalog) = self.fail_table(t, &e.error).await {
+            return catalog;
+        }
+        restart(&self.targets[t].row.source)
+    }
+
+    /// Marks a table failed in the catalog; its changes are skipped from now on.
+    async fn fail_table(&mut self, t: usize, e: &FlowError) -> Result<(), FlowError> {
+        let target = &mut self.targets[t];
+        warn!(table = %target.row.source, error = %e, "table failed; the other tables go on");
+        let message = match &e.hint {
+            Some(h) => format!("{} ({h})", e.message),
+            None => e.message.clone(),
+        };
+        self.ctx
+            .catalog
+            .set_table_state(target.row.id, TableState::Failed, Some(&message))
+            .await?;
+        target.row.state = TableState::Failed;
+        Ok(())
+    }
+
+    /// Writes the batch, commits it in the destination, then records and confirms the last
+    /// complete transaction.
+    async fn flush(&mut self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
+        self.write_chunk().await?;
+        let batch = std::mem::take(&mut self.batch);
+        if batch.rows > 0 {
+            if let Err(e) = self.apply.commit(self.committed).await {
+                return Err(self.apply_failed(e).await);
+            }
+            let record = BatchRecord {
+                rows: batch.rows as i64,
+                first_lsn: batch.first_lsn.unwrap_or(self.committed),
+                last_lsn: self.committed,
+                started_micros: batch.started.map(pg_micros).unwrap_or_else(now_pg_micros),
+                finished_micros: now_pg_micros(),
+                inserted: batch.inserted,
+                updated: batch.updated,
+                deleted: batch.deleted,
+                last_commit_micros: batch.last_commit_micros,
+            };
+            self.ctx
+                .catalog
+                .confirm(
+                    self.ctx.mirror_id,
+                    self.committed,
+                    self.server_lsn,
+                    Some(&record),
+                )
+                .await?;
+            self.catalog_written = Some(Instant::now());
+            debug!(rows = batch.rows, lsn = %self.committed, "batch applied");
+        }
+        if self.committed > self.confirmed {
+            self.confirmed = self.committed;
+            self.report(stream).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The error that starts the stream again from the confirmed position, after a table failed.
+fn restart(table: &TableName) -> FlowError {
+    FlowError::new(
+        ErrorKind::Transient,
+        "XX000",
+        format!("table {table} failed; streaming the other tables again from the last confirmed position"),
+    )
+}
