@@ -41,6 +41,7 @@ set -euo pipefail
 mode=snapshot
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/source.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/fingerprint.sh"
 
 catalog_db=ferry_bench_catalog
 tables=(pgbench_accounts bench_wide)
