@@ -107,7 +107,12 @@ setup_services
 need_pg_tools pgbench pg_recvlogical
 build_ferry
 
-at_exit "drop_slots_like '${ref_slot//_/\\_}%'"
+# The mirrors' slots and the reference slot would make the shared cluster keep WAL for ever.
+drop_source_slots() {
+	pg -d postgres -A -t -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+		WHERE NOT active AND database = '$source_db'" >/dev/null
+}
+at_exit drop_source_slots
 at_exit "stop_job \${recvlogical_pid:-}; stop_job \${pgbench_pid:-}"
 
 # ---------------------------------------------------------------------------------------------
@@ -466,9 +471,7 @@ idle_run() {
 note_machine_load
 say "fresh databases: $source_db, $catalog_db (PostgreSQL), $ch_db (ClickHouse)"
 port_open "$ferry_port" && die "port $ferry_port is taken by another process (set FERRY_BENCH_CDC_PORT)"
-drop_slots_like 'ferry\_bench\_cdc%'
-pg -d postgres -A -t -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-	WHERE NOT active AND database = '$source_db'" >/dev/null
+drop_source_slots
 fresh_pg_database "$source_db"
 fresh_ch_database "$ch_db"
 start_ferry "$catalog_db" "$ferry_port"

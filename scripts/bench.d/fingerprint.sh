@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034,SC2154 # variables shared with the mode scripts
 # Fingerprints: one line of aggregates per table, computed alike by PostgreSQL and ClickHouse, so
 # that a load is checked against its source before its time is reported. Counts, exact sums of
 # the numbers, dates and times, and for text and bytes the sum of the first 64 bits of each

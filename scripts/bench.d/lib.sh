@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034,SC2154 # variables shared with the mode scripts
 # What every mode of scripts/bench shares: tools and services, psql sessions, the benchmarked
 # daemon, process accounting, figures and results. Sourced by scripts/bench.d/<mode>.sh after
 # it has set `mode`; nothing here runs a benchmark.
@@ -6,11 +6,11 @@
 # Conventions: progress goes to stderr (say), results to stdout and to
 # $FERRY_STATE_DIR/bench/<mode>-<timestamp>.txt as key=value lines (put, then write_results).
 # Whatever a mode starts (the daemon, psql sessions, background jobs, slots, subscriptions) is
-# stopped or dropped when the script exits, however it exits (on_exit runs the hooks that
-# at_exit registered, newest first).
+# stopped or dropped when the script exits, however it exits (on_exit stops the daemon, then runs
+# the hooks that at_exit registered, newest first).
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$repo"
+cd "$repo" || exit 1
 state=$(realpath -m "${FERRY_STATE_DIR:-$repo/.ferry}")
 bench_dir=$state/bench
 ferry_bin=$repo/target/release/ferry
@@ -106,14 +106,15 @@ tmp=$(mktemp -d)
 exit_hooks=()
 at_exit() { exit_hooks+=("$1"); }
 
+# The daemon goes first, so that the hooks find its slots inactive and can drop them.
 on_exit() {
-	local rc=$? i
+	local rc=$? i name
 	trap - EXIT INT TERM
+	for name in "${!sess_pid[@]}"; do session_close "$name"; done
+	stop_ferry
 	for ((i = ${#exit_hooks[@]} - 1; i >= 0; i--)); do
 		eval "${exit_hooks[i]}" || true
 	done
-	for name in "${!sess_pid[@]}"; do session_close "$name"; done
-	stop_ferry
 	rm -rf "$tmp"
 	exit "$rc"
 }

@@ -337,7 +337,6 @@ check_same_columns() {
 
 note_machine_load
 prepare_source
-drop_slots_like 'ferry\_bench\_%'
 for table in "${tables[@]}"; do
 	source_rows[$table]=$(pg_value "$source_db" "SELECT count(*) FROM public.$table")
 	say "fingerprint of $table (${source_rows[$table]} rows)"

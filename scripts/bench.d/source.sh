@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034,SC2154 # variables shared with the mode scripts
 # The source database of `snapshot` and `pg2pg`. Sourced after lib.sh.
 #
 # ferry_bench (built once; again with --rebuild):

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034,SC2154 # variables shared with the mode scripts
 # The change workload of `cdc` and `pg2pg`: table bench_changes (id bigint PRIMARY KEY, v int,
 # note text) and transactions of set-based INSERTs, UPDATEs and DELETEs on it. Sourced after
 # lib.sh; set_workload_size sets its size.
