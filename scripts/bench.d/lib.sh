@@ -220,11 +220,12 @@ ch() {
 # The same, but a refusal is only a non-zero status (say, a table not created yet).
 ch_try() { curl -sS --fail-with-body --data-binary "$1" "$ch_url" 2>/dev/null; }
 
-# Waits until ClickHouse runs no merges, so that earlier work does not slow the next step.
+# Waits until ClickHouse runs no merges in the benchmark's databases (bench_*), so that earlier
+# work does not slow the next step. Others' merges on a shared server are not ours to wait for.
 ch_settle() {
 	local i n
 	for ((i = 0; i < 1200; i++)); do
-		n=$(ch "SELECT count() FROM system.merges")
+		n=$(ch "SELECT count() FROM system.merges WHERE database LIKE 'bench\\_%'")
 		[[ $n == 0 ]] && return
 		sleep 0.1
 	done
