@@ -329,7 +329,7 @@ parts_sample() {
 
 lag_run() {
 	local marker_sql ch_marker pgb_out next now_t v a b obs t_end deadline want got i mapping='' t
-	local -a pend_val=() pend_t=() lags=()
+	local -a pend_val=() pend_t=() lags=() per_second=()
 	local -A parts_max=() block0=() block_prev=()
 	local inserts_max=0 sample_prev_t cpu0 tbl n blk sum t_pgbench
 	say "pgbench -i -s $pgbench_scale; mirror bench_tpcb (default options)"
@@ -391,8 +391,8 @@ lag_run() {
 				sum=$((sum + blk - ${block_prev[$tbl]:-0}))
 				block_prev[$tbl]=$blk
 			done < <(parts_sample)
-			inserts_max=$(awk -v m="$inserts_max" -v n="$sum" -v us="$((now_t - sample_prev_t))" \
-				'BEGIN { r = n * 1e6 / us; printf "%.1f", (r > m ? r : m) }')
+			per_second+=("$(awk -v n="$sum" -v us="$((now_t - sample_prev_t))" 'BEGIN { printf "%.1f", n * 1e6 / us }')")
+			inserts_max=$(awk -v m="$inserts_max" -v r="${per_second[-1]}" 'BEGIN { printf "%.1f", (r > m ? r : m) }')
 			sample_prev_t=$now_t
 		fi
 		((EPOCHSECONDS < deadline)) || fail "a marker was not seen in ClickHouse $wait_timeout s after pgbench"
@@ -434,6 +434,10 @@ lag_run() {
 	put lag.inserts_total "$sum"
 	put lag.inserts_per_second "$(awk -v n="$sum" -v s="$(elapsed "$(now)" "$t_pgbench")" 'BEGIN { printf "%.1f", n / s }')"
 	put lag.inserts_per_second_max_1s "$inserts_max"
+	put lag.inserts_per_second_each_second "$(
+		IFS=,
+		echo "${per_second[*]}"
+	)"
 	local pm=0
 	for tbl in "${!parts_max[@]}"; do pm=$(max_of "$pm" "${parts_max[$tbl]}"); done
 	put lag.max_active_parts "$pm"
