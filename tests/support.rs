@@ -29,8 +29,16 @@ pub struct TestFerry {
 }
 
 impl TestFerry {
-    /// Starts a daemon on a free port with a fresh catalog database.
+    /// Starts a daemon on a free port with a fresh catalog database. With `FERRY_TEST_LOG`
+    /// set (a filter such as `info,ferry_flow=debug`), the daemon's log goes to the test's
+    /// output.
     pub async fn start() -> TestFerry {
+        if let Ok(filter) = std::env::var("FERRY_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let catalog_db = PgServer::from_env().temp_database("ferry_catalog").await;
         let key = SecretKey::from_hex(KEY).expect("test key");
         let (catalog, _) = Catalog::open(&catalog_db.url(), key)

@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "lag",
         sql: include_str!("../../../migrations/0005_lag.sql"),
     },
+    Migration {
+        version: 7,
+        name: "tables",
+        sql: include_str!("../../../migrations/0007_tables.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock that serialises migration runs.

@@ -20,6 +20,8 @@ pub struct MirrorRow {
     pub slot_name: Option<String>,
     pub snapshot_lsn: Option<Lsn>,
     pub confirmed_lsn: Option<Lsn>,
+    /// While tables load on their own: the slot is not confirmed past here.
+    pub hold_lsn: Option<Lsn>,
 }
 
 /// A table of a mirror, to be stored.
@@ -44,9 +46,13 @@ pub struct TableRow {
     pub columns: serde_json::Value,
     pub state: TableState,
     pub rows_copied: i64,
-    /// While a resync runs: the fresh table the load writes into, and its ClickHouse UUID.
+    /// While a resync runs: the fresh table the load writes into, and its identity in the
+    /// destination.
     pub load_table: Option<String>,
     pub load_table_uuid: Option<String>,
+    /// For a table loaded on its own: the position of its snapshot; only transactions that
+    /// commit from there on are applied to it.
+    pub sync_lsn: Option<Lsn>,
 }
 
 impl TableRow {
@@ -74,7 +80,7 @@ pub struct PartitionRow {
 
 const MIRROR_COLUMNS: &str =
     "id, name, source_peer, destination_peer, spec, state, publication_name, \
-                              created_publication, slot_name, snapshot_lsn::text, confirmed_lsn::text";
+     created_publication, slot_name, snapshot_lsn::text, confirmed_lsn::text, hold_lsn::text";
 
 fn mirror_from_row(row: &Row) -> Result<MirrorRow, CatalogError> {
     let state: String = row.get(5);
@@ -91,6 +97,7 @@ fn mirror_from_row(row: &Row) -> Result<MirrorRow, CatalogError> {
         slot_name: row.get(8),
         snapshot_lsn: lsn(row.get(9))?,
         confirmed_lsn: lsn(row.get(10))?,
+        hold_lsn: lsn(row.get(11))?,
     })
 }
 
@@ -117,6 +124,7 @@ fn table_from_row(row: &Row) -> Result<TableRow, CatalogError> {
         rows_copied: row.get(8),
         load_table: row.get(9),
         load_table_uuid: row.get(10),
+        sync_lsn: lsn(row.get(11))?,
     })
 }
 
@@ -258,7 +266,7 @@ impl Catalog {
         let rows = client
             .query(
                 "SELECT id, source_schema, source_table, source_oid, destination_database, destination_table,
-                        columns, state, rows_copied, load_table, load_table_uuid
+                        columns, state, rows_copied, load_table, load_table_uuid, sync_lsn::text
                  FROM ferry.mirror_table WHERE mirror_id = $1 ORDER BY id",
                 &[&mirror_id],
             )
@@ -618,20 +626,26 @@ impl Catalog {
 }
 
 impl Catalog {
-    /// Adds a table to a running mirror (a table created in a mapped schema), already `done`:
-    /// its rows arrive through the stream. Returns the stored row; an existing one is kept.
-    pub async fn add_streamed_table(
+    /// Adds a table to a running mirror (one that entered a mapped schema) in `state` (with
+    /// `error`), or puts an existing row of that name (a table dropped and created again) in
+    /// that state. Returns the stored row.
+    pub async fn add_table(
         &self,
         mirror_id: i64,
         t: &NewTable,
+        state: TableState,
+        error: Option<&str>,
     ) -> Result<TableRow, CatalogError> {
         let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO ferry.mirror_table (mirror_id, source_schema, source_table, source_oid,
-                     destination_database, destination_table, columns, state, started_at, finished_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'done', now(), now())
-                 ON CONFLICT (mirror_id, source_schema, source_table) DO NOTHING",
+                     destination_database, destination_table, columns, state, error, rows_estimated)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (mirror_id, source_schema, source_table) DO UPDATE SET
+                     source_oid = excluded.source_oid, columns = excluded.columns,
+                     state = excluded.state, error = excluded.error, sync_lsn = NULL,
+                     rows_estimated = excluded.rows_estimated",
                 &[
                     &mirror_id,
                     &t.source.schema,
@@ -640,6 +654,9 @@ impl Catalog {
                     &t.destination_database,
                     &t.destination_table,
                     &t.columns,
+                    &state.as_str(),
+                    &error,
+                    &t.rows_estimated,
                 ],
             )
             .await?;
@@ -651,5 +668,92 @@ impl Catalog {
             .ok_or_else(|| {
                 CatalogError::Corrupt(format!("table {} vanished after it was added", t.source))
             })
+    }
+}
+
+impl Catalog {
+    /// Puts tables of a mirror up for loading on their own (`syncing`), forgetting any error.
+    pub async fn request_table_syncs(
+        &self,
+        mirror_id: i64,
+        table_ids: &[i64],
+    ) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE ferry.mirror_table SET state = 'syncing', error = NULL, sync_lsn = NULL,
+                     started_at = NULL, finished_at = NULL
+                 WHERE mirror_id = $1 AND id = ANY($2)",
+                &[&mirror_id, &table_ids],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sets or clears the position the slot is held at while tables load on their own.
+    pub async fn set_hold(&self, mirror_id: i64, hold: Option<Lsn>) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        let hold = hold.map(|h| h.to_string());
+        client
+            .execute(
+                "UPDATE ferry.mirrors SET hold_lsn = $2::text::pg_lsn WHERE id = $1",
+                &[&mirror_id, &hold],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A table's own load starts: its snapshot's position, the fresh table it loads into
+    /// (with its identity) and its current columns; its earlier ranges are forgotten.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn begin_table_sync(
+        &self,
+        table_id: i64,
+        source_oid: u32,
+        sync_lsn: Lsn,
+        load_table: &str,
+        load_table_token: &str,
+        columns: &serde_json::Value,
+        rows_estimated: i64,
+    ) -> Result<(), CatalogError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "DELETE FROM ferry.mirror_partition WHERE table_id = $1",
+            &[&table_id],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE ferry.mirror_table SET sync_lsn = $2::text::pg_lsn, load_table = $3,
+                 load_table_uuid = $4, columns = $5, rows_copied = 0, rows_estimated = $6,
+                 source_oid = $7, started_at = now(), finished_at = NULL, error = NULL
+             WHERE id = $1",
+            &[
+                &table_id,
+                &sync_lsn.to_string(),
+                &load_table,
+                &load_table_token,
+                columns,
+                &rows_estimated,
+                &source_oid,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A table loaded on its own has joined the stream: it is `done` in its live table.
+    pub async fn end_table_sync(&self, table_id: i64) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE ferry.mirror_table SET state = 'done', sync_lsn = NULL, load_table = NULL,
+                     load_table_uuid = NULL, error = NULL, finished_at = now()
+                 WHERE id = $1",
+                &[&table_id],
+            )
+            .await?;
+        Ok(())
     }
 }

@@ -258,6 +258,7 @@ impl ClickHouseApply {
                 .map_err(|e| Failure::Table(column_error(&columns, e)))?;
         }
         written += insert.finish().await?;
+        tracing::debug!(table = %spec.source, destination = %format!("{db}.{table}"), rows = written, "changes written");
         Ok(written)
     }
 

@@ -13,7 +13,9 @@
 //!   in a mapping is an error, not a stray database.
 
 use async_trait::async_trait;
-use ferry_core::destination::{Apply, Destination, Load, TableSpec, TableToken, TargetName, Wire};
+use ferry_core::destination::{
+    Apply, Destination, Load, MirrorContext, TableSpec, TableToken, TargetName, Wire,
+};
 use ferry_core::ident::{ch_ident, ch_qualified};
 use ferry_core::peer::ClickhouseConfig;
 use ferry_core::{ColumnSchema, Error, ErrorKind};
@@ -29,13 +31,19 @@ pub const RESERVED_COLUMNS: [&str; 3] = [VERSION_COLUMN, IS_DELETED_COLUMN, SYNC
 pub struct ClickHouseDestination {
     pub(crate) ch: ClickHouse,
     cfg: ClickhouseConfig,
+    #[allow(dead_code)]
+    mirror: MirrorContext,
 }
 
 impl ClickHouseDestination {
-    pub fn new(cfg: &ClickhouseConfig) -> Result<ClickHouseDestination, Error> {
+    pub fn new(
+        cfg: &ClickhouseConfig,
+        mirror: MirrorContext,
+    ) -> Result<ClickHouseDestination, Error> {
         Ok(ClickHouseDestination {
             ch: ClickHouse::new(cfg)?,
             cfg: cfg.clone(),
+            mirror,
         })
     }
 }

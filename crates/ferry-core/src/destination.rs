@@ -42,6 +42,16 @@ use bytes::Bytes;
 use crate::change::TableChanges;
 use crate::{ColumnSchema, Error, Lsn, TableName};
 
+/// What a destination is told about the mirror it serves, when it is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorContext {
+    /// The mirror's name (unique in the catalog): what a destination keeps for the mirror
+    /// (its position, say) is kept under it.
+    pub mirror: String,
+    /// What a value the destination cannot hold does.
+    pub unrepresentable: crate::mirror::Unrepresentable,
+}
+
 /// Where a table lives in the destination: a namespace (a ClickHouse database, a PostgreSQL
 /// schema) and a name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

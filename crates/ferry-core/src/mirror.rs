@@ -28,6 +28,21 @@ pub struct MirrorOptions {
     pub max_batch_size: u32,
     /// Warn and mark the mirror when the slot retains more WAL than this.
     pub max_slot_lag_bytes: Option<u64>,
+    /// What a value the destination cannot hold does: replaced by a stand-in (and counted),
+    /// or failing its table.
+    #[serde(default)]
+    pub unrepresentable_values: Unrepresentable,
+}
+
+/// The policy for values a destination column cannot hold (see the README's type mapping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unrepresentable {
+    /// Replaced by the documented stand-in; counted per table and column, logged once.
+    #[default]
+    Substitute,
+    /// The value fails its table.
+    Fail,
 }
 
 impl MirrorOptions {
@@ -61,6 +76,17 @@ impl MirrorOptions {
             max_slot_lag_bytes: r
                 .integer("max_slot_lag_bytes", 1, i64::MAX)?
                 .map(|v| v as u64),
+            unrepresentable_values: match r.string("unrepresentable_values")?.as_deref() {
+                None | Some("substitute") => Unrepresentable::Substitute,
+                Some("fail") => Unrepresentable::Fail,
+                Some(other) => {
+                    return Err(OptionError::WrongType {
+                        name: "unrepresentable_values".into(),
+                        expected: "'substitute' or 'fail'",
+                        got: format!("'{other}'"),
+                    })
+                }
+            },
         };
         r.finish()?;
         if o.initial_copy_only && !o.do_initial_copy {
@@ -148,6 +174,19 @@ catalog_state! {
         Done = "done",
         /// Stopped with an error; the other tables go on.
         Failed = "failed",
+        /// Being loaded again from a snapshot of its own while the other tables stream.
+        Syncing = "syncing",
+        /// Loaded from its own snapshot; its changes since are being applied, then it joins.
+        Catchup = "catchup",
+        /// Gone from the source (dropped, or renamed or moved away); its destination table stays.
+        Dropped = "dropped",
+    }
+}
+
+impl TableState {
+    /// Whether the stream applies this table's changes.
+    pub fn streams(self) -> bool {
+        matches!(self, TableState::Done | TableState::Catchup)
     }
 }
 

@@ -17,6 +17,7 @@ mod mirror;
 mod peers;
 pub mod setup;
 pub mod stream;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ use ferry_core::mirror::{Mapping, MirrorSpec, MirrorState, TableState};
 use ferry_core::ErrorKind;
 use ferry_postgres::publication;
 use ferry_postgres::replication::ReplicationConnection;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn, Instrument};
 
@@ -50,6 +51,8 @@ pub struct CreateMirror {
 
 struct Running {
     stop: watch::Sender<bool>,
+    /// Wakes the mirror's stream to start again with its tables' new states.
+    wake: Arc<Notify>,
     task: JoinHandle<()>,
 }
 
@@ -111,7 +114,7 @@ impl Engine {
             };
         }
         let src_cfg = peers::source_config(&req.source)?;
-        let dest = peers::destination(&req.destination)?;
+        let dest = peers::destination(&req.destination, &req.name, &req.spec.options)?;
         let plan = setup::plan(&req.name, &src_cfg, dest.as_ref(), &req.spec).await?;
         let set_up = setup::create(
             &self.catalog,
@@ -151,7 +154,12 @@ impl Engine {
         };
         self.stop(name).await;
         let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
-        let dest = peers::destination(&self.peer_by_id(row.destination_peer).await?)?;
+        let spec = mirror_spec(&row)?;
+        let dest = peers::destination(
+            &self.peer_by_id(row.destination_peer).await?,
+            &row.name,
+            &spec.options,
+        )?;
         let created_publication = if row.created_publication {
             row.publication_name.as_deref()
         } else {
@@ -189,7 +197,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Continues a paused or failed mirror, trying failed tables again.
+    /// Continues a paused or failed mirror. Tables that failed are loaded again, each on its
+    /// own while the others stream (see [`sync`]).
     pub async fn resume_mirror(self: &Arc<Self>, name: &str) -> Result<(), FlowError> {
         let row = self
             .catalog
@@ -202,12 +211,37 @@ impl Engine {
                 format!("mirror \"{name}\" is {} and not paused", row.state),
             ));
         }
-        self.catalog.reset_failed(row.id).await?;
+        let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
+        if let Some(slot) = &row.slot_name {
+            if publication::slot_usable(&src_cfg, slot).await? != Some(true) {
+                return Err(FlowError::new(
+                    ErrorKind::Misconfigured,
+                    "55000",
+                    format!(
+                        "the replication slot \"{slot}\" of mirror \"{name}\" was dropped or invalidated on the source"
+                    ),
+                )
+                .with_hint(format!(
+                    "The changes since the mirror last read it are gone. RESYNC MIRROR {name} loads every table again from a new slot."
+                )));
+            }
+        }
         let tables = self.catalog.mirror_tables(row.id).await?;
-        let state = if tables.iter().all(|t| t.state == TableState::Done) {
-            MirrorState::Running
-        } else {
+        let failed: Vec<i64> = tables
+            .iter()
+            .filter(|t| t.state == TableState::Failed)
+            .map(|t| t.id)
+            .collect();
+        if !failed.is_empty() {
+            self.catalog.request_table_syncs(row.id, &failed).await?;
+        }
+        let loading = tables
+            .iter()
+            .any(|t| matches!(t.state, TableState::Pending | TableState::Copying));
+        let state = if loading {
             MirrorState::Snapshot
+        } else {
+            MirrorState::Running
         };
         self.catalog.set_mirror_state(row.id, state, None).await?;
         let row = self
@@ -216,7 +250,69 @@ impl Engine {
             .await?
             .ok_or_else(|| not_found(name))?;
         self.spawn(row, None).await?;
-        info!(mirror = %name, state = %state, "mirror resumed");
+        info!(mirror = %name, state = %state, tables_reloading = failed.len(), "mirror resumed");
+        Ok(())
+    }
+
+    /// Loads some tables of a running mirror again, each from a snapshot of its own, while
+    /// the other tables stream; each joins the stream exactly where its snapshot was taken
+    /// (see [`sync`]).
+    pub async fn resync_tables(
+        self: &Arc<Self>,
+        name: &str,
+        tables: &[ferry_core::TableName],
+    ) -> Result<(), FlowError> {
+        let row = self
+            .catalog
+            .mirror(name)
+            .await?
+            .ok_or_else(|| not_found(name))?;
+        match row.state {
+            MirrorState::Running | MirrorState::Snapshot => {}
+            MirrorState::Paused => {
+                return Err(
+                    FlowError::invalid("55000", format!("mirror \"{name}\" is paused")).with_hint(
+                        format!(
+                    "RESUME MIRROR {name} first; its tables are loaded again while it streams."
+                ),
+                    ),
+                )
+            }
+            other => {
+                return Err(FlowError::invalid(
+                    "55000",
+                    format!(
+                    "mirror \"{name}\" is {other}; only a running mirror loads single tables again"
+                ),
+                )
+                .with_hint(format!("RESYNC MIRROR {name} loads every table again.")))
+            }
+        }
+        let known = self.catalog.mirror_tables(row.id).await?;
+        let mut ids = Vec::new();
+        let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
+        for t in tables {
+            let Some(found) = known.iter().find(|k| &k.source == t) else {
+                return Err(FlowError::new(
+                    ErrorKind::NotFound,
+                    "42P01",
+                    format!("table {t} is not replicated by mirror \"{name}\""),
+                )
+                .with_hint("SELECT * FROM mirror_tables lists the mirror's tables."));
+            };
+            // A table dropped and created again left a publication of named tables.
+            if row.created_publication {
+                if let Some(p) = &row.publication_name {
+                    publication::add_table(&src_cfg, p, t).await?;
+                }
+            }
+            ids.push(found.id);
+        }
+        self.catalog.request_table_syncs(row.id, &ids).await?;
+        if let Some(r) = self.lock().get(name) {
+            r.wake.notify_one();
+        }
+        info!(mirror = %name, tables = ?tables, "tables are loaded again on their own");
         Ok(())
     }
 
@@ -234,11 +330,23 @@ impl Engine {
                 format!("mirror \"{name}\" is still being set up"),
             ));
         }
+        if row.state == MirrorState::Paused {
+            // A reload runs while the mirror streams; a paused mirror stays as it is.
+            return Err(
+                FlowError::invalid("55000", format!("mirror \"{name}\" is paused")).with_hint(
+                    format!("RESUME MIRROR {name} first, then RESYNC MIRROR {name}."),
+                ),
+            );
+        }
         let spec: MirrorSpec = serde_json::from_value(row.spec.clone()).map_err(|e| {
             FlowError::internal(format!("mirror {name}: stored spec unreadable: {e}"))
         })?;
         let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
-        let dest = peers::destination(&self.peer_by_id(row.destination_peer).await?)?;
+        let dest = peers::destination(
+            &self.peer_by_id(row.destination_peer).await?,
+            &row.name,
+            &spec.options,
+        )?;
         self.stop(name).await;
 
         // Fresh tables beside the live ones, from the tables' current shape.
@@ -342,8 +450,13 @@ impl Engine {
             FlowError::internal(format!("mirror {}: stored spec unreadable: {e}", row.name))
         })?;
         let source = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
-        let destination = peers::destination(&self.peer_by_id(row.destination_peer).await?)?;
+        let destination = peers::destination(
+            &self.peer_by_id(row.destination_peer).await?,
+            &row.name,
+            &spec.options,
+        )?;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
         let task = MirrorTask {
             catalog: self.catalog.clone(),
             row: row.clone(),
@@ -351,6 +464,7 @@ impl Engine {
             source,
             destination,
             stop: stop_rx,
+            wake: wake.clone(),
         };
         let span = tracing::info_span!("mirror", mirror = %row.name);
         let handle = tokio::spawn(task.run(snapshot).instrument(span));
@@ -358,6 +472,7 @@ impl Engine {
             row.name.clone(),
             Running {
                 stop: stop_tx,
+                wake,
                 task: handle,
             },
         ) {
@@ -379,6 +494,13 @@ fn not_found(name: &str) -> FlowError {
         "42704",
         format!("mirror \"{name}\" does not exist"),
     )
+}
+
+/// A mirror's stored statement.
+pub(crate) fn mirror_spec(row: &MirrorRow) -> Result<MirrorSpec, FlowError> {
+    serde_json::from_value(row.spec.clone()).map_err(|e| {
+        FlowError::internal(format!("mirror {}: stored spec unreadable: {e}", row.name))
+    })
 }
 
 /// The destination's view of a table of the mirror, from the catalog.

@@ -66,6 +66,9 @@ pub struct LoadContext {
     pub rows_per_partition: u64,
     pub workers_per_table: usize,
     pub tables_in_parallel: usize,
+    /// Which tables: `None` for the mirror's initial load (every table not loaded yet); a
+    /// table's own load names it.
+    pub only: Option<i64>,
     /// Turns true when the load must stop (pause, drop, shutdown).
     pub stop: watch::Receiver<bool>,
 }
@@ -100,13 +103,35 @@ impl TableJob {
     }
 }
 
-/// Copies every table not done yet. Returns once all are done or failed, or when stopped.
+/// Copies every table not done yet (or the one table of `ctx.only`). Returns once all are
+/// done or failed, or when stopped.
+///
+/// A table without a key whose load did not finish in the mirror's exported snapshot is not
+/// read again range by range in fresh snapshots: identical rows cannot be told apart, so a row
+/// read twice, or read and then streamed, would be one row too many. It is loaded again on its
+/// own instead (state `syncing`, see [`crate::sync`]).
 pub async fn run(ctx: Arc<LoadContext>) -> Result<LoadOutcome, FlowError> {
     let tables = ctx.catalog.mirror_tables(ctx.mirror_id).await?;
-    let pending: Vec<TableRow> = tables
-        .into_iter()
-        .filter(|t| t.state != TableState::Done)
-        .collect();
+    let mut pending: Vec<TableRow> = Vec::new();
+    for t in tables {
+        match ctx.only {
+            Some(id) if t.id == id => pending.push(t),
+            Some(_) => {}
+            None => match t.state {
+                TableState::Pending | TableState::Copying => {
+                    if ctx.snapshot.is_none() && !crate::table_spec(&t)?.has_key() {
+                        info!(table = %t.source, "the snapshot of the load is gone; a table without a key is loaded again on its own");
+                        ctx.catalog
+                            .request_table_syncs(ctx.mirror_id, &[t.id])
+                            .await?;
+                    } else {
+                        pending.push(t);
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
     if pending.is_empty() {
         return Ok(LoadOutcome::Done);
     }
@@ -244,9 +269,11 @@ async fn copy_table(
         finish_table(ctx, table).await?;
         return Ok(true);
     }
-    catalog
-        .set_table_state(table.row.id, TableState::Copying, None)
-        .await?;
+    if ctx.only.is_none() {
+        catalog
+            .set_table_state(table.row.id, TableState::Copying, None)
+            .await?;
+    }
     info!(
         partitions = pending.len(),
         snapshot = ctx.snapshot.as_deref().unwrap_or("fresh"),
@@ -308,13 +335,19 @@ async fn copy_table(
 }
 
 /// Every range of a table is in: the destination finishes the table (builds what is better
-/// built after a load), then the catalog marks it done.
+/// built after a load), then the catalog marks it done; a table loaded on its own goes on to
+/// catch up with the stream.
 async fn finish_table(ctx: &LoadContext, table: &TableJob) -> Result<(), FlowError> {
     ctx.destination
         .finish_load(&table.spec, &table.into)
         .await?;
+    let state = if ctx.only.is_some() {
+        TableState::Catchup
+    } else {
+        TableState::Done
+    };
     ctx.catalog
-        .set_table_state(table.row.id, TableState::Done, None)
+        .set_table_state(table.row.id, state, None)
         .await?;
     Ok(())
 }

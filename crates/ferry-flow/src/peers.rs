@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use ferry_catalog::StoredPeer;
-use ferry_core::destination::Destination;
+use ferry_core::destination::{Destination, MirrorContext};
+use ferry_core::mirror::MirrorOptions;
 use ferry_core::peer::{PeerConfig, PostgresConfig};
 
 use crate::FlowError;
@@ -24,10 +25,20 @@ pub fn source_config(peer: &StoredPeer) -> Result<PostgresConfig, FlowError> {
     }
 }
 
-/// The destination a peer stands for.
-pub fn destination(peer: &StoredPeer) -> Result<Arc<dyn Destination>, FlowError> {
+/// The destination a peer stands for, for one mirror.
+pub fn destination(
+    peer: &StoredPeer,
+    mirror: &str,
+    options: &MirrorOptions,
+) -> Result<Arc<dyn Destination>, FlowError> {
+    let context = MirrorContext {
+        mirror: mirror.to_owned(),
+        unrepresentable: options.unrepresentable_values,
+    };
     match &peer.config {
-        PeerConfig::Clickhouse(c) => Ok(Arc::new(ferry_clickhouse::ClickHouseDestination::new(c)?)),
+        PeerConfig::Clickhouse(c) => Ok(Arc::new(ferry_clickhouse::ClickHouseDestination::new(
+            c, context,
+        )?)),
         other => Err(FlowError::invalid(
             "42809",
             format!(

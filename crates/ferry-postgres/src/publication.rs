@@ -138,3 +138,64 @@ pub async fn base_type(cfg: &PostgresConfig, oid: u32) -> Result<u32, SourceErro
         .map_err(pg_err(cfg))?;
     Ok(row.get(0))
 }
+
+/// Whether a slot exists and can still give changes: `None` when it does not exist, else
+/// whether its WAL is still there (`wal_status` is not `lost`).
+pub async fn slot_usable(cfg: &PostgresConfig, slot: &str) -> Result<Option<bool>, SourceError> {
+    let client = connect(cfg, "ferry slot check").await?;
+    let row = client
+        .query_opt(
+            "SELECT coalesce(wal_status, '') <> 'lost' FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(pg_err(cfg))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Makes sure a publication Ferry created publishes `table` (a table dropped and created
+/// again leaves a `FOR TABLE` publication). A publication of whole schemas covers it already.
+pub async fn add_table(
+    cfg: &PostgresConfig,
+    publication: &str,
+    table: &TableName,
+) -> Result<(), SourceError> {
+    let client = connect(cfg, "ferry publication").await?;
+    // Publications of whole schemas exist from PostgreSQL 15 on.
+    let schemas = if server_version(&client, cfg).await? >= 150000 {
+        "EXISTS (SELECT 1 FROM pg_publication_namespace pn
+                 JOIN pg_publication p ON p.oid = pn.pnpubid
+                 JOIN pg_namespace n ON n.oid = pn.pnnspid
+                 WHERE p.pubname = $1 AND n.nspname = $2)"
+    } else {
+        "false AND $2 IS NOT NULL"
+    };
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT (SELECT puballtables FROM pg_publication WHERE pubname = $1),
+                        EXISTS (SELECT 1 FROM pg_publication_tables
+                                WHERE pubname = $1 AND schemaname = $2 AND tablename = $3),
+                        {schemas}"
+            ),
+            &[&publication, &table.schema, &table.name],
+        )
+        .await
+        .map_err(pg_err(cfg))?;
+    let all: Option<bool> = row.get(0);
+    let member: bool = row.get(1);
+    let schema: bool = row.get(2);
+    if all == Some(true) || member || schema {
+        return Ok(());
+    }
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            pg_ident(publication),
+            table.quoted()
+        ))
+        .await
+        .map_err(pg_err(cfg))?;
+    info!(publication = %publication, table = %table, "table added to the publication");
+    Ok(())
+}

@@ -303,3 +303,31 @@ pub async fn describe_table(
         heaps,
     }))
 }
+
+/// Where tables are now, by OID: for each OID that still names a table, its current name.
+/// A table dropped at the source is missing from the answer; one renamed or moved to another
+/// schema answers with its new name.
+pub async fn tables_by_oid(
+    client: &Client,
+    cfg: &PostgresConfig,
+    oids: &[u32],
+) -> Result<Vec<(u32, TableName)>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = ANY($1) AND c.relkind IN ('r', 'p')",
+            &[&oids],
+        )
+        .await
+        .map_err(query_err(cfg))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, u32>(0),
+                TableName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            )
+        })
+        .collect())
+}

@@ -46,6 +46,8 @@ pub enum Command {
     },
     ResyncMirror {
         name: String,
+        /// The tables to load again (an unqualified name means `public`); empty for all.
+        tables: Vec<ferry_core::TableName>,
     },
     /// A statement run against the catalog database in a read-only transaction.
     Catalog {
@@ -98,6 +100,18 @@ pub fn analyze(parsed: &Parsed<'_>) -> Result<Command, ClientError> {
         },
         Statement::ResyncMirror(m) => Command::ResyncMirror {
             name: m.name.value.clone(),
+            tables: m
+                .tables
+                .iter()
+                .map(|t| {
+                    ferry_core::TableName::new(
+                        t.schema
+                            .as_ref()
+                            .map_or_else(|| "public".to_owned(), |s| s.value.clone()),
+                        t.name.value.clone(),
+                    )
+                })
+                .collect(),
         },
         Statement::Sql(stmt) => match transaction_tag(stmt) {
             Some(tag) => Command::Transaction { tag },

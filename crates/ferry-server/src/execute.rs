@@ -205,7 +205,15 @@ pub async fn resume_mirror(engine: &Arc<Engine>, name: &str) -> Result<Outcome, 
     Ok(Outcome::done("RESUME MIRROR"))
 }
 
-pub async fn resync_mirror(engine: &Arc<Engine>, name: &str) -> Result<Outcome, ClientError> {
-    engine.resync_mirror(name).await?;
+pub async fn resync_mirror(
+    engine: &Arc<Engine>,
+    name: &str,
+    tables: &[ferry_core::TableName],
+) -> Result<Outcome, ClientError> {
+    if tables.is_empty() {
+        engine.resync_mirror(name).await?;
+    } else {
+        engine.resync_tables(name, tables).await?;
+    }
     Ok(Outcome::done("RESYNC MIRROR"))
 }

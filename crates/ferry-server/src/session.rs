@@ -99,8 +99,8 @@ impl Session {
             }
             Command::Catalog { text, offset } => return self.sql.run_text(text, *offset).await,
             Command::Transaction { tag } => return Ok(Response::Execution(Tag::new(tag))),
-            Command::ResyncMirror { name } => {
-                execute::resync_mirror(&self.shared.engine, name).await?
+            Command::ResyncMirror { name, tables } => {
+                execute::resync_mirror(&self.shared.engine, name, tables).await?
             }
         };
         if let Some(notice) = outcome.notice {

@@ -24,8 +24,8 @@ pub enum Statement {
     PauseMirror(MirrorName),
     /// `RESUME MIRROR name`
     ResumeMirror(MirrorName),
-    /// `RESYNC MIRROR name`
-    ResyncMirror(MirrorName),
+    /// `RESYNC MIRROR name [TABLE t [, …]]`
+    ResyncMirror(ResyncMirror),
     /// Any other statement, parsed by sqlparser with its PostgreSQL dialect.
     Sql(Box<sqlparser::ast::Statement>),
 }
@@ -39,7 +39,7 @@ impl fmt::Display for Statement {
             Statement::DropMirror(s) => s.fmt(f),
             Statement::PauseMirror(m) => write!(f, "PAUSE MIRROR {}", m.name),
             Statement::ResumeMirror(m) => write!(f, "RESUME MIRROR {}", m.name),
-            Statement::ResyncMirror(m) => write!(f, "RESYNC MIRROR {}", m.name),
+            Statement::ResyncMirror(m) => m.fmt(f),
             Statement::Sql(s) => s.fmt(f),
         }
     }
@@ -142,7 +142,27 @@ impl fmt::Display for DropMirror {
     }
 }
 
-/// The operand of `PAUSE`, `RESUME` and `RESYNC MIRROR`.
+/// `RESYNC MIRROR name [TABLE t [, …]]`: every table, or the tables named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResyncMirror {
+    /// The mirror's name.
+    pub name: Ident,
+    /// The source tables to load again; empty for all of them.
+    pub tables: Vec<QualifiedName>,
+}
+
+impl fmt::Display for ResyncMirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RESYNC MIRROR {}", self.name)?;
+        for (i, t) in self.tables.iter().enumerate() {
+            f.write_str(if i == 0 { " TABLE " } else { ", " })?;
+            t.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// The operand of `PAUSE` and `RESUME MIRROR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MirrorName {
     /// The mirror's name.

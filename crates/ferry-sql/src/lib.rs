@@ -55,7 +55,7 @@ mod tests;
 
 pub use ast::{
     CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MirrorName, OptionValue,
-    PeerType, QualifiedName, SchemaMapping, SqlOption, Statement, TableMapping,
+    PeerType, QualifiedName, ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
 };
 pub use error::ParseError;
 

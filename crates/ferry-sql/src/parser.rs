@@ -8,7 +8,7 @@ use sqlparser::tokenizer::{Location, Token};
 
 use crate::ast::{
     CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MirrorName, OptionValue,
-    PeerType, QualifiedName, SchemaMapping, SqlOption, Statement, TableMapping,
+    PeerType, QualifiedName, ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
 };
 use crate::error::ParseError;
 use crate::ident::{fold_case, is_reserved};
@@ -98,7 +98,18 @@ impl<'a> FerryParser<'a> {
             Statement::ResumeMirror
         } else {
             self.expect_keyword("RESYNC", "expected a Ferry statement")?;
-            Statement::ResyncMirror
+            self.expect_keyword("MIRROR", "expected MIRROR")?;
+            let name = self.ident("mirror name")?;
+            let mut tables = Vec::new();
+            if self.consume_keyword("TABLE") {
+                loop {
+                    tables.push(self.qualified_name("table name")?);
+                    if !self.consume_token(&Token::Comma) {
+                        break;
+                    }
+                }
+            }
+            return Ok(Statement::ResyncMirror(ResyncMirror { name, tables }));
         };
         self.expect_keyword("MIRROR", "expected MIRROR")?;
         let name = self.ident("mirror name")?;

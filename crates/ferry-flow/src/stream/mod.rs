@@ -32,6 +32,7 @@
 
 mod batch;
 mod relations;
+mod scope;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,7 +50,7 @@ use ferry_postgres::pgoutput::{OldTuple, PgOutputDecoder, PgOutputMessage};
 use ferry_postgres::replication::{
     PgOutputOptions, ReplicationConnection, ReplicationMessage, ReplicationStream,
 };
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::FlowError;
@@ -70,8 +71,11 @@ pub struct StreamContext {
     pub catalog: Catalog,
     pub slot: String,
     pub publication: String,
-    /// Where to resume: the catalog's confirmed LSN, or the snapshot's.
-    pub start: Lsn,
+    /// Everything before this is in the destination for every table that streams: the
+    /// catalog's confirmed LSN, or the snapshot's.
+    pub applied: Lsn,
+    /// While tables load on their own: where the slot is held (and the stream starts).
+    pub hold: Option<Lsn>,
     pub sync_interval: Duration,
     pub max_batch_size: usize,
     /// Warn and mark the mirror when the slot retains more WAL than this.
@@ -84,6 +88,20 @@ pub struct StreamContext {
     /// For a table mapping: the columns each table leaves out.
     pub excludes: HashMap<TableName, Vec<String>>,
     pub stop: watch::Receiver<bool>,
+    /// Asks the stream to end at the next transaction boundary, so that it starts again with
+    /// the tables' new states (a table's own load began or ended).
+    pub wake: Arc<Notify>,
+}
+
+/// Why the stream ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// Asked to stop (pause, drop, shutdown).
+    Stopped,
+    /// Everything up to `until` is applied.
+    CaughtUp,
+    /// Woken: start again with the tables' new states.
+    Restart,
 }
 
 impl StreamContext {
@@ -95,6 +113,7 @@ impl StreamContext {
 /// A table of the mirror as the stream knows it.
 pub(crate) struct Target {
     row: TableRow,
+    /// Its destination table: the fresh one while it catches up.
     spec: Arc<TableSpec>,
 }
 
@@ -116,15 +135,25 @@ pub struct Streamer {
     relations: HashMap<u32, Option<Arc<Relation>>>,
     batch: Batch,
     apply: Box<dyn Apply>,
-    /// Everything up to here is in the destination and the catalog.
-    confirmed: Lsn,
+    /// Everything up to here is in the destination and the catalog, for every table that
+    /// streams (it never goes back, not even while the stream goes over WAL again).
+    applied: Lsn,
+    /// The slot is not confirmed past here while tables load on their own.
+    hold: Option<Lsn>,
+    /// Going over WAL again from the hold: transactions that commit before this are in the
+    /// destination already, except for tables catching up.
+    skip_before: Lsn,
+    /// Tables catching up join once the stream has received everything before this.
+    rejoin_at: Option<Lsn>,
     /// End of the last transaction received in full.
     committed: Lsn,
     /// Where the server says it is.
     server_lsn: Lsn,
     in_transaction: bool,
-    /// The commit position of the transaction being received.
+    /// The commit position of the transaction being received (its commit record's LSN).
     commit_lsn: Lsn,
+    /// A wake-up came in the middle of a transaction: end at its commit.
+    restart_pending: bool,
     /// Whether the mirror is marked for retaining too much WAL.
     lag_marked: bool,
     /// When an idle advance was last recorded in the catalog.
@@ -134,16 +163,29 @@ pub struct Streamer {
 impl Streamer {
     pub async fn new(ctx: Arc<StreamContext>) -> Result<Streamer, FlowError> {
         let mut targets = Vec::new();
+        let mut catching_up = false;
         for row in ctx.catalog.mirror_tables(ctx.mirror_id).await? {
-            let spec = Arc::new(crate::table_spec(&row)?);
-            targets.push(Target { row, spec });
+            let mut spec = crate::table_spec(&row)?;
+            if row.state == TableState::Catchup {
+                // Its changes go to the fresh table it was loaded into.
+                catching_up = true;
+                if let Some(fresh) = &row.load_table {
+                    spec.target.table = fresh.clone();
+                }
+            }
+            targets.push(Target {
+                row,
+                spec: Arc::new(spec),
+            });
         }
-        let mut start = ctx.start;
+        let mut applied = ctx.applied;
         if ctx.destination.capabilities().stores_position {
             if let Some(p) = ctx.destination.position().await? {
-                start = start.max(p);
+                applied = applied.max(p);
             }
         }
+        let hold = ctx.hold;
+        let start = hold.map_or(applied, |h| h.min(applied));
         let apply = ctx.destination.begin_apply().await?;
         Ok(Streamer {
             ctx,
@@ -151,20 +193,34 @@ impl Streamer {
             relations: HashMap::new(),
             batch: Batch::default(),
             apply,
-            confirmed: start,
+            applied,
+            hold,
+            skip_before: applied,
+            rejoin_at: catching_up.then_some(applied),
             committed: start,
             server_lsn: start,
             in_transaction: false,
             commit_lsn: start,
+            restart_pending: false,
             lag_marked: false,
             catalog_written: None,
         })
     }
 
-    /// Streams until stopped (`Ok`) or an error.
-    pub async fn run(mut self) -> Result<(), FlowError> {
+    /// Where the stream starts: the hold, else where everything is applied.
+    fn start(&self) -> Lsn {
+        self.hold.map_or(self.applied, |h| h.min(self.applied))
+    }
+
+    /// The position confirmed to the source: what is applied, but never past the hold.
+    fn slot_position(&self) -> Lsn {
+        self.hold.map_or(self.applied, |h| h.min(self.applied))
+    }
+
+    /// Streams until stopped, caught up, woken, or an error.
+    pub async fn run(mut self) -> Result<StreamEnd, FlowError> {
         let result = self.stream_changes().await;
-        if result.is_err() && self.server_lsn > self.confirmed {
+        if result.is_err() && self.server_lsn > self.applied {
             // The source got further than the destination: record that, so the mirror's lag
             // shows while it retries (best effort: the catalog may be what failed).
             let _ = self.record_position().await;
@@ -176,13 +232,13 @@ impl Streamer {
     async fn record_position(&mut self) -> Result<(), FlowError> {
         self.ctx
             .catalog
-            .confirm(self.ctx.mirror_id, self.confirmed, self.server_lsn, None)
+            .confirm(self.ctx.mirror_id, self.applied, self.server_lsn, None)
             .await?;
         self.catalog_written = Some(Instant::now());
         Ok(())
     }
 
-    async fn stream_changes(&mut self) -> Result<(), FlowError> {
+    async fn stream_changes(&mut self) -> Result<StreamEnd, FlowError> {
         let conn = ReplicationConnection::connect(&self.ctx.source).await?;
         let options = PgOutputOptions {
             publication_names: vec![self.ctx.publication.clone()],
@@ -191,24 +247,34 @@ impl Streamer {
             messages: false,
             binary: self.ctx.destination.wire() == Wire::Native,
         };
+        let start = self.start();
         let mut stream = conn
-            .start_replication(&self.ctx.slot, self.confirmed, &options)
-            .await?;
-        info!(slot = %self.ctx.slot, lsn = %self.confirmed, binary = options.binary, "streaming changes");
+            .start_replication(&self.ctx.slot, start, &options)
+            .await
+            .map_err(slot_trouble)?;
+        info!(slot = %self.ctx.slot, lsn = %start, applied = %self.applied, binary = options.binary, "streaming changes");
+        let wake = self.ctx.wake.clone();
         let mut decoder = PgOutputDecoder::new();
         let mut stop = self.ctx.stop.clone();
         let mut status = tokio::time::interval(STATUS_EVERY);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut scope = tokio::time::interval(scope::SCOPE_EVERY);
+        scope.tick().await;
         let mut ticks = 0u64;
         loop {
-            if self.ctx.until.is_some_and(|u| self.confirmed >= u) {
-                info!(lsn = %self.confirmed, "caught up");
+            if self.restart_pending && !self.in_transaction {
+                self.flush(&mut stream).await?;
                 let _ = stream.stop().await;
-                return Ok(());
+                return Ok(StreamEnd::Restart);
+            }
+            if self.ctx.until.is_some_and(|u| self.applied >= u) && self.rejoin_at.is_none() {
+                info!(lsn = %self.applied, "caught up");
+                let _ = stream.stop().await;
+                return Ok(StreamEnd::CaughtUp);
             }
             tokio::select! {
                 msg = stream.next() => {
-                    let Some(msg) = msg? else {
+                    let Some(msg) = msg.map_err(slot_trouble)? else {
                         return Err(FlowError::transient("08006", "the source ended the replication stream"));
                     };
                     match msg {
@@ -219,7 +285,7 @@ impl Streamer {
                         }
                         ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. } => {
                             self.server_lsn = self.server_lsn.max(wal_end);
-                            if self.batch.rows == 0 && !self.in_transaction && wal_end > self.confirmed {
+                            if self.batch.rows == 0 && !self.in_transaction && wal_end > self.committed {
                                 // Nothing pending: everything the server sent is applied.
                                 self.advance_idle(wal_end, &mut stream).await?;
                             }
@@ -237,7 +303,8 @@ impl Streamer {
                     }
                     // Catching up: ask for a keepalive, which moves an idle position forward.
                     if self.ctx.until.is_some() && ticks % 5 == 0 && self.batch.rows == 0 && !self.in_transaction {
-                        stream.send_status(self.confirmed, self.confirmed, self.confirmed, true).await?;
+                        let at = self.slot_position();
+                        stream.send_status(at, at, at, true).await?;
                     }
                 }
                 _ = status.tick() => {
@@ -246,22 +313,29 @@ impl Streamer {
                         self.record_position().await?;
                     }
                 }
+                _ = scope.tick() => {
+                    if !self.in_transaction {
+                        self.check_scope().await?;
+                    }
+                }
+                _ = wake.notified() => {
+                    self.restart_pending = true;
+                }
                 _ = crate::stopped(&mut stop) => {
                     if !self.in_transaction && self.batch.rows > 0 {
                         self.flush(&mut stream).await?;
                     }
                     self.record_position().await?;
                     let _ = stream.stop().await;
-                    return Ok(());
+                    return Ok(StreamEnd::Stopped);
                 }
             }
         }
     }
 
     async fn report(&mut self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
-        stream
-            .send_status(self.confirmed, self.confirmed, self.confirmed, false)
-            .await?;
+        let at = self.slot_position();
+        stream.send_status(at, at, at, false).await?;
         self.check_slot_lag().await
     }
 
@@ -270,7 +344,7 @@ impl Streamer {
         let Some(limit) = self.ctx.max_slot_lag_bytes else {
             return Ok(());
         };
-        let lag = self.server_lsn.0.saturating_sub(self.confirmed.0);
+        let lag = self.server_lsn.0.saturating_sub(self.slot_position().0);
         if lag > limit && !self.lag_marked {
             warn!(
                 lag_bytes = lag,
@@ -308,14 +382,66 @@ impl Streamer {
         to: Lsn,
         stream: &mut ReplicationStream,
     ) -> Result<(), FlowError> {
-        self.confirmed = to;
         self.committed = self.committed.max(to);
-        stream.send_status(to, to, to, false).await?;
+        self.applied = self.applied.max(to);
+        let at = self.slot_position();
+        stream.send_status(at, at, at, false).await?;
+        self.rejoin().await?;
         if self
             .catalog_written
             .is_none_or(|t| t.elapsed() >= IDLE_CATALOG_EVERY)
         {
             self.record_position().await?;
+        }
+        Ok(())
+    }
+
+    /// Once the stream is back where it was when it started again, the tables catching up
+    /// have every change since their snapshot: each fresh table is swapped in, and the table
+    /// streams like the others. With no table loading any more, the hold goes.
+    async fn rejoin(&mut self) -> Result<(), FlowError> {
+        let Some(at) = self.rejoin_at else {
+            return Ok(());
+        };
+        if self.committed < at || self.batch.rows > 0 || self.in_transaction {
+            return Ok(());
+        }
+        for t in 0..self.targets.len() {
+            if self.targets[t].row.state != TableState::Catchup {
+                continue;
+            }
+            let row = self.targets[t].row.clone();
+            let live = crate::table_spec(&row)?;
+            if let (Some(fresh), Some(token)) = (&row.load_table, &row.load_table_uuid) {
+                let fresh = ferry_core::destination::TargetName::new(
+                    row.destination_database.clone(),
+                    fresh.clone(),
+                );
+                self.ctx
+                    .destination
+                    .swap_in(
+                        &live,
+                        &fresh,
+                        &ferry_core::destination::TableToken(token.clone()),
+                    )
+                    .await?;
+            }
+            self.ctx.catalog.end_table_sync(row.id).await?;
+            info!(table = %row.source, "the table loaded on its own has joined the stream");
+            self.targets[t].row.state = TableState::Done;
+            // Its relation stays mapped (pgoutput does not send it again): from now on its
+            // changes go to the live table.
+            self.targets[t].spec = Arc::new(live);
+        }
+        self.rejoin_at = None;
+        let loading = self
+            .targets
+            .iter()
+            .any(|x| matches!(x.row.state, TableState::Syncing | TableState::Catchup));
+        if !loading && self.hold.is_some() {
+            self.ctx.catalog.set_hold(self.ctx.mirror_id, None).await?;
+            self.hold = None;
+            info!("no table is loading on its own; the slot is no longer held");
         }
         Ok(())
     }
@@ -345,7 +471,8 @@ impl Streamer {
                 if self.batch.rows > 0 {
                     self.batch.last_commit_micros = Some(commit_time_micros);
                 }
-                if self.batch.rows >= self.ctx.max_batch_size {
+                let rejoin_due = self.rejoin_at.is_some_and(|at| self.committed >= at);
+                if self.batch.rows >= self.ctx.max_batch_size || rejoin_due {
                     self.flush(stream).await?;
                 }
             }
@@ -421,8 +548,19 @@ impl Streamer {
         old: Option<(&ferry_postgres::pgoutput::TupleData, bool)>,
     ) -> Result<(), FlowError> {
         let Some((t, relation)) = self.route(relation_id) else {
+            debug!(relation_id, "change of an unmapped relation skipped");
             return Ok(());
         };
+        // Going over WAL again: what is applied already stays as it is; a table catching up
+        // takes the transactions from its snapshot on.
+        let from = match self.targets[t].row.state {
+            TableState::Catchup => self.targets[t].row.sync_lsn.unwrap_or(Lsn::ZERO),
+            _ => self.skip_before,
+        };
+        if self.commit_lsn < from {
+            debug!(table = %self.targets[t].row.source, commit = %self.commit_lsn, from = %from, "change applied before skipped");
+            return Ok(());
+        }
         let spec = self.targets[t].spec.clone();
         if let Err(e) =
             self.batch
@@ -488,8 +626,9 @@ impl Streamer {
     async fn flush(&mut self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
         self.write_chunk().await?;
         let batch = std::mem::take(&mut self.batch);
+        let position = self.committed.max(self.applied);
         if batch.rows > 0 {
-            if let Err(e) = self.apply.commit(self.committed).await {
+            if let Err(e) = self.apply.commit(position).await {
                 return Err(self.apply_failed(e).await);
             }
             let record = BatchRecord {
@@ -505,22 +644,34 @@ impl Streamer {
             };
             self.ctx
                 .catalog
-                .confirm(
-                    self.ctx.mirror_id,
-                    self.committed,
-                    self.server_lsn,
-                    Some(&record),
-                )
+                .confirm(self.ctx.mirror_id, position, self.server_lsn, Some(&record))
                 .await?;
             self.catalog_written = Some(Instant::now());
             debug!(rows = batch.rows, lsn = %self.committed, "batch applied");
         }
-        if self.committed > self.confirmed {
-            self.confirmed = self.committed;
+        if self.committed > self.applied {
+            self.applied = self.committed;
             self.report(stream).await?;
         }
-        Ok(())
+        self.rejoin().await
     }
+}
+
+/// Says what to do when the slot is gone or can no longer give changes: nothing short of
+/// loading everything again from a new slot brings the mirror back.
+fn slot_trouble(e: SourceError) -> FlowError {
+    let lost = e.sqlstate == "42704"
+        || (e.sqlstate == "55000"
+            && (e.message.contains("invalidated") || e.message.contains("no longer get changes")));
+    let mut e = FlowError::from(e);
+    if lost {
+        e.kind = ErrorKind::Misconfigured;
+        e.hint = Some(
+            "The mirror's replication slot was dropped or invalidated (for example by max_slot_wal_keep_size): the changes since it was last read are gone from the source. RESYNC MIRROR loads every table again from a new slot."
+                .into(),
+        );
+    }
+    e
 }
 
 /// The error that starts the stream again from the confirmed position, after a table failed.

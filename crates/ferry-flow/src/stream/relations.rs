@@ -11,13 +11,17 @@
 //! - a column whose type changed fails the table, with a hint to resync it;
 //! - columns the mapping excludes are skipped.
 //!
-//! A table created later in a schema of a `SCHEMA MAPPING` joins the mirror at its first
-//! Relation message; its destination table is created then, and all its rows come through the
-//! stream, since the publication covered the schema when the table was created.
+//! A table that appears in a schema of a `SCHEMA MAPPING` (created there, or moved there with
+//! its rows) joins the mirror at its first Relation message: it is loaded on its own from a
+//! snapshot of its own and joins the stream where that snapshot was taken (see
+//! [`crate::sync`]), so rows it had before are not lost. A Relation message whose OID is not
+//! the table's any more means the table was dropped and created again under the same name: with
+//! a schema mapping the new table is loaded the same way; with a table mapping the table is
+//! marked `dropped`, with a hint to follow the new one (`RESYNC MIRROR … TABLE`).
 
 use std::sync::Arc;
 
-use ferry_core::destination::{Destination, TableSpec, TargetName};
+use ferry_core::destination::{TableSpec, TargetName};
 use ferry_core::mirror::TableState;
 use ferry_core::{ColumnSchema, ErrorKind, TableName};
 use ferry_postgres::connect::connect;
@@ -45,6 +49,13 @@ impl Streamer {
     pub(super) async fn relation(&mut self, body: RelationBody) -> Result<(), FlowError> {
         let name = TableName::new(body.namespace.clone(), body.name.clone());
         let known = self.targets.iter().position(|x| x.row.source == name);
+        if let Some(t) = known {
+            if self.targets[t].row.source_oid != body.id {
+                self.recreated(t, &name).await?;
+                self.relations.insert(body.id, None);
+                return Ok(());
+            }
+        }
         let t = match known {
             Some(t) => t,
             None => match self.adopt(&name).await? {
@@ -56,8 +67,8 @@ impl Streamer {
                 }
             },
         };
-        if self.targets[t].row.state == TableState::Failed {
-            debug!(table = %name, "changes of a failed table are skipped");
+        if !self.targets[t].row.state.streams() {
+            debug!(table = %name, state = %self.targets[t].row.state, "changes of this table are skipped");
             self.relations.insert(body.id, None);
             return Ok(());
         }
@@ -136,8 +147,9 @@ impl Streamer {
         Ok(())
     }
 
-    /// A table created in a mapped schema after the mirror started: its destination table is
-    /// created and it joins the mirror.
+    /// A table that appeared in a mapped schema: it joins the mirror, loaded on its own (the
+    /// stream starts again once it is recorded). Returns `None`: its changes are skipped
+    /// until its own load has caught up.
     async fn adopt(&mut self, name: &TableName) -> Result<Option<usize>, FlowError> {
         let Some((_, db)) = self.ctx.schemas.iter().find(|(s, _)| *s == name.schema) else {
             return Ok(None);
@@ -149,32 +161,45 @@ impl Streamer {
         else {
             return Ok(None);
         };
-        if !described.has_identity() {
-            let message = format!("new table {name} has no primary key and is not replicated");
-            warn!(table = %name, "a new table in a mapped schema has no primary key; not replicated");
-            self.ctx
-                .catalog
-                .set_mirror_warning(
-                    self.ctx.mirror_id,
-                    Some((
-                        &message,
-                        "Add a primary key, or set REPLICA IDENTITY FULL, then RESYNC MIRROR.",
-                    )),
-                )
-                .await?;
-            return Ok(None);
-        }
-        let mut spec = TableSpec {
+        let spec = TableSpec {
             id: 0,
             source: name.clone(),
             target: TargetName::new(db.clone(), name.name.clone()),
             columns: described.columns.clone(),
         };
-        let destination: &dyn Destination = self.ctx.destination.as_ref();
-        if destination.table_token(&spec.target).await?.is_none() {
-            destination.check(std::slice::from_ref(&spec)).await?;
-        }
-        destination.create_table(&spec, &spec.target).await?;
+        // A table that cannot be replicated as it is joins as failed, with what to do.
+        let problem = if !described.has_identity() {
+            Some(FlowError::invalid("55000", format!("table {name} has no primary key")).with_hint(format!(
+                "Add a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL, then RESYNC MIRROR {} TABLE {name}.",
+                name.quoted(),
+                self.ctx.mirror
+            )))
+        } else if self
+            .ctx
+            .destination
+            .table_token(&spec.target)
+            .await?
+            .is_none()
+        {
+            self.ctx
+                .destination
+                .check(std::slice::from_ref(&spec))
+                .await
+                .err()
+        } else {
+            None
+        };
+        let (state, error) = match &problem {
+            Some(e) => {
+                warn!(table = %name, error = %e, "a new table in a mapped schema cannot be replicated as it is");
+                let message = match &e.hint {
+                    Some(h) => format!("{} ({h})", e.message),
+                    None => e.message.clone(),
+                };
+                (TableState::Failed, Some(message))
+            }
+            None => (TableState::Syncing, None),
+        };
         let new = ferry_catalog::NewTable {
             source: name.clone(),
             source_oid: described.oid,
@@ -182,20 +207,52 @@ impl Streamer {
             destination_table: spec.target.table.clone(),
             columns: serde_json::to_value(&described.columns)
                 .map_err(|e| FlowError::internal(e.to_string()))?,
-            rows_estimated: 0,
+            rows_estimated: described.estimated_rows() as i64,
         };
         let row = self
             .ctx
             .catalog
-            .add_streamed_table(self.ctx.mirror_id, &new)
+            .add_table(self.ctx.mirror_id, &new, state, error.as_deref())
             .await?;
+        info!(table = %name, destination = %spec.target, state = %state, "a new table in a mapped schema joins the mirror");
+        let mut spec = spec;
         spec.id = row.id;
-        info!(table = %name, destination = %spec.target, "new table in a mapped schema joins the mirror");
         self.targets.push(super::Target {
             row,
             spec: Arc::new(spec),
         });
-        Ok(Some(self.targets.len() - 1))
+        if state == TableState::Syncing {
+            self.ctx.wake.notify_one();
+        }
+        Ok(None)
+    }
+
+    /// The table of this name is not the one the mirror replicates any more: it was dropped
+    /// and created again.
+    async fn recreated(&mut self, t: usize, name: &TableName) -> Result<(), FlowError> {
+        if self.ctx.schemas.iter().any(|(s, _)| *s == name.schema) {
+            if self.targets[t].row.state != TableState::Syncing {
+                info!(table = %name, "the table was created again at the source; it is loaded again");
+                self.ctx
+                    .catalog
+                    .request_table_syncs(self.ctx.mirror_id, &[self.targets[t].row.id])
+                    .await?;
+                self.targets[t].row.state = TableState::Syncing;
+                self.ctx.wake.notify_one();
+            }
+            return Ok(());
+        }
+        if self.targets[t].row.state != TableState::Dropped {
+            let reason = format!(
+                "table {name} was dropped and created again at the source; the new table is not replicated"
+            );
+            let hint = format!(
+                "RESYNC MIRROR {} TABLE {name} loads the new table and follows it.",
+                self.ctx.mirror
+            );
+            self.mark_dropped(t, &reason, &hint).await?;
+        }
+        Ok(())
     }
 
     /// Adds columns new at the source to the table, in the destination and the catalog.

@@ -8,7 +8,7 @@
 use super::{parse, parse_one};
 use crate::{
     CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MirrorName, OptionValue,
-    PeerType, QualifiedName, SchemaMapping, SqlOption, Statement, TableMapping,
+    PeerType, QualifiedName, ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
 };
 
 const NAMES: &[&str] = &[
@@ -204,7 +204,10 @@ impl Rng {
             }),
             4 => Statement::PauseMirror(MirrorName { name: self.ident() }),
             5 => Statement::ResumeMirror(MirrorName { name: self.ident() }),
-            _ => Statement::ResyncMirror(MirrorName { name: self.ident() }),
+            _ => Statement::ResyncMirror(ResyncMirror {
+                name: self.ident(),
+                tables: (0..self.below(3)).map(|_| self.table()).collect(),
+            }),
         }
     }
 }

@@ -3,7 +3,7 @@
 use super::parse_one;
 use crate::{
     parse, CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MirrorName, OptionValue,
-    PeerType, QualifiedName, SchemaMapping, SqlOption, Statement, TableMapping,
+    PeerType, QualifiedName, ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
 };
 
 fn option(name: &str, value: OptionValue, position: usize) -> SqlOption {
@@ -73,8 +73,25 @@ fn quoted_identifiers_keep_case_and_unquoted_fold() {
     );
     assert_eq!(
         parse_one("RESYNC MIRROR \"with \"\"quote\"\"\""),
-        Statement::ResyncMirror(MirrorName {
+        Statement::ResyncMirror(ResyncMirror {
             name: Ident::quoted("with \"quote\""),
+            tables: Vec::new(),
+        })
+    );
+    assert_eq!(
+        parse_one("resync mirror m table public.t, \"Odd\""),
+        Statement::ResyncMirror(ResyncMirror {
+            name: Ident::new("m"),
+            tables: vec![
+                QualifiedName {
+                    schema: Some(Ident::new("public")),
+                    name: Ident::new("t"),
+                },
+                QualifiedName {
+                    schema: None,
+                    name: Ident::quoted("Odd"),
+                },
+            ],
         })
     );
 }

@@ -1,0 +1,467 @@
+//! One table's trouble never stops the others: a table that fails goes on alone, is loaded
+//! again while it is written to and joins the stream exactly; tables dropped at the source, a
+//! slot lost behind Ferry's back and Ferry's own column names are each handled on their own.
+#![allow(clippy::print_stdout)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_e2e::{clickhouse_row_bytes, expected_rows, setup, sqlstate, wait_for_state, Setup};
+use tokio_postgres::Client;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Whether the destination holds exactly the source's rows of `table`.
+async fn converged(s: &Setup, table: &str, key: &str) -> bool {
+    let want = expected_rows(&s.source, table, key).await;
+    let names: Vec<&str> = want.columns.iter().map(|c| c.name.as_str()).collect();
+    let got = clickhouse_row_bytes(&s.dest, table, &names, key).await;
+    got == want.rows_bytes
+}
+
+/// Waits until every table (name, key) holds the source's rows; panics with the tables'
+/// states otherwise.
+async fn wait_converged(s: &Setup, tables: &[(&str, &str)], step: &str) {
+    let started = Instant::now();
+    loop {
+        let mut all = true;
+        for (t, k) in tables {
+            all &= converged(s, t, k).await;
+        }
+        if all {
+            println!("{step}: converged in {:?}", started.elapsed());
+            return;
+        }
+        if started.elapsed() > TIMEOUT {
+            let mut counts = Vec::new();
+            for (t, _) in tables {
+                let src: i64 = s
+                    .src
+                    .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                let dst: u64 = s
+                    .dest
+                    .client()
+                    .query(&format!(
+                        "SELECT count() FROM {t} FINAL WHERE _ferry_is_deleted = 0"
+                    ))
+                    .fetch_one()
+                    .await
+                    .unwrap();
+                counts.push((t.to_string(), src, dst));
+            }
+            panic!(
+                "{step}: did not converge; (table, source rows, destination rows): {counts:?}; tables: {:?}",
+                table_states(&s.client).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn table_states(client: &Client) -> Vec<(String, String, String)> {
+    client
+        .query(
+            "SELECT source_table, state, coalesce(error, '') FROM mirror_tables ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// Waits until `table` of the mirror is in `state`; returns its error text.
+async fn wait_table_state(client: &Client, table: &str, state: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let rows = client
+            .query(
+                "SELECT state, coalesce(error, '') FROM mirror_tables WHERE source_table = $1",
+                &[&table],
+            )
+            .await
+            .unwrap();
+        if let Some(r) = rows.first() {
+            if r.get::<_, String>(0) == state {
+                return r.get(1);
+            }
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "{table} did not become {state}: {:?}",
+            table_states(client).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Writes to the source until stopped: inserts, updates and deletes on `a` and `b`, one
+/// transaction per round. Counts the rounds done.
+fn workload(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut i: i64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            let sql = format!(
+                "BEGIN;
+                 INSERT INTO a VALUES ({id}, {i}, 'w{i}');
+                 UPDATE a SET note = note || 'u' WHERE id = {u};
+                 DELETE FROM a WHERE id = {d};
+                 INSERT INTO b VALUES ({id}, {i});
+                 UPDATE b SET v = v + 1 WHERE id = {u};
+                 COMMIT;",
+                id = 100_000 + i,
+                u = (i * 7) % 3000 + 1,
+                d = (i * 13) % 3000 + 1,
+            );
+            client.batch_execute(&sql).await.unwrap();
+            rounds.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Waits until the workload has done `more` rounds past where it is now.
+async fn wait_rounds(rounds: &AtomicU64, more: u64) {
+    let target = rounds.load(Ordering::Relaxed) + more;
+    let started = Instant::now();
+    while rounds.load(Ordering::Relaxed) < target {
+        assert!(started.elapsed() < TIMEOUT, "the workload stalled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_table_is_loaded_again_while_written_and_joins_exactly() {
+    let s = setup().await;
+    s.src
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY, amount numeric(10, 2), note text);
+             INSERT INTO a SELECT g, g, 'n' || g FROM generate_series(1, 3000) g;
+             CREATE TABLE b (id int PRIMARY KEY, v int);
+             INSERT INTO b SELECT g, g FROM generate_series(1, 3000) g;",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute(
+            "CREATE MIRROR iso FROM src TO dst WITH TABLE MAPPING (a:a, b:b)
+             WITH (do_initial_copy = true, unrepresentable_values = 'fail',
+                   snapshot_num_rows_per_partition = 1000)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&s.client, "iso", "running", TIMEOUT).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let writer = workload(s.source.connect().await, stop.clone(), rounds.clone());
+    wait_rounds(&rounds, 20).await;
+
+    // A value ClickHouse cannot hold, under the strict policy: table a fails alone.
+    s.src
+        .batch_execute("UPDATE a SET amount = 'NaN' WHERE id = 5")
+        .await
+        .unwrap();
+    let error = wait_table_state(&s.client, "public.a", "failed").await;
+    assert!(error.contains("amount"), "{error}");
+    let r = s
+        .client
+        .query_one(
+            "SELECT state, tables_failed FROM mirror_status WHERE mirror = 'iso'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, String>(0), r.get::<_, i64>(1)),
+        ("running".into(), 1)
+    );
+
+    // The row is fixed at the source, and the table loaded again while it is written to.
+    s.src
+        .batch_execute("UPDATE a SET amount = 0 WHERE id = 5")
+        .await
+        .unwrap();
+    wait_rounds(&rounds, 10).await;
+    s.client
+        .batch_execute("RESYNC MIRROR iso TABLE public.a")
+        .await
+        .unwrap();
+    wait_table_state(&s.client, "public.a", "done").await;
+    // Changes after it joined arrive too.
+    wait_rounds(&rounds, 30).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    wait_converged(
+        &s,
+        &[("a", "id"), ("b", "id")],
+        "after the table's own load",
+    )
+    .await;
+
+    // Nothing is left behind: no failed table, no hold, only the mirror's own slot.
+    let r = s
+        .client
+        .query_one(
+            "SELECT tables_failed, tables_syncing FROM mirror_status WHERE mirror = 'iso'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (0, 0));
+    let hold: Option<String> = s
+        .ferry
+        .catalog()
+        .await
+        .query_one("SELECT hold_lsn::text FROM ferry.mirrors", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(hold, None);
+    let slots: i64 = s
+        .src
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 1);
+    s.ferry.stop().await;
+}
+
+#[tokio::test]
+async fn tables_dropped_at_the_source_are_marked_and_followed_again() {
+    let s = setup().await;
+    s.src
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;
+             CREATE TABLE keep (id int PRIMARY KEY);
+             INSERT INTO keep SELECT generate_series(1, 10);",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute(
+            "CREATE MIRROR drops FROM src TO dst WITH TABLE MAPPING (t:t, keep:keep)
+             WITH (do_initial_copy = true)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&s.client, "drops", "running", TIMEOUT).await;
+    wait_converged(&s, &[("t", "id"), ("keep", "id")], "load").await;
+
+    // Dropped at the source: marked, with a hint; the destination keeps its rows.
+    s.src.batch_execute("DROP TABLE t").await.unwrap();
+    let error = wait_table_state(&s.client, "public.t", "dropped").await;
+    assert!(
+        error.contains("dropped") && error.contains("RESYNC MIRROR"),
+        "{error}"
+    );
+    let n: u64 = s
+        .dest
+        .client()
+        .query("SELECT count() FROM t FINAL WHERE _ferry_is_deleted = 0")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(n, 100);
+
+    // Created again with other rows: reported, then followed after RESYNC … TABLE.
+    s.src
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'new' || g FROM generate_series(1, 30) g;",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute("RESYNC MIRROR drops TABLE t")
+        .await
+        .unwrap();
+    wait_table_state(&s.client, "public.t", "done").await;
+    s.src
+        .batch_execute("INSERT INTO t VALUES (31, 'later'); INSERT INTO keep VALUES (11);")
+        .await
+        .unwrap();
+    wait_converged(&s, &[("t", "id"), ("keep", "id")], "the new table").await;
+    s.ferry.stop().await;
+}
+
+#[tokio::test]
+async fn a_table_created_again_in_a_mapped_schema_joins_by_itself() {
+    let s = setup().await;
+    s.src
+        .batch_execute(
+            "CREATE SCHEMA app;
+             CREATE TABLE app.t (id int PRIMARY KEY, v text);
+             INSERT INTO app.t SELECT g, 'v' || g FROM generate_series(1, 50) g;",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute(&format!(
+            "CREATE MIRROR schemas FROM src TO dst WITH SCHEMA MAPPING (app:{})
+             WITH (do_initial_copy = true)",
+            s.dest.name
+        ))
+        .await
+        .unwrap();
+    wait_for_state(&s.client, "schemas", "running", TIMEOUT).await;
+    s.src
+        .batch_execute(
+            "DROP TABLE app.t;
+             CREATE TABLE app.t (id int PRIMARY KEY, v text);
+             INSERT INTO app.t SELECT g, 'again' || g FROM generate_series(1, 20) g;",
+        )
+        .await
+        .unwrap();
+    // Rows inserted before the first change Ferry sees arrive too: the table is loaded.
+    wait_table_state(&s.client, "app.t", "done").await;
+    let started = Instant::now();
+    loop {
+        let rows: Vec<String> = s
+            .dest
+            .client()
+            .query("SELECT ifNull(v, '') FROM t FINAL WHERE _ferry_is_deleted = 0 ORDER BY id")
+            .fetch_all()
+            .await
+            .unwrap();
+        if rows.len() == 20 && rows.iter().all(|v| v.starts_with("again")) {
+            break;
+        }
+        assert!(started.elapsed() < TIMEOUT, "got {rows:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.ferry.stop().await;
+}
+
+#[tokio::test]
+async fn a_slot_lost_behind_ferrys_back_says_what_to_do() {
+    let s = setup().await;
+    s.src
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY);
+             INSERT INTO t SELECT generate_series(1, 10);",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute(
+            "CREATE MIRROR lost FROM src TO dst WITH TABLE MAPPING (t:t) WITH (do_initial_copy = true)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&s.client, "lost", "running", TIMEOUT).await;
+
+    // RESYNC of a paused mirror is refused with a hint; it stays paused.
+    s.client.batch_execute("PAUSE MIRROR lost").await.unwrap();
+    let e = s
+        .client
+        .batch_execute("RESYNC MIRROR lost")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{e:?}");
+    assert!(
+        e.as_db_error()
+            .and_then(|d| d.hint())
+            .is_some_and(|h| h.contains("RESUME")),
+        "{e:?}"
+    );
+    s.client.batch_execute("RESUME MIRROR lost").await.unwrap();
+    wait_for_state(&s.client, "lost", "running", TIMEOUT).await;
+
+    // The slot dropped behind Ferry's back: the mirror fails with a hint.
+    let started = Instant::now();
+    loop {
+        let dropped = s
+            .src
+            .batch_execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                     WHERE database = current_database() AND active_pid IS NOT NULL;
+                 SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                     WHERE database = current_database();",
+            )
+            .await;
+        if dropped.is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "could not drop the slot: {dropped:?}"
+        );
+    }
+    let started = Instant::now();
+    let hint: String = loop {
+        let r = s
+            .client
+            .query_one(
+                "SELECT state, coalesce(error_hint, '') FROM mirror_status WHERE mirror = 'lost'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if r.get::<_, String>(0) == "failed" {
+            break r.get(1);
+        }
+        assert!(started.elapsed() < TIMEOUT, "the mirror did not fail");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(hint.contains("RESYNC MIRROR"), "{hint}");
+
+    // RESUME says the same instead of pretending; RESYNC brings the mirror back.
+    let e = s
+        .client
+        .batch_execute("RESUME MIRROR lost")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{e:?}");
+    s.src
+        .batch_execute("INSERT INTO t VALUES (11)")
+        .await
+        .unwrap();
+    s.client.batch_execute("RESYNC MIRROR lost").await.unwrap();
+    wait_for_state(&s.client, "lost", "running", TIMEOUT).await;
+    wait_converged(&s, &[("t", "id")], "after the resync").await;
+    s.ferry.stop().await;
+}
+
+#[tokio::test]
+async fn a_source_column_named_like_ferrys_own_is_refused() {
+    let s = setup().await;
+    s.src
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, _ferry_version int)")
+        .await
+        .unwrap();
+    let e = s
+        .client
+        .batch_execute(
+            "CREATE MIRROR own FROM src TO dst WITH TABLE MAPPING (t:t) WITH (do_initial_copy = true)",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42939", "{e:?}");
+    let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
+    assert!(hint.contains("exclude"), "{hint}");
+    // Left out, the table is fine.
+    s.client
+        .batch_execute(
+            "CREATE MIRROR own FROM src TO dst WITH TABLE MAPPING ({ from: t, to: t, exclude: [_ferry_version] })
+             WITH (do_initial_copy = true)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&s.client, "own", "running", TIMEOUT).await;
+    s.ferry.stop().await;
+}
