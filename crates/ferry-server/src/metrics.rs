@@ -35,7 +35,7 @@ impl Metrics {
 
     pub fn statement(&self, command: &Command) {
         let c = match command {
-            Command::Catalog { .. } | Command::Transaction { .. } => &self.statements_catalog,
+            Command::Catalog { .. } | Command::Local { .. } => &self.statements_catalog,
             _ => &self.statements_ferry,
         };
         c.fetch_add(1, Ordering::Relaxed);

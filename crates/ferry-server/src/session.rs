@@ -98,7 +98,7 @@ impl Session {
                 execute::resume_mirror(&self.shared.engine, name).await?
             }
             Command::Catalog { text, offset } => return self.sql.run_text(text, *offset).await,
-            Command::Transaction { tag } => return Ok(Response::Execution(Tag::new(tag))),
+            Command::Local { tag } => return Ok(Response::Execution(Tag::new(tag))),
             Command::ResyncMirror { name } => {
                 execute::resync_mirror(&self.shared.engine, name).await?
             }

@@ -16,6 +16,7 @@
 //! PAUSE MIRROR name
 //! RESUME MIRROR name
 //! RESYNC MIRROR name
+//! RESET { name | ALL }        PostgreSQL's, which sqlparser does not read
 //!
 //! table_entry := table_name ':' table_name
 //!              | '{' key ':' value, … '}'      keys: from, to (required), exclude: [column, …]
@@ -55,9 +56,10 @@ mod tests;
 
 pub use ast::{
     CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MirrorName, OptionValue,
-    PeerType, QualifiedName, SchemaMapping, SqlOption, Statement, TableMapping,
+    PeerType, QualifiedName, Reset, SchemaMapping, SqlOption, Statement, TableMapping,
 };
 pub use error::ParseError;
+pub use fallthrough::{pass_through, PassThrough, Refusal, RefusalKind, DENIED_FUNCTIONS};
 
 /// Parses `sql`, which may hold several statements separated by `;`.
 ///
