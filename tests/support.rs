@@ -8,7 +8,7 @@ use ferry_core::{ColumnSchema, Value};
 use ferry_postgres::connect::connect;
 use ferry_postgres::source::describe_table;
 use ferry_postgres::types::decode_text;
-use ferry_server::{run, Shared, Shutdown};
+use ferry_server::{run, Settings, Shared, Shutdown};
 use ferry_testkit::{ChServer as Ch, PgServer, TempChDatabase, TempPgDatabase};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -31,6 +31,11 @@ pub struct TestFerry {
 impl TestFerry {
     /// Starts a daemon on a free port with a fresh catalog database.
     pub async fn start() -> TestFerry {
+        Self::start_with(Settings::new(USER, PASSWORD)).await
+    }
+
+    /// [`TestFerry::start`] with the front door's settings (limits, TLS) chosen.
+    pub async fn start_with(settings: Settings) -> TestFerry {
         let catalog_db = PgServer::from_env().temp_database("ferry_catalog").await;
         let key = SecretKey::from_hex(KEY).expect("test key");
         let (catalog, _) = Catalog::open(&catalog_db.url(), key)
@@ -38,7 +43,7 @@ impl TestFerry {
             .expect("open catalog");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let shared = Shared::new(catalog, USER, PASSWORD);
+        let shared = Shared::with_settings(catalog, settings);
         let shutdown = Shutdown::default();
         let waiter = shutdown.clone();
         let task = tokio::spawn(run(listener, shared, async move { waiter.wait().await }));

@@ -81,11 +81,21 @@ pub struct Session {
 }
 
 /// Parses a query string on the blocking pool: what each statement is, or the syntax error
-/// that fails the whole string.
+/// that fails the whole string. Parsing takes time and memory in proportion to the text (a
+/// megabyte of statements holds some tens of megabytes of tokens for a moment), so only as
+/// many strings are parsed at once as there are CPUs; the others wait their turn.
 async fn plan(query: String) -> Result<Vec<Result<Command, ClientError>>, ClientError> {
+    static PARSING: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let parsing = PARSING.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cpus.max(2))
+    });
+    let _turn = parsing
+        .acquire()
+        .await
+        .map_err(|e| ClientError::new(code::INTERNAL_ERROR, format!("parsing failed: {e}")))?;
     tokio::task::spawn_blocking(move || {
-        let parsed = ferry_sql::parse_spanned(&query).map_err(ClientError::from)?;
-        Ok(parsed.iter().map(analyze).collect())
+        ferry_sql::parse_each(&query, |parsed| analyze(&parsed)).map_err(ClientError::from)
     })
     .await
     .map_err(|e| ClientError::new(code::INTERNAL_ERROR, format!("parsing failed: {e}")))?
