@@ -14,11 +14,12 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::ident::pg_ident;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::Client;
 
 use crate::connect::Target;
@@ -69,6 +70,9 @@ struct Inner {
     idle: Mutex<Vec<Client>>,
     slots: Arc<Semaphore>,
     settings: ReaderSettings,
+    /// Cancels of interrupted transactions still on their way to the server.
+    cancelling: AtomicUsize,
+    cancelled: Notify,
 }
 
 impl fmt::Debug for ReaderPool {
@@ -107,6 +111,8 @@ impl ReaderPool {
                     connections,
                     ..settings
                 },
+                cancelling: AtomicUsize::new(0),
+                cancelled: Notify::new(),
             }),
         }
     }
@@ -114,6 +120,20 @@ impl ReaderPool {
     /// The pool's settings.
     pub fn settings(&self) -> &ReaderSettings {
         &self.inner.settings
+    }
+
+    /// Waits until the cancels of interrupted transactions have reached the server: at
+    /// shutdown, so that no query of a client is left running on the catalog.
+    pub async fn settle(&self) {
+        loop {
+            let done = self.inner.cancelled.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.inner.cancelling.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
     }
 
     /// Takes a connection (waiting at most the statement timeout) and opens the
@@ -194,13 +214,16 @@ impl Drop for ReadTransaction {
         };
         // Interrupted: whatever runs is cancelled, and the connection is closed after.
         let token = client.cancel_token();
-        let target = self.pool.target.clone();
+        let pool = self.pool.clone();
         let permit = self.permit.take();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            pool.cancelling.fetch_add(1, Ordering::SeqCst);
             runtime.spawn(async move {
-                target.cancel(token).await;
+                pool.target.cancel(token).await;
                 drop(client);
                 drop(permit);
+                pool.cancelling.fetch_sub(1, Ordering::SeqCst);
+                pool.cancelled.notify_waiters();
             });
         }
     }

@@ -237,6 +237,9 @@ async fn serve(args: ServerArgs) -> Result<()> {
         async move { waiter.wait().await },
     )
     .await?;
+    // Queries of sessions that were stopped are cancelled on the catalog before we go.
+    let grace = shared.front.limits().shutdown_grace;
+    let _ = tokio::time::timeout(grace, shared.reader.settle()).await;
     shared.engine.shutdown().await;
     info!("stopped");
     Ok(())

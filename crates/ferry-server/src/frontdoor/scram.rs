@@ -227,56 +227,11 @@ impl Exchange<'_> {
 mod tests {
     use super::*;
 
-    /// The client side, from the RFC, to drive the server.
-    fn client_final(
-        password: &str,
-        client_first_bare: &str,
-        server_first: &str,
-        header: &str,
-    ) -> (String, String) {
-        let fields: Vec<&str> = server_first.split(',').collect();
-        let nonce = fields[0].strip_prefix("r=").unwrap();
-        let salt = BASE64
-            .decode(fields[1].strip_prefix("s=").unwrap())
-            .unwrap();
-        let mut salted = [0u8; 32];
-        pbkdf2::derive(
-            pbkdf2::PBKDF2_HMAC_SHA256,
-            NonZeroU32::new(ITERATIONS).unwrap(),
-            &salt,
-            password.as_bytes(),
-            &mut salted,
-        );
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &salted);
-        let client_key = hmac::sign(&key, b"Client Key");
-        let stored = digest(&SHA256, client_key.as_ref());
-        let without_proof = format!("c={},r={nonce}", BASE64.encode(header));
-        let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
-        let signature = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, stored.as_ref()),
-            auth_message.as_bytes(),
-        );
-        let proof: Vec<u8> = client_key
-            .as_ref()
-            .iter()
-            .zip(signature.as_ref())
-            .map(|(a, b)| a ^ b)
-            .collect();
-        let server_key = hmac::sign(&key, b"Server Key");
-        let expected = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, server_key.as_ref()),
-            auth_message.as_bytes(),
-        );
-        (
-            format!("{without_proof},p={}", BASE64.encode(proof)),
-            format!("v={}", BASE64.encode(expected)),
-        )
-    }
-
     fn login(creds: &Credentials, user: &str, password: &str) -> Verdict {
         let bare = "n=,r=rOprNGfwEbeRWgbNEkqO";
         let (exchange, server_first) = creds.start(user, format!("n,,{bare}").as_bytes()).unwrap();
-        let (last, expected) = client_final(password, bare, &server_first, "n,,");
+        let (last, expected) =
+            ferry_testkit::raw::scram_client_final(password, bare, &server_first);
         let verdict = exchange.finish(last.as_bytes()).unwrap();
         if let Verdict::Accepted(v) = &verdict {
             assert_eq!(v, &expected, "the server proves it knows the password");
