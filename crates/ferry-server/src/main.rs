@@ -113,11 +113,14 @@ impl ServerArgs {
         if self.max_sessions == 0 || self.catalog_pool_size == 0 {
             bail!("--max-sessions and --catalog-pool-size must be at least 1");
         }
-        let tls = match (&self.tls_cert, &self.tls_key) {
+        // An empty value (FERRY_TLS_CERT= in a compose file) means none.
+        let given = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+        let tls = match (given(&self.tls_cert), given(&self.tls_key)) {
             (Some(cert), Some(key)) => {
-                Some(frontdoor::tls::acceptor(cert, key).map_err(anyhow::Error::msg)?)
+                Some(frontdoor::tls::acceptor(&cert, &key).map_err(anyhow::Error::msg)?)
             }
-            _ => None,
+            (None, None) => None,
+            _ => bail!("give both --tls-cert and --tls-key (FERRY_TLS_CERT, FERRY_TLS_KEY), or neither"),
         };
         Ok(Settings {
             user: self.user.clone(),
