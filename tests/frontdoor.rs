@@ -125,6 +125,15 @@ async fn postgresql_messages_and_codes() {
         b.extend(count.to_be_bytes());
         violation(&mut login(ferry.addr).await, &frame(b'B', &b)).await;
     }
+    // The same behind a Parse in one write: the Parse is answered, then the violation.
+    let mut c = login(ferry.addr).await;
+    let mut both = frame(b'P', &parse);
+    both.extend(frame(b'B', &bad_bind));
+    c.send(&both).await;
+    assert_eq!(c.read(WAIT).await.map(|m| m.0), Some(b'1'));
+    let m = c.read(WAIT).await.expect("an error before closing");
+    assert_eq!(error_code(&m).as_deref(), Some("08P01"), "{m:?}");
+    assert!(c.closed(WAIT).await);
 
     // Before login: SASL messages that used to panic pgwire.
     let initial = |length: i32, data: &[u8]| {

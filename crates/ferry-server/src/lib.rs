@@ -188,3 +188,21 @@ impl Shutdown {
         let _ = rx.wait_for(|s| *s).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_task_that_panics_is_counted_out() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.connection_opened();
+        let open = Open(metrics.clone());
+        let task = tokio::spawn(async move {
+            let _open = open;
+            panic!("a bug in a connection task");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(metrics.connections_active(), 0);
+    }
+}

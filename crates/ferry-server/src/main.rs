@@ -120,7 +120,9 @@ impl ServerArgs {
                 Some(frontdoor::tls::acceptor(&cert, &key).map_err(anyhow::Error::msg)?)
             }
             (None, None) => None,
-            _ => bail!("give both --tls-cert and --tls-key (FERRY_TLS_CERT, FERRY_TLS_KEY), or neither"),
+            _ => bail!(
+                "give both --tls-cert and --tls-key (FERRY_TLS_CERT, FERRY_TLS_KEY), or neither"
+            ),
         };
         Ok(Settings {
             user: self.user.clone(),

@@ -9,7 +9,7 @@
 //! # What a client may run ([`pass_through`])
 //!
 //! A statement that is not Ferry's runs against the catalog database only if its
-//! shape reads and nothing else: a query (`SELECT`, `TABLE`, `VALUES`, `WITH …`
+//! shape reads and nothing else: a query (`SELECT`, `VALUES`, `WITH …`
 //! without a data-modifying part, `SELECT INTO` or a locking clause), `SHOW`, or
 //! `EXPLAIN` of such a query without `ANALYZE`. Transaction control, `SET`,
 //! `RESET` and `DISCARD` are answered by Ferry itself and change nothing: every
@@ -168,7 +168,7 @@ impl Refusal {
 
 const READ_HINT: &str =
     "Through Ferry, SQL may read the catalog views (peers, mirror_status, mirror_tables, \
-     cdc_batches) and the system catalogs: SELECT, TABLE, VALUES, SHOW and EXPLAIN.";
+     cdc_batches) and the system catalogs: SELECT, VALUES, SHOW and EXPLAIN.";
 const WRITE_HINT: &str =
     "The catalog changes only through Ferry's own statements (CREATE PEER, CREATE MIRROR, …).";
 

@@ -29,6 +29,7 @@ use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage, ProtocolVersion};
 use pgwire::tokio::server::{process_error, process_message, PgWireMessageServerCodec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio_util::codec::Framed;
 use tracing::debug;
@@ -156,12 +157,18 @@ pub(crate) async fn run(io: Box<dyn Io>, start: Start) {
     };
     let (tx, mut rx) = mpsc::channel::<Incoming>(1);
     let (gone_tx, mut gone) = watch::channel(false);
-    let _reader = AbortOnDrop(tokio::spawn(async move {
+    let mut reader = AbortOnDrop(tokio::spawn(async move {
         let mut read = read;
         while let Ok(Some(message)) = wire::read_message(&mut read, limits).await {
             let last = matches!(message, Incoming::Fatal(_));
-            if tx.send(message).await.is_err() || last {
-                // After a violation nothing more is read: the session ends on it.
+            if tx.send(message).await.is_err() {
+                return;
+            }
+            if last {
+                // After a violation the session ends on it; what else comes is read and
+                // dropped, so that closing does not reset the connection before the client
+                // has read the error.
+                drain(&mut read).await;
                 return;
             }
         }
@@ -192,7 +199,7 @@ pub(crate) async fn run(io: Box<dyn Io>, start: Start) {
     loop {
         let next = tokio::select! {
             m = rx.recv() => Waited::Message(Box::new(m)),
-            _ = stop.wait_for(|s| *s) => Waited::Stopping,
+            _ = until_true(&mut stop) => Waited::Stopping,
             _ = sleep_or_never(idle) => Waited::Idle,
         };
         let next = match next {
@@ -270,8 +277,8 @@ pub(crate) async fn run(io: Box<dyn Io>, start: Start) {
             tokio::select! {
                 r = work => Ended::Done(r),
                 _ = cancels.changed() => Ended::Cancelled,
-                _ = gone.wait_for(|g| *g) => Ended::ClientGone,
-                _ = stop.wait_for(|s| *s) => Ended::Stopping,
+                _ = until_true(&mut gone) => Ended::ClientGone,
+                _ = until_true(&mut stop) => Ended::Stopping,
             }
         };
         let result = match ended {
@@ -310,6 +317,32 @@ pub(crate) async fn run(io: Box<dyn Io>, start: Start) {
         if result.is_err() {
             break;
         }
+    }
+    // A lingering close: the end of output first, then a moment for the client to read
+    // what was sent and hang up, rather than a reset that could discard a last error.
+    let _ = framed.get_mut().shutdown().await;
+    let _ = tokio::time::timeout(LINGER, &mut reader.0).await;
+}
+
+/// How long a closing connection waits for its client to hang up.
+pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Reads and drops what a client still sends, up to a bound, until it hangs up.
+pub(crate) async fn drain<R: tokio::io::AsyncRead + Unpin + ?Sized>(read: &mut R) {
+    let mut scratch = [0u8; 8192];
+    let mut left = 1usize << 20;
+    while left > 0 {
+        match read.read(&mut scratch).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
+/// Completes when the value turns true; never, if its sender is gone without that.
+async fn until_true(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

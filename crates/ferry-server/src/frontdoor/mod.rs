@@ -179,6 +179,14 @@ pub(crate) async fn send_fatal<W: AsyncWrite + Unpin + ?Sized>(
     let _ = send(io, [PgWireBackendMessage::ErrorResponse(info.into())]).await;
 }
 
+/// Closes a connection the server ends before login: the end of output, then what the
+/// client still sends is read and dropped for a moment, so that the error it was sent is not
+/// lost to a reset.
+async fn linger(io: &mut Box<dyn Io>) {
+    let _ = io.shutdown().await;
+    let _ = tokio::time::timeout(driver::LINGER, driver::drain(io)).await;
+}
+
 /// Serves one TCP connection from accept to close.
 pub(crate) async fn serve(
     tcp: TcpStream,
@@ -194,23 +202,25 @@ pub(crate) async fn serve(
         // No startup packet in time: closed without a word, as PostgreSQL does.
         Err(_) => return debug!(%peer, "no startup packet in time"),
         Ok(Err(e)) => return debug!(%peer, error = %e, "connection ended before login"),
-        Ok(Ok(startup::Opening::Done)) => return,
+        Ok(Ok(startup::Opening::Closed(Some(mut io)))) => return linger(&mut io).await,
+        Ok(Ok(startup::Opening::Closed(None))) => return,
         Ok(Ok(startup::Opening::Startup { io, tls, params })) => (io, tls, params),
     };
 
     let Ok(slot) = front.slots.clone().try_acquire_owned() else {
         shared.metrics.refused("too_many_sessions");
         warn!(%peer, max_sessions = front.limits.max_sessions, "refusing a session: too many open");
-        return send_fatal(
+        send_fatal(
             &mut io,
             code::TOO_MANY_CONNECTIONS,
             "sorry, too many clients already".into(),
         )
         .await;
+        return linger(&mut io).await;
     };
     if let Some(left) = front.throttle.locked(peer.ip()) {
         shared.metrics.refused("failed_logins");
-        return send_fatal(
+        send_fatal(
             &mut io,
             code::TOO_MANY_CONNECTIONS,
             format!(
@@ -220,6 +230,7 @@ pub(crate) async fn serve(
             ),
         )
         .await;
+        return linger(&mut io).await;
     }
     let user = params.user.clone();
     let login = tokio::time::timeout_at(
@@ -229,15 +240,16 @@ pub(crate) async fn serve(
     .await;
     match login {
         Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return,
+        Ok(Ok(false)) => return linger(&mut io).await,
         Ok(Err(e)) => return debug!(%peer, error = %e, "connection ended during login"),
         Err(_) => {
-            return send_fatal(
+            send_fatal(
                 &mut io,
                 code::QUERY_CANCELED,
                 "canceling authentication due to timeout".into(),
             )
-            .await
+            .await;
+            return linger(&mut io).await;
         }
     }
     info!(%peer, user = %user, tls, "session started");

@@ -35,8 +35,9 @@ pub struct StartupParams {
 
 /// How the opening ended.
 pub enum Opening {
-    /// A cancel request was handled, or the connection ended; nothing more to do.
-    Done,
+    /// A cancel request was handled, the client left, or it was refused: nothing more to
+    /// do but close the connection (given back when an error was sent on it).
+    Closed(Option<Box<dyn Io>>),
     /// A startup packet: the session goes on to login.
     Startup {
         io: Box<dyn Io>,
@@ -84,8 +85,8 @@ pub async fn open(mut tcp: TcpStream, front: &FrontDoor, metrics: &Metrics) -> i
     let limit = front.limits.max_startup_message;
     loop {
         let packet = match read_packet(&mut tcp, limit).await? {
-            None => return Ok(Opening::Done),
-            Some(Err(message)) => return violation(&mut tcp, metrics, message).await,
+            None => return Ok(Opening::Closed(None)),
+            Some(Err(message)) => return violation(Box::new(tcp), metrics, message).await,
             Some(Ok(p)) => p,
         };
         match packet.code {
@@ -100,8 +101,8 @@ pub async fn open(mut tcp: TcpStream, front: &FrontDoor, metrics: &Metrics) -> i
                 // Nothing was read past the SSLRequest: whatever follows is the handshake.
                 let mut io: Box<dyn Io> = Box::new(acceptor.accept(tcp).await?);
                 let packet = match read_packet(&mut io, limit).await? {
-                    None => return Ok(Opening::Done),
-                    Some(Err(message)) => return violation(&mut io, metrics, message).await,
+                    None => return Ok(Opening::Closed(None)),
+                    Some(Err(message)) => return violation(io, metrics, message).await,
                     Some(Ok(p)) => p,
                 };
                 return startup(io, true, packet, front, metrics).await;
@@ -115,19 +116,20 @@ pub async fn open(mut tcp: TcpStream, front: &FrontDoor, metrics: &Metrics) -> i
     }
 }
 
-async fn violation<W: tokio::io::AsyncWrite + Unpin + ?Sized>(
-    io: &mut W,
-    metrics: &Metrics,
-    message: String,
-) -> io::Result<Opening> {
+async fn violation(mut io: Box<dyn Io>, metrics: &Metrics, message: String) -> io::Result<Opening> {
     metrics.protocol_violation();
-    send_fatal(io, code::PROTOCOL_VIOLATION, message).await;
-    Ok(Opening::Done)
+    send_fatal(&mut io, code::PROTOCOL_VIOLATION, message).await;
+    Ok(Opening::Closed(Some(io)))
+}
+
+async fn refuse(mut io: Box<dyn Io>, sqlstate: &str, message: &str) -> io::Result<Opening> {
+    send_fatal(&mut io, sqlstate, message.to_owned()).await;
+    Ok(Opening::Closed(Some(io)))
 }
 
 /// A cancel request or the startup packet, after any TLS negotiation.
 async fn startup(
-    mut io: Box<dyn Io>,
+    io: Box<dyn Io>,
     tls: bool,
     packet: Packet,
     front: &FrontDoor,
@@ -141,39 +143,38 @@ async fn startup(
             let done = front.registry.cancel(pid, secret);
             metrics.cancel_request(done);
             debug!(pid, done, "cancel request");
-            Ok(Opening::Done)
+            Ok(Opening::Closed(None))
         }
         version if version >> 16 == 3 => {
             let params = match read_params(body) {
                 Ok(p) => p,
-                Err(message) => return violation(&mut io, metrics, message).await,
+                Err(message) => return violation(io, metrics, message).await,
             };
             let Some(user) = params.get("user").filter(|u| !u.is_empty()) else {
-                send_fatal(
-                    &mut io,
+                return refuse(
+                    io,
                     code::INVALID_AUTHORIZATION,
-                    "no PostgreSQL user name specified in startup packet".into(),
+                    "no PostgreSQL user name specified in startup packet",
                 )
                 .await;
-                return Ok(Opening::Done);
             };
             if params
                 .get("replication")
                 .is_some_and(|r| !matches!(r.as_str(), "false" | "0" | "off" | "no"))
             {
-                send_fatal(
-                    &mut io,
+                return refuse(
+                    io,
                     code::FEATURE_NOT_SUPPORTED,
-                    "replication connections are not supported by Ferry".into(),
+                    "replication connections are not supported by Ferry",
                 )
                 .await;
-                return Ok(Opening::Done);
             }
             let unknown: Vec<String> = params
                 .keys()
                 .filter(|k| k.starts_with("_pq_."))
                 .cloned()
                 .collect();
+            let mut io = io;
             if version != PROTOCOL_3_0 || !unknown.is_empty() {
                 send(
                     &mut io,
@@ -201,7 +202,7 @@ async fn startup(
                     v & 0xffff
                 ),
             };
-            violation(&mut io, metrics, message).await
+            violation(io, metrics, message).await
         }
     }
 }
