@@ -85,16 +85,19 @@ pub struct Session {
 /// megabyte of statements holds some tens of megabytes of tokens for a moment), so only as
 /// many strings are parsed at once as there are CPUs; the others wait their turn.
 async fn plan(query: String) -> Result<Vec<Result<Command, ClientError>>, ClientError> {
-    static PARSING: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    static PARSING: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
     let parsing = PARSING.get_or_init(|| {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::sync::Semaphore::new(cpus.max(2))
+        Arc::new(tokio::sync::Semaphore::new(cpus.max(2)))
     });
-    let _turn = parsing
-        .acquire()
+    let turn = parsing
+        .clone()
+        .acquire_owned()
         .await
         .map_err(|e| ClientError::new(code::INTERNAL_ERROR, format!("parsing failed: {e}")))?;
+    // The turn goes with the work: a parse whose client went on runs to its end, counted.
     tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         ferry_sql::parse_each(&query, |parsed| analyze(&parsed)).map_err(ClientError::from)
     })
     .await

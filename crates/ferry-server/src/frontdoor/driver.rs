@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::store::{Entry, PortalStore};
-use pgwire::api::{ClientInfo, ClientPortalStore, DefaultClient, NoopHandler};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, DefaultClient, NoopHandler, PgWireConnectionState,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::extendedquery::Bind;
 use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
@@ -186,7 +188,7 @@ pub(crate) async fn run(io: Box<dyn Io>, start: Start) {
             .metadata_mut()
             .insert("database".into(), db.clone());
     }
-    client_info.set_state(pgwire::api::PgWireConnectionState::ReadyForQuery);
+    client_info.set_state(PgWireConnectionState::ReadyForQuery);
     let mut framed = Framed::new(out, PgWireMessageServerCodec::new(client_info));
 
     let session = Arc::new(Session::new(shared.clone(), registration.control.clone()));
@@ -253,10 +255,23 @@ pub(crate) async fn run(io: Box<dyn Io>, start: Start) {
             }
             continue;
         }
+        // What the message names, to forget it if pgwire does not store it after all.
+        let named = match &message {
+            PgWireFrontendMessage::Parse(p) => p.name.clone().map(|n| (b'S', n)),
+            PgWireFrontendMessage::Bind(b) => b.portal_name.clone().map(|n| (b'P', n)),
+            _ => None,
+        };
         cancels.borrow_and_update();
         let ended = {
             let work = async {
                 match message {
+                    // After an error in the extended protocol everything up to Sync is
+                    // skipped, a simple query too, as PostgreSQL does.
+                    PgWireFrontendMessage::Query(_)
+                        if matches!(framed.state(), PgWireConnectionState::AwaitingSync) =>
+                    {
+                        Ok(())
+                    }
                     PgWireFrontendMessage::Query(q) => {
                         session.simple_query(&mut framed, q.query).await
                     }
@@ -281,6 +296,9 @@ pub(crate) async fn run(io: Box<dyn Io>, start: Start) {
                 _ = until_true(&mut stop) => Ended::Stopping,
             }
         };
+        if let Some((kind, name)) = named {
+            kept.forget_unless_stored(kind, &name, &framed);
+        }
         let result = match ended {
             Ended::Done(Ok(())) => Ok(()),
             Ended::Done(Err(PgWireError::IoError(_))) | Ended::ClientGone => break,
@@ -377,6 +395,17 @@ struct Kept {
 }
 
 impl Kept {
+    /// Drops a name pgwire did not store (its Parse or Bind failed).
+    fn forget_unless_stored(&mut self, kind: u8, name: &str, framed: &Client) {
+        let store = framed.portal_store();
+        if kind == b'S' && store.get_statement(name).is_none() {
+            self.statements.remove(name);
+        }
+        if kind == b'P' && store.get_portal(name).is_none() {
+            self.portals.remove(name);
+        }
+    }
+
     /// Whether the message may go on to pgwire: a Bind must match its statement, and
     /// named statements and portals are bounded. Records what it lets through.
     fn admit(
