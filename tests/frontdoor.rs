@@ -251,6 +251,36 @@ async fn sessions_are_limited() {
             Err(e) => panic!("{e}"),
         }
     }
+    drop(open);
+
+    // Connections that never log in are bounded too: past twice the sessions (and some
+    // room), one is closed as soon as it is accepted.
+    let max = ferry_server::Limits {
+        max_sessions: 3,
+        ..Default::default()
+    }
+    .max_connections();
+    let mut waiting = Vec::new();
+    for _ in 0..max + 5 {
+        waiting.push(RawClient::connect(ferry.addr).await);
+    }
+    let mut closed = 0;
+    for c in &mut waiting {
+        if c.closed(Duration::from_millis(50)).await {
+            closed += 1;
+        }
+    }
+    assert!(
+        (5..=10).contains(&closed),
+        "{closed} of {} closed at once",
+        max + 5
+    );
+    drop(waiting);
+    let deadline = Instant::now() + WAIT;
+    while ferry.try_connect(USER, PASSWORD).await.is_err() {
+        assert!(Instant::now() < deadline, "no place freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     ferry.stop().await;
 }
 

@@ -110,6 +110,11 @@ pub async fn run(
     info!(%addr, tls = shared.front.tls.is_some(), "ferry is listening for PostgreSQL clients");
     let (stop, stopping) = watch::channel(false);
     let mut sessions = JoinSet::new();
+    // Connections not yet logged in do not count as sessions, but are bounded too: each
+    // holds a socket, and a process out of sockets could not reach its peers either.
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        shared.front.limits().max_connections(),
+    ));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -122,6 +127,12 @@ pub async fn run(
                         continue;
                     }
                 };
+                let Ok(place) = connections.clone().try_acquire_owned() else {
+                    shared.metrics.refused("too_many_connections");
+                    debug!(%peer, "refusing a connection: too many open");
+                    drop(socket);
+                    continue;
+                };
                 let _ = socket.set_nodelay(true);
                 shared.metrics.connection_opened();
                 let open = Open(shared.metrics.clone());
@@ -129,6 +140,7 @@ pub async fn run(
                 let stopping = stopping.clone();
                 sessions.spawn(async move {
                     let _open = open;
+                    let _place = place;
                     debug!(%peer, "client connected");
                     frontdoor::serve(socket, peer, shared, stopping).await;
                 });

@@ -24,6 +24,7 @@ pub struct Metrics {
     login_failures: AtomicU64,
     refused_sessions: AtomicU64,
     refused_throttled: AtomicU64,
+    refused_connections: AtomicU64,
     protocol_violations: AtomicU64,
     cancel_requests: AtomicU64,
 }
@@ -42,10 +43,12 @@ impl Metrics {
         self.login_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A connection refused before login: `too_many_sessions` or `failed_logins`.
+    /// A connection refused before login: `too_many_sessions`, `too_many_connections` or
+    /// `failed_logins`.
     pub fn refused(&self, reason: &str) {
         let c = match reason {
             "too_many_sessions" => &self.refused_sessions,
+            "too_many_connections" => &self.refused_connections,
             _ => &self.refused_throttled,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -128,6 +131,10 @@ impl Metrics {
                 (
                     "{reason=\"too_many_sessions\"}",
                     self.refused_sessions.load(Ordering::Relaxed),
+                ),
+                (
+                    "{reason=\"too_many_connections\"}",
+                    self.refused_connections.load(Ordering::Relaxed),
                 ),
                 (
                     "{reason=\"failed_logins\"}",

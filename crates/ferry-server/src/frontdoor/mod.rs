@@ -115,6 +115,14 @@ impl FrontDoor {
     }
 }
 
+impl Limits {
+    /// Connections open at once, logged in or not: twice the sessions, and some room. Beyond
+    /// it a connection is closed as soon as it is accepted.
+    pub fn max_connections(&self) -> usize {
+        self.max_sessions.max(1) * 2 + 16
+    }
+}
+
 /// A client's byte stream, in plain text or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
