@@ -210,12 +210,7 @@ pub(crate) async fn run(io: Box<dyn Io>, start: Start) {
                 None => break,
             },
             Waited::Stopping => {
-                fatal(
-                    &mut framed,
-                    code::ADMIN_SHUTDOWN,
-                    "terminating connection due to administrator command",
-                )
-                .await;
+                shutting_down(&mut framed).await;
                 break;
             }
             Waited::Idle => {
@@ -323,12 +318,7 @@ pub(crate) async fn run(io: Box<dyn Io>, start: Start) {
                 .await
             }
             Ended::Stopping => {
-                fatal(
-                    &mut framed,
-                    code::ADMIN_SHUTDOWN,
-                    "terminating connection due to administrator command",
-                )
-                .await;
+                shutting_down(&mut framed).await;
                 break;
             }
         };
@@ -376,6 +366,16 @@ type Client = crate::frontdoor::Client;
 /// Sends an ERROR (then ReadyForQuery, or skips to Sync after an extended message).
 async fn report(framed: &mut Client, info: Box<ErrorInfo>, extended: bool) -> std::io::Result<()> {
     process_error(framed, PgWireError::UserError(info), extended).await
+}
+
+/// PostgreSQL's words to sessions when the server stops.
+async fn shutting_down(framed: &mut Client) {
+    fatal(
+        framed,
+        code::ADMIN_SHUTDOWN,
+        "terminating connection due to administrator command",
+    )
+    .await
 }
 
 async fn fatal(framed: &mut Client, sqlstate: &str, message: &str) {
