@@ -221,13 +221,13 @@ async fn catalog_sql_is_read_only() {
         ),
         ("CREATE TABLE public.t (a int)", "25006"),
         ("DELETE FROM ferry.schema_migrations", "25006"),
-        // The transaction has its snapshot before the statement runs, so it cannot be made
-        // writable from inside.
+        // Nor can the transaction be made writable, by any spelling.
         (
             "SELECT set_config('transaction_read_only', 'off', false)",
-            "25001",
+            "42501",
         ),
-        ("SET TRANSACTION READ WRITE", "25001"),
+        ("SET TRANSACTION READ WRITE", "25006"),
+        ("SET default_transaction_read_only = off", "25006"),
     ] {
         let e = client
             .simple_query(sql)

@@ -8,7 +8,7 @@ use ferry_core::{ColumnSchema, Value};
 use ferry_postgres::connect::connect;
 use ferry_postgres::source::describe_table;
 use ferry_postgres::types::decode_text;
-use ferry_server::{run, Shared, Shutdown};
+use ferry_server::{run, Settings, Shared, Shutdown};
 use ferry_testkit::{ChServer as Ch, PgServer, TempChDatabase, TempPgDatabase};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -33,6 +33,11 @@ impl TestFerry {
     /// set (a filter such as `info,ferry_flow=debug`), the daemon's log goes to the test's
     /// output.
     pub async fn start() -> TestFerry {
+        Self::start_with(Settings::new(USER, PASSWORD)).await
+    }
+
+    /// [`TestFerry::start`] with the front door's settings (limits, TLS) chosen.
+    pub async fn start_with(settings: Settings) -> TestFerry {
         if let Ok(filter) = std::env::var("FERRY_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -46,7 +51,7 @@ impl TestFerry {
             .expect("open catalog");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let shared = Shared::new(catalog, USER, PASSWORD);
+        let shared = Shared::with_settings(catalog, settings);
         let shutdown = Shutdown::default();
         let waiter = shutdown.clone();
         let task = tokio::spawn(run(listener, shared, async move { waiter.wait().await }));

@@ -1,13 +1,13 @@
 //! The catalog handle and its small connection pool.
 
 use std::ops::{Deref, DerefMut};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use ferry_core::ErrorKind;
-use tokio_postgres::{Client, Config, NoTls};
-use tracing::warn;
+use tokio_postgres::Client;
 
+use crate::connect::Target;
+use crate::migrate::DEFAULT_READER_ROLE;
+use crate::reader::{ReaderPool, ReaderSettings};
 use crate::{migrate, CatalogError, MigrationReport, SecretKey};
 
 /// Idle connections kept for reuse; more may be open while busy.
@@ -22,9 +22,26 @@ pub struct Catalog {
 }
 
 struct Inner {
-    config: Config,
+    target: Arc<Target>,
     key: SecretKey,
     idle: Mutex<Vec<Client>>,
+    reader_role: String,
+    server_version: String,
+}
+
+/// How [`Catalog::open_with`] sets the catalog up.
+#[derive(Debug, Clone)]
+pub struct CatalogOptions {
+    /// The role clients' SQL runs as; created (NOLOGIN) when missing.
+    pub reader_role: String,
+}
+
+impl Default for CatalogOptions {
+    fn default() -> Self {
+        CatalogOptions {
+            reader_role: DEFAULT_READER_ROLE.to_owned(),
+        }
+    }
 }
 
 impl Catalog {
@@ -33,23 +50,46 @@ impl Catalog {
         url: &str,
         key: SecretKey,
     ) -> Result<(Catalog, MigrationReport), CatalogError> {
-        let config = Config::from_str(url).map_err(|e| CatalogError::Database {
-            kind: ErrorKind::InvalidInput,
-            message: format!("invalid catalog URL: {e}"),
-            source: None,
-        })?;
+        Self::open_with(url, key, CatalogOptions::default()).await
+    }
+
+    /// [`Catalog::open`], with the reader role chosen. The URL may carry `sslmode` and
+    /// `sslrootcert`, as a PostgreSQL peer's options do.
+    pub async fn open_with(
+        url: &str,
+        key: SecretKey,
+        options: CatalogOptions,
+    ) -> Result<(Catalog, MigrationReport), CatalogError> {
+        let target = Arc::new(Target::parse(url)?);
+        let mut client = target.connect().await?;
+        let report = migrate::migrate(&mut client, &options.reader_role).await?;
+        let server_version: String = client
+            .query_one("SELECT current_setting('server_version')", &[])
+            .await?
+            .get(0);
         let catalog = Catalog {
             inner: Arc::new(Inner {
-                config,
+                target,
                 key,
                 idle: Mutex::new(Vec::new()),
+                reader_role: options.reader_role,
+                server_version,
             }),
         };
-        let mut client = catalog.connect().await?;
-        let report = migrate::migrate(&mut client).await?;
         catalog.check_key(&client).await?;
         catalog.put_back(client);
         Ok((catalog, report))
+    }
+
+    /// The catalog server's version, as PostgreSQL reports it (`15.4`).
+    pub fn server_version(&self) -> &str {
+        &self.inner.server_version
+    }
+
+    /// A pool of restricted connections for clients' SQL ([`ReaderPool`]); each call makes
+    /// a pool of its own.
+    pub fn reader_pool(&self, settings: ReaderSettings) -> ReaderPool {
+        ReaderPool::new(self.inner.target.clone(), &self.inner.reader_role, settings)
     }
 
     /// The key that seals secrets.
@@ -59,13 +99,7 @@ impl Catalog {
 
     /// Opens a new connection of its own to the catalog database (not pooled).
     pub async fn connect(&self) -> Result<Client, CatalogError> {
-        let (client, connection) = self.inner.config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                warn!(error = %e, "catalog connection closed");
-            }
-        });
-        Ok(client)
+        self.inner.target.connect().await
     }
 
     /// A pooled connection; it goes back to the pool when dropped.

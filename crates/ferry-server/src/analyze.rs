@@ -7,8 +7,7 @@
 use ferry_core::mirror::{Destination, Mapping, MirrorOptions, MirrorSpec, TableMapping};
 use ferry_core::peer::{OptionValue, PeerConfig, PeerKind};
 use ferry_core::TableName;
-use ferry_sql::{Parsed, PeerType, SqlOption, Statement};
-use sqlparser::ast::Statement as SqlStatement;
+use ferry_sql::{Parsed, PassThrough, PeerType, SqlOption, Statement};
 
 use crate::error::{code, ClientError};
 
@@ -49,14 +48,16 @@ pub enum Command {
         /// The tables to load again (an unqualified name means `public`); empty for all.
         tables: Vec<ferry_core::TableName>,
     },
-    /// A statement run against the catalog database in a read-only transaction.
+    /// A statement run against the catalog database in a read-only transaction, as the
+    /// reader role; the parser's allow-list passed it (`ferry_sql::pass_through`).
     Catalog {
         text: String,
         offset: usize,
     },
-    /// Transaction control, answered without touching the catalog: every catalog
-    /// statement runs in a read-only transaction of its own.
-    Transaction {
+    /// Transaction control, `SET`, `RESET` and `DISCARD`, answered without touching the
+    /// catalog: every catalog statement runs in a read-only transaction of its own, with
+    /// fixed settings, so there is nothing for them to change.
+    Local {
         tag: &'static str,
     },
 }
@@ -113,12 +114,18 @@ pub fn analyze(parsed: &Parsed<'_>) -> Result<Command, ClientError> {
                 })
                 .collect(),
         },
-        Statement::Sql(stmt) => match transaction_tag(stmt) {
-            Some(tag) => Command::Transaction { tag },
-            None => Command::Catalog {
+        Statement::Reset(_) => Command::Local { tag: "RESET" },
+        Statement::Sql(stmt) => match ferry_sql::pass_through(stmt, parsed.text) {
+            Ok(PassThrough::Local(tag)) => Command::Local { tag },
+            Ok(PassThrough::Catalog) => Command::Catalog {
                 text: parsed.text.to_owned(),
                 offset: parsed.offset,
             },
+            Err(refusal) => {
+                let mut e = ClientError::new(refusal.kind.sqlstate(), refusal.message);
+                e.hint = refusal.hint;
+                return Err(e);
+            }
         },
     })
 }
@@ -167,22 +174,6 @@ fn analyze_create_mirror(m: &ferry_sql::CreateMirror) -> Result<Command, ClientE
         destination: m.destination.value.clone(),
         spec: MirrorSpec { mapping, options },
     })
-}
-
-fn transaction_tag(stmt: &SqlStatement) -> Option<&'static str> {
-    match stmt {
-        SqlStatement::StartTransaction { .. } => Some("BEGIN"),
-        SqlStatement::Commit { .. } => Some("COMMIT"),
-        SqlStatement::Rollback {
-            savepoint: None, ..
-        } => Some("ROLLBACK"),
-        SqlStatement::Rollback {
-            savepoint: Some(_), ..
-        } => Some("ROLLBACK"),
-        SqlStatement::Savepoint { .. } => Some("SAVEPOINT"),
-        SqlStatement::ReleaseSavepoint { .. } => Some("RELEASE"),
-        _ => None,
-    }
 }
 
 fn check_name(what: &str, name: &str) -> Result<String, ClientError> {
@@ -326,10 +317,27 @@ mod tests {
                 offset: 2
             }
         );
-        assert_eq!(one("BEGIN").unwrap(), Command::Transaction { tag: "BEGIN" });
-        assert_eq!(
-            one("commit").unwrap(),
-            Command::Transaction { tag: "COMMIT" }
-        );
+        assert_eq!(one("BEGIN").unwrap(), Command::Local { tag: "BEGIN" });
+        assert_eq!(one("commit").unwrap(), Command::Local { tag: "COMMIT" });
+        assert_eq!(one("RESET ALL").unwrap(), Command::Local { tag: "RESET" });
+    }
+
+    #[test]
+    fn refused_statements_carry_their_sqlstate_and_a_hint() {
+        for (sql, code) in [
+            (
+                "COPY (SELECT 1) TO PROGRAM 'id'",
+                code::FEATURE_NOT_SUPPORTED,
+            ),
+            (
+                "SELECT pg_read_file('/etc/hostname')",
+                code::INSUFFICIENT_PRIVILEGE,
+            ),
+            ("DELETE FROM peers", "25006"),
+        ] {
+            let e = one(sql).unwrap_err();
+            assert_eq!(e.sqlstate, code, "{sql}");
+            assert!(e.hint.is_some(), "{sql}");
+        }
     }
 }

@@ -1,118 +1,233 @@
-//! SQL that is not Ferry's own, run against the catalog database, read-only.
+//! SQL that is not Ferry's own, run against the catalog database as the reader role.
 //!
-//! Each session has a connection of its own to the catalog (opened on first use), so that
-//! a client's statements see what a PostgreSQL session would. Every statement runs in a
-//! transaction of its own that starts `READ ONLY`, takes a snapshot at once (after which
-//! PostgreSQL refuses to make the transaction writable), and is rolled back: reading the
-//! catalog views works, and nothing can be changed behind Ferry's back.
+//! Statements reach here only after the parser's allow-list passed them (reads only). They
+//! run in a [`ReadTransaction`] of the shared reader pool (`ferry_catalog::reader`): read-only,
+//! as a role that may read the views in `public` and nothing else, with a statement timeout.
+//! Each statement is first prepared, which makes PostgreSQL itself refuse a text that holds
+//! more than one statement, and gives the result's column types.
 //!
-//! Results are passed on as PostgreSQL produced them: text values for the simple protocol and
-//! for text-format portals, the raw binary values for binary-format portals.
+//! Simple-protocol results are streamed to the client as PostgreSQL produces them (text
+//! values), so a large result costs no memory. Extended-protocol results are read whole
+//! before they are answered (up to [`EXTENDED_RESULT_LIMIT`]): the portal may be kept by the
+//! client, and a transaction must not outlive the message that runs it.
 
 use std::error::Error as StdError;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ferry_catalog::Catalog;
-use futures::{stream, StreamExt};
+use ferry_catalog::ReadTransaction;
+use futures::{stream, SinkExt, StreamExt};
 use pgwire::api::portal::Format;
 use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
-use pgwire::messages::data::DataRow;
-use tokio::sync::Mutex;
+use pgwire::error::PgWireError;
+use pgwire::messages::data::{DataRow, RowDescription};
+use pgwire::messages::PgWireBackendMessage;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
-use tokio_postgres::{Client, SimpleQueryMessage, Statement};
+use tokio_postgres::{SimpleQueryMessage, Statement};
 
 use crate::error::{code, from_catalog_query, ClientError};
+use crate::frontdoor::Client;
 
-const BEGIN: &str = "BEGIN TRANSACTION READ ONLY; SELECT 1";
-const END: &str = "ROLLBACK";
+/// The most an extended-protocol result may hold, in bytes of row data.
+pub const EXTENDED_RESULT_LIMIT: usize = 16 << 20;
 
-/// A session's connection to the catalog database.
-pub struct CatalogSession {
-    catalog: Catalog,
-    client: Mutex<Option<Client>>,
+/// A result column: what a row description says about it.
+#[derive(Debug, Clone)]
+pub struct Column {
+    name: String,
+    table_oid: Option<u32>,
+    column_id: Option<i16>,
+    ty: Type,
 }
 
-impl CatalogSession {
-    pub fn new(catalog: Catalog) -> Self {
-        CatalogSession {
-            catalog,
-            client: Mutex::new(None),
-        }
-    }
+/// What preparing a statement told: its parameter and column types.
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub params: Vec<Type>,
+    pub columns: Arc<Vec<Column>>,
+}
 
-    async fn with_client<T>(
-        &self,
-        f: impl AsyncFnOnce(&Client) -> Result<T, ClientError>,
-    ) -> Result<T, ClientError> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(self.catalog.connect().await?);
-        }
-        let client = guard
-            .as_ref()
-            .ok_or_else(|| ClientError::new(code::INTERNAL_ERROR, "no catalog connection"))?;
-        f(client).await
-    }
+/// Why a statement stopped: an error for the client, or the client's connection failed.
+pub enum Stop {
+    Client(ClientError),
+    Io(PgWireError),
+}
 
-    /// Prepares a statement: its parameter and result types, or PostgreSQL's error for it.
-    pub async fn prepare(&self, text: &str, offset: usize) -> Result<Statement, ClientError> {
-        self.with_client(async |c| {
-            c.prepare(text)
-                .await
-                .map_err(|e| from_catalog_query(e, offset))
-        })
-        .await
+impl Stop {
+    pub fn io(e: std::io::Error) -> Stop {
+        Stop::Io(e.into())
     }
+}
 
-    /// Runs a statement and returns its text-format result (simple query protocol).
-    pub async fn run_text(&self, text: &str, offset: usize) -> Result<Response, ClientError> {
-        let stmt = self.prepare(text, offset).await?;
-        let messages = self
-            .with_client(async |c| {
-                c.batch_execute(BEGIN)
-                    .await
-                    .map_err(|e| from_catalog_query(e, 0))?;
-                let result = c.simple_query(text).await;
-                let _ = c.batch_execute(END).await;
-                result.map_err(|e| from_catalog_query(e, offset))
+impl From<ClientError> for Stop {
+    fn from(e: ClientError) -> Self {
+        Stop::Client(e)
+    }
+}
+
+fn columns(stmt: &Statement) -> Arc<Vec<Column>> {
+    Arc::new(
+        stmt.columns()
+            .iter()
+            .map(|c| Column {
+                name: c.name().to_owned(),
+                table_oid: c.table_oid(),
+                column_id: c.column_id(),
+                ty: c.type_().clone(),
             })
-            .await?;
-        let fields = fields(&stmt, &Format::UnifiedText);
-        let mut rows = Vec::new();
-        let mut count = 0u64;
-        for m in messages {
-            match m {
-                SimpleQueryMessage::Row(row) => {
-                    let mut buf = BytesMut::new();
-                    for i in 0..row.len() {
-                        put_field(&mut buf, row.get(i).map(str::as_bytes));
-                    }
-                    rows.push(Ok(DataRow::new(buf, row.len() as i16)));
+            .collect(),
+    )
+}
+
+/// The row description of `columns` in `format`.
+pub fn fields(columns: &[Column], format: &Format) -> Arc<Vec<FieldInfo>> {
+    Arc::new(
+        columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                FieldInfo::new(
+                    c.name.clone(),
+                    c.table_oid.map(|o| o as i32),
+                    c.column_id,
+                    c.ty.clone(),
+                    format.format_for(i),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Prepares `text` to learn its types (extended protocol: Parse).
+pub async fn describe(
+    tx: &ReadTransaction,
+    text: &str,
+    offset: usize,
+) -> Result<Described, ClientError> {
+    let stmt = tx
+        .prepare(text)
+        .await
+        .map_err(|e| from_catalog_query(e, offset))?;
+    Ok(Described {
+        params: stmt.params().to_vec(),
+        columns: columns(&stmt),
+    })
+}
+
+/// Runs one statement of a simple query and streams its result to the client: row
+/// description, rows, command tag.
+pub async fn run_simple(
+    tx: &ReadTransaction,
+    text: &str,
+    offset: usize,
+    out: &mut Client,
+) -> Result<(), Stop> {
+    let stmt = tx
+        .prepare(text)
+        .await
+        .map_err(|e| from_catalog_query(e, offset))?;
+    let cols = columns(&stmt);
+    drop(stmt);
+    let rows = tx
+        .simple_query_raw(text)
+        .await
+        .map_err(|e| from_catalog_query(e, offset))?;
+    let mut rows = Box::pin(rows);
+    let description = RowDescription::new(
+        fields(&cols, &Format::UnifiedText)
+            .iter()
+            .map(Into::into)
+            .collect(),
+    );
+    out.feed(PgWireBackendMessage::RowDescription(description))
+        .await
+        .map_err(Stop::io)?;
+    let mut count = 0u64;
+    while let Some(message) = rows.next().await {
+        match message.map_err(|e| from_catalog_query(e, offset))? {
+            SimpleQueryMessage::Row(row) => {
+                let mut buf = BytesMut::new();
+                for i in 0..row.len() {
+                    put_field(&mut buf, row.get(i).map(str::as_bytes));
                 }
-                SimpleQueryMessage::CommandComplete(n) => count = n,
-                _ => {}
+                let row = DataRow::new(buf, row.len() as i16);
+                out.feed(PgWireBackendMessage::DataRow(row))
+                    .await
+                    .map_err(Stop::io)?;
+            }
+            SimpleQueryMessage::CommandComplete(n) => count = n,
+            _ => {}
+        }
+    }
+    out.feed(PgWireBackendMessage::CommandComplete(
+        tag(text, count).into(),
+    ))
+    .await
+    .map_err(Stop::io)?;
+    Ok(())
+}
+
+/// Runs a bound portal (extended protocol), reading the whole result.
+pub async fn run_portal(
+    tx: &ReadTransaction,
+    text: &str,
+    described: &Described,
+    parameters: &[Option<Bytes>],
+    parameter_format: &Format,
+    result_format: &Format,
+) -> Result<Response, ClientError> {
+    let stmt = tx
+        .prepare(text)
+        .await
+        .map_err(|e| from_catalog_query(e, 0))?;
+    let same_types = stmt.params() == described.params.as_slice()
+        && stmt.columns().len() == described.columns.len()
+        && stmt
+            .columns()
+            .iter()
+            .zip(described.columns.iter())
+            .all(|(a, b)| a.type_() == &b.ty);
+    if !same_types {
+        return Err(ClientError::new(
+            code::FEATURE_NOT_SUPPORTED,
+            "cached plan must not change result type",
+        )
+        .with_hint("The catalog changed since the statement was prepared: prepare it again."));
+    }
+    let ncols = stmt.columns().len();
+    let all_text = (0..ncols).all(|i| result_format.format_for(i) == FieldFormat::Text);
+    let all_binary = (0..ncols).all(|i| result_format.format_for(i) == FieldFormat::Binary);
+    let mut rows = Vec::new();
+    let mut size = 0usize;
+    let mut keep = |buf: BytesMut, n: usize| {
+        size += buf.len();
+        if size > EXTENDED_RESULT_LIMIT {
+            return Err(ClientError::new(
+                code::PROGRAM_LIMIT_EXCEEDED,
+                format!("result is larger than {EXTENDED_RESULT_LIMIT} bytes"),
+            )
+            .with_hint("Add a LIMIT, or send the query with the simple query protocol (as psql does), which streams it."));
+        }
+        rows.push(Ok(DataRow::new(buf, n as i16)));
+        Ok(())
+    };
+    if parameters.is_empty() && all_text {
+        drop(stmt);
+        let mut stream = Box::pin(
+            tx.simple_query_raw(text)
+                .await
+                .map_err(|e| from_catalog_query(e, 0))?,
+        );
+        while let Some(message) = stream.next().await {
+            if let SimpleQueryMessage::Row(row) = message.map_err(|e| from_catalog_query(e, 0))? {
+                let mut buf = BytesMut::new();
+                for i in 0..row.len() {
+                    put_field(&mut buf, row.get(i).map(str::as_bytes));
+                }
+                keep(buf, row.len())?;
             }
         }
-        Ok(response(text, fields, rows, count))
-    }
-
-    /// Runs a prepared statement with the client's parameters and result formats (extended
-    /// query protocol).
-    pub async fn run_portal(
-        &self,
-        text: &str,
-        stmt: &Statement,
-        parameters: &[Option<Bytes>],
-        parameter_format: &Format,
-        result_format: &Format,
-    ) -> Result<Response, ClientError> {
-        let ncols = stmt.columns().len();
-        let all_text = (0..ncols).all(|i| result_format.format_for(i) == FieldFormat::Text);
-        let all_binary = (0..ncols).all(|i| result_format.format_for(i) == FieldFormat::Binary);
-        if parameters.is_empty() && all_text {
-            return self.run_text(text, 0).await;
-        }
+    } else {
         if !all_binary {
             return Err(ClientError::new(
                 code::FEATURE_NOT_SUPPORTED,
@@ -140,27 +255,13 @@ impl CatalogSession {
                 Ok(RawParam(raw))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let rows = self
-            .with_client(async |c| {
-                c.batch_execute(BEGIN)
-                    .await
-                    .map_err(|e| from_catalog_query(e, 0))?;
-                let result = c
-                    .query(
-                        stmt,
-                        &params
-                            .iter()
-                            .map(|p| p as &(dyn ToSql + Sync))
-                            .collect::<Vec<_>>(),
-                    )
-                    .await;
-                let _ = c.batch_execute(END).await;
-                result.map_err(|e| from_catalog_query(e, 0))
-            })
-            .await?;
-        let count = rows.len() as u64;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
+        let mut stream = Box::pin(
+            tx.query_raw(&stmt, params.iter().map(|p| p as &(dyn ToSql + Sync)))
+                .await
+                .map_err(|e| from_catalog_query(e, 0))?,
+        );
+        while let Some(row) = stream.next().await {
+            let row = row.map_err(|e| from_catalog_query(e, 0))?;
             let mut buf = BytesMut::new();
             for i in 0..ncols {
                 let raw: Option<RawValue<'_>> = row
@@ -168,54 +269,30 @@ impl CatalogSession {
                     .map_err(|e| ClientError::new(code::INTERNAL_ERROR, e.to_string()))?;
                 put_field(&mut buf, raw.map(|r| r.0));
             }
-            out.push(Ok(DataRow::new(buf, ncols as i16)));
+            keep(buf, ncols)?;
         }
-        Ok(response(text, fields(stmt, result_format), out, count))
     }
-}
-
-/// The row description of a prepared statement.
-pub fn fields(stmt: &Statement, format: &Format) -> Arc<Vec<FieldInfo>> {
-    Arc::new(
-        stmt.columns()
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                FieldInfo::new(
-                    c.name().to_owned(),
-                    c.table_oid().map(|o| o as i32),
-                    c.column_id(),
-                    c.type_().clone(),
-                    format.format_for(i),
-                )
-            })
-            .collect(),
-    )
-}
-
-fn response(
-    text: &str,
-    fields: Arc<Vec<FieldInfo>>,
-    rows: Vec<pgwire::error::PgWireResult<DataRow>>,
-    count: u64,
-) -> Response {
-    let verb = command_verb(text);
-    if fields.is_empty() {
-        let tag = Tag::new(&verb);
-        return Response::Execution(if verb == "SELECT" {
-            tag.with_rows(count as usize)
-        } else {
-            tag
-        });
-    }
+    let fields = fields(&described.columns, result_format);
     let mut q = QueryResponse::new(fields, stream::iter(rows).boxed());
+    let verb = command_verb(text);
     if verb != "SELECT" {
         q.set_command_tag(&verb);
     }
-    Response::Query(q)
+    Ok(Response::Query(q))
 }
 
-/// The command tag PostgreSQL would give: the statement's first word, upper case.
+/// The command tag PostgreSQL gives: `SELECT n`, or `SHOW`, `EXPLAIN`.
+fn tag(text: &str, rows: u64) -> Tag {
+    let verb = command_verb(text);
+    let tag = Tag::new(&verb);
+    if verb == "SELECT" {
+        tag.with_rows(rows as usize)
+    } else {
+        tag
+    }
+}
+
+/// The statement's first word, upper case; queries are `SELECT`.
 fn command_verb(text: &str) -> String {
     let word: String = text
         .trim_start()
@@ -289,7 +366,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn command_verbs() {
+    fn command_tags() {
         assert_eq!(command_verb("  select 1"), "SELECT");
         assert_eq!(
             command_verb("with x as (select 1) select * from x"),

@@ -35,6 +35,16 @@ pub mod code {
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub const CONFIG_FILE_ERROR: &str = "F0000";
     pub const INTERNAL_ERROR: &str = "XX000";
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const INSUFFICIENT_RESOURCES: &str = "53000";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const INVALID_AUTHORIZATION: &str = "28000";
+    pub const QUERY_CANCELED: &str = "57014";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 }
 
 impl ClientError {

@@ -20,7 +20,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn done(tag: &'static str) -> Self {
+    pub fn done(tag: &'static str) -> Self {
         Outcome { tag, notice: None }
     }
 

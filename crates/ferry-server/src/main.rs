@@ -3,13 +3,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use ferry_catalog::{Catalog, SecretKey};
-use ferry_server::{metrics, run, Shared, Shutdown};
+use ferry_catalog::{Catalog, CatalogOptions, ReaderSettings, SecretKey};
+use ferry_server::{frontdoor, metrics, run, Limits, Settings, Shared, Shutdown};
 use tokio::net::TcpListener;
 use tracing::{error, info};
+
+mod units;
+
+use units::{parse_duration, parse_size};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +62,88 @@ struct ServerArgs {
     /// Log format.
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// PEM certificate chain for TLS with clients (with --tls-key); clients that ask for TLS
+    /// are refused it when not given.
+    #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Client sessions at once; the next gets 53300.
+    #[arg(long, env = "FERRY_MAX_SESSIONS", default_value_t = 100)]
+    max_sessions: usize,
+    /// The longest statement (Query, Parse or Bind message) a client may send.
+    #[arg(long, env = "FERRY_MAX_STATEMENT_SIZE", default_value = "1MB", value_parser = parse_size)]
+    max_statement_size: usize,
+    /// The longest message before login.
+    #[arg(long, env = "FERRY_MAX_STARTUP_MESSAGE_SIZE", default_value = "8kB", value_parser = parse_size)]
+    max_startup_message_size: usize,
+    /// Time a client has from connecting to being logged in.
+    #[arg(long, env = "FERRY_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    auth_timeout: Duration,
+    /// A session idle this long is closed; 0: never.
+    #[arg(long, env = "FERRY_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Longest run of a client's SQL on the catalog (per query string), and longest wait for
+    /// a catalog connection.
+    #[arg(long, env = "FERRY_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    statement_timeout: Duration,
+    /// Catalog connections shared by all sessions for their SQL.
+    #[arg(long, env = "FERRY_CATALOG_POOL_SIZE", default_value_t = 4)]
+    catalog_pool_size: usize,
+    /// The role clients' SQL runs as in the catalog database (created NOLOGIN if missing).
+    #[arg(long, env = "FERRY_CATALOG_READER_ROLE", default_value = ferry_catalog::migrate::DEFAULT_READER_ROLE)]
+    catalog_reader_role: String,
+    /// Failed logins from one address before it is refused for --auth-lockout.
+    #[arg(long, env = "FERRY_AUTH_FAILURE_LIMIT", default_value_t = 10)]
+    auth_failure_limit: u32,
+    /// How long an address is refused after too many failed logins.
+    #[arg(long, env = "FERRY_AUTH_LOCKOUT", default_value = "60s", value_parser = parse_duration)]
+    auth_lockout: Duration,
+    /// How long sessions get to end after SIGTERM before they are closed.
+    #[arg(long, env = "FERRY_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+}
+
+impl ServerArgs {
+    fn settings(&self) -> Result<Settings> {
+        if self.max_startup_message_size < 1024 {
+            bail!("--max-startup-message-size must be at least 1kB: a startup packet alone can be several hundred bytes");
+        }
+        if self.max_sessions == 0 || self.catalog_pool_size == 0 {
+            bail!("--max-sessions and --catalog-pool-size must be at least 1");
+        }
+        // An empty value (FERRY_TLS_CERT= in a compose file) means none.
+        let given = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+        let tls = match (given(&self.tls_cert), given(&self.tls_key)) {
+            (Some(cert), Some(key)) => {
+                Some(frontdoor::tls::acceptor(&cert, &key).map_err(anyhow::Error::msg)?)
+            }
+            (None, None) => None,
+            _ => bail!(
+                "give both --tls-cert and --tls-key (FERRY_TLS_CERT, FERRY_TLS_KEY), or neither"
+            ),
+        };
+        Ok(Settings {
+            user: self.user.clone(),
+            password: self.password.clone(),
+            limits: Limits {
+                max_sessions: self.max_sessions,
+                max_startup_message: self.max_startup_message_size,
+                max_statement: self.max_statement_size,
+                auth_timeout: self.auth_timeout,
+                idle_timeout: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+                auth_failures: self.auth_failure_limit,
+                auth_lockout: self.auth_lockout,
+                shutdown_grace: self.shutdown_grace,
+            },
+            reader: ReaderSettings {
+                connections: self.catalog_pool_size,
+                statement_timeout: self.statement_timeout,
+            },
+            tls,
+        })
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -89,16 +176,38 @@ fn secret_key(file: Option<&PathBuf>) -> Result<SecretKey> {
     }
 }
 
+/// One line per panic, with where it happened, and no backtrace: a panic must not flood
+/// the log, whatever a client managed to trigger.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        error!(%location, panic = %message, "a task panicked");
+    }));
+}
+
 async fn serve(args: ServerArgs) -> Result<()> {
     let key = secret_key(args.secret_key_file.as_ref())?;
-    let (catalog, report) = Catalog::open(&args.catalog_url, key)
+    let settings = args.settings()?;
+    let options = CatalogOptions {
+        reader_role: args.catalog_reader_role.clone(),
+    };
+    let (catalog, report) = Catalog::open_with(&args.catalog_url, key, options)
         .await
         .context("opening the catalog")?;
     info!(applied = ?report.applied, already = report.already.len(), "catalog ready");
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let shared = Shared::new(catalog, &args.user, &args.password);
+    let shared = Shared::with_settings(catalog, settings);
     let resumed = shared
         .engine
         .resume_all()
@@ -133,6 +242,9 @@ async fn serve(args: ServerArgs) -> Result<()> {
         async move { waiter.wait().await },
     )
     .await?;
+    // Queries of sessions that were stopped are cancelled on the catalog before we go.
+    let grace = shared.front.limits().shutdown_grace;
+    let _ = tokio::time::timeout(grace, shared.reader.settle()).await;
     shared.engine.shutdown().await;
     info!("stopped");
     Ok(())
@@ -160,6 +272,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let Cmd::Server(args) = cli.command;
     init_logging(args.log_format);
+    log_panics();
+    let grace = args.shutdown_grace;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -170,7 +284,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    let result = runtime.block_on(serve(args));
+    // Whatever still runs on the blocking pool is not waited for past the grace period.
+    runtime.shutdown_timeout(grace);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             error!(error = format!("{e:#}"), "ferry stopped");

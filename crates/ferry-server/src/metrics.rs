@@ -21,6 +21,12 @@ pub struct Metrics {
     connections_active: AtomicU64,
     statements_ferry: AtomicU64,
     statements_catalog: AtomicU64,
+    login_failures: AtomicU64,
+    refused_sessions: AtomicU64,
+    refused_throttled: AtomicU64,
+    refused_connections: AtomicU64,
+    protocol_violations: AtomicU64,
+    cancel_requests: AtomicU64,
 }
 
 impl Metrics {
@@ -33,9 +39,37 @@ impl Metrics {
         self.connections_active.fetch_sub(1, Ordering::Relaxed);
     }
 
+    pub fn login_failed(&self) {
+        self.login_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection refused before login: `too_many_sessions`, `too_many_connections` or
+    /// `failed_logins`.
+    pub fn refused(&self, reason: &str) {
+        let c = match reason {
+            "too_many_sessions" => &self.refused_sessions,
+            "too_many_connections" => &self.refused_connections,
+            _ => &self.refused_throttled,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn protocol_violation(&self) {
+        self.protocol_violations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn cancel_request(&self, _reached_a_session: bool) {
+        self.cancel_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub fn connections_active(&self) -> u64 {
+        self.connections_active.load(Ordering::Relaxed)
+    }
+
     pub fn statement(&self, command: &Command) {
         let c = match command {
-            Command::Catalog { .. } | Command::Transaction { .. } => &self.statements_catalog,
+            Command::Catalog { .. } | Command::Local { .. } => &self.statements_catalog,
             _ => &self.statements_ferry,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -82,6 +116,43 @@ impl Metrics {
                     self.statements_catalog.load(Ordering::Relaxed),
                 ),
             ],
+        );
+        metric(
+            "ferry_login_failures_total",
+            "counter",
+            "Logins refused for a wrong password or an unknown user.",
+            &[("", self.login_failures.load(Ordering::Relaxed))],
+        );
+        metric(
+            "ferry_connections_refused_total",
+            "counter",
+            "Connections refused before login, by reason.",
+            &[
+                (
+                    "{reason=\"too_many_sessions\"}",
+                    self.refused_sessions.load(Ordering::Relaxed),
+                ),
+                (
+                    "{reason=\"too_many_connections\"}",
+                    self.refused_connections.load(Ordering::Relaxed),
+                ),
+                (
+                    "{reason=\"failed_logins\"}",
+                    self.refused_throttled.load(Ordering::Relaxed),
+                ),
+            ],
+        );
+        metric(
+            "ferry_protocol_violations_total",
+            "counter",
+            "Connections closed for a malformed message.",
+            &[("", self.protocol_violations.load(Ordering::Relaxed))],
+        );
+        metric(
+            "ferry_cancel_requests_total",
+            "counter",
+            "Cancel requests received.",
+            &[("", self.cancel_requests.load(Ordering::Relaxed))],
         );
         out
     }

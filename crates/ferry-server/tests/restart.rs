@@ -1,58 +1,19 @@
 //! A daemon killed with SIGKILL in the middle of an initial load resumes it after a restart,
 //! copies only the ranges not done, and ends with the source's data exactly.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::{connect, free_port};
 use ferry_testkit::{ChServer, PgServer};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+mod common;
+
 const ROWS: i64 = 400_000;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_daemon(port: u16, catalog_url: &str, log: &std::path::Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "server",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--catalog-url",
-            catalog_url,
-        ])
-        .env("FERRY_PASSWORD", "pw")
-        .env("FERRY_SECRET_KEY", KEY)
-        .env("FERRY_LOG", "info,ferry_flow=debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-async fn connect(port: u16) -> Client {
-    let conn = format!("host=127.0.0.1 port={port} user=ferry password=pw dbname=ferry");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio_postgres::connect(&conn, NoTls).await {
-            Ok((client, c)) => {
-                tokio::spawn(c);
-                return client;
-            }
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("daemon did not come up: {e}"),
-        }
-    }
+    common::spawn(port, catalog_url, log, &[])
 }
 
 /// (partition_no, finished_at, attempts, snapshot) of the partitions done.

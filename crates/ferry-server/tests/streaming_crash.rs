@@ -13,16 +13,19 @@
 #![allow(clippy::print_stdout)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use ferry_testkit::private::free_port;
 use ferry_testkit::rand::rngs::StdRng;
 use ferry_testkit::rand::{Rng, SeedableRng};
 use ferry_testkit::{ChServer, PgServer, TempChDatabase};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+use common::connect;
+
+mod common;
+
 /// Keys the workload touches (a key change moves a row to `id + KEYS` and back).
 const KEYS: i64 = 3000;
 /// The workload stops after this many transactions or this long, whichever comes first.
@@ -36,23 +39,7 @@ struct Daemon(Child);
 
 impl Daemon {
     fn start(port: u16, catalog_url: &str, log: &Path) -> Daemon {
-        let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args([
-                "server",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--catalog-url",
-                catalog_url,
-            ])
-            .env("FERRY_PASSWORD", "pw")
-            .env("FERRY_SECRET_KEY", KEY)
-            .env("FERRY_LOG", "info,ferry_flow=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Daemon(child)
+        Daemon(common::spawn(port, catalog_url, log, &[]))
     }
 
     /// SIGKILL, and waits for the process to be gone.
@@ -74,24 +61,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-async fn connect(port: u16) -> Client {
-    let conn = format!("host=127.0.0.1 port={port} user=ferry password=pw dbname=ferry");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio_postgres::connect(&conn, NoTls).await {
-            Ok((client, c)) => {
-                tokio::spawn(c);
-                return client;
-            }
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("daemon did not come up: {e}"),
-        }
     }
 }
 

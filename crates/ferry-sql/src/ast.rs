@@ -26,6 +26,8 @@ pub enum Statement {
     ResumeMirror(MirrorName),
     /// `RESYNC MIRROR name [TABLE t [, …]]`
     ResyncMirror(ResyncMirror),
+    /// `RESET name` or `RESET ALL`: PostgreSQL's, which sqlparser does not read.
+    Reset(Reset),
     /// Any other statement, parsed by sqlparser with its PostgreSQL dialect.
     Sql(Box<sqlparser::ast::Statement>),
 }
@@ -40,6 +42,7 @@ impl fmt::Display for Statement {
             Statement::PauseMirror(m) => write!(f, "PAUSE MIRROR {}", m.name),
             Statement::ResumeMirror(m) => write!(f, "RESUME MIRROR {}", m.name),
             Statement::ResyncMirror(m) => m.fmt(f),
+            Statement::Reset(r) => write!(f, "RESET {}", r.target),
             Statement::Sql(s) => s.fmt(f),
         }
     }
@@ -140,6 +143,15 @@ impl fmt::Display for DropMirror {
         }
         self.name.fmt(f)
     }
+}
+
+/// `RESET target`: a setting's name (`search_path`, `myext.level`), a phrase
+/// (`TIME ZONE`, `SESSION AUTHORIZATION`) or `ALL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reset {
+    /// The target in canonical form: unquoted words in lower case, quoted ones
+    /// quoted, separated by a space or joined by `.` as written.
+    pub target: String,
 }
 
 /// `RESYNC MIRROR name [TABLE t [, …]]`: every table, or the tables named.

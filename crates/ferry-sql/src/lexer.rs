@@ -4,43 +4,49 @@
 //! columns in characters and lines at `\n` only. [`Source`] turns these into
 //! the 1-based character offsets PostgreSQL reports, and back into byte ranges
 //! to quote a token's original text in a message.
+//!
+//! Both conversions take constant time (a character's byte offset is found
+//! from the nearest of a checkpoint kept every [`STRIDE`] characters), so that
+//! a long input of many statements on one line is split and quoted in time
+//! linear in its length.
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, TokenizerError};
 
 use crate::error::ParseError;
 
+/// Characters between two byte-offset checkpoints.
+const STRIDE: usize = 64;
+
 /// The whole input, indexed by line.
 pub(crate) struct Source<'a> {
     sql: &'a str,
-    /// For each line, the byte and character offset of its first character.
-    lines: Vec<LineStart>,
+    /// For each line, the character offset of its first character.
+    lines: Vec<usize>,
+    /// The byte offset of every `STRIDE`th character.
+    checkpoints: Vec<usize>,
     /// Number of characters in the input.
     char_len: usize,
 }
 
-#[derive(Clone, Copy)]
-struct LineStart {
-    byte: usize,
-    char: usize,
-}
-
 impl<'a> Source<'a> {
     pub(crate) fn new(sql: &'a str) -> Self {
-        let mut lines = vec![LineStart { byte: 0, char: 0 }];
+        let mut lines = vec![0];
+        let mut checkpoints = Vec::with_capacity(sql.len() / STRIDE + 1);
         let mut char_len = 0;
         for (byte, c) in sql.char_indices() {
+            if char_len % STRIDE == 0 {
+                checkpoints.push(byte);
+            }
             char_len += 1;
             if c == '\n' {
-                lines.push(LineStart {
-                    byte: byte + 1,
-                    char: char_len,
-                });
+                lines.push(char_len);
             }
         }
         Self {
             sql,
             lines,
+            checkpoints,
             char_len,
         }
     }
@@ -55,7 +61,7 @@ impl<'a> Source<'a> {
     pub(crate) fn position(&self, loc: Location) -> Option<usize> {
         let line = self.line(loc)?;
         let column = usize::try_from(loc.column).ok()?.max(1);
-        Some((line.char + column).min(self.end_position()))
+        Some((line + column).min(self.end_position()))
     }
 
     /// The byte offset of a location, clamped to the input.
@@ -64,13 +70,24 @@ impl<'a> Source<'a> {
             return self.sql.len();
         };
         let column = usize::try_from(loc.column).unwrap_or(usize::MAX).max(1);
-        self.sql[line.byte..]
-            .char_indices()
-            .nth(column - 1)
-            .map_or(self.sql.len(), |(offset, _)| line.byte + offset)
+        self.byte_of_char(line.saturating_add(column - 1))
     }
 
-    fn line(&self, loc: Location) -> Option<LineStart> {
+    /// The byte offset of the character with this 0-based index; the input's length past
+    /// its end.
+    fn byte_of_char(&self, index: usize) -> usize {
+        let checkpoint = index / STRIDE;
+        let Some(&start) = self.checkpoints.get(checkpoint) else {
+            return self.sql.len();
+        };
+        self.sql[start..]
+            .char_indices()
+            .nth(index - checkpoint * STRIDE)
+            .map_or(self.sql.len(), |(offset, _)| start + offset)
+    }
+
+    /// The character offset of the first character of a location's line.
+    fn line(&self, loc: Location) -> Option<usize> {
         let index = usize::try_from(loc.line).ok()?.checked_sub(1)?;
         self.lines.get(index).copied()
     }
@@ -206,5 +223,25 @@ mod tests {
         // Out-of-range locations clamp instead of panicking.
         assert_eq!(src.position(Location::new(9, 9)), None);
         assert_eq!(src.text(Location::new(3, 2), Location::new(3, 99)), "d");
+    }
+
+    #[test]
+    fn byte_offsets_agree_with_walking_the_characters() {
+        let sql: String = (0..500)
+            .map(|i| if i % 7 == 0 { 'é' } else { 'a' })
+            .collect();
+        let sql = format!("{sql}\n{sql}");
+        let src = Source::new(&sql);
+        for (line, line_start) in [(1u64, 0usize), (2, 501)] {
+            for column in [1u64, 2, 63, 64, 65, 128, 129, 499, 500, 501] {
+                let index = line_start + column as usize - 1;
+                let walked = sql.char_indices().nth(index).map_or(sql.len(), |(b, _)| b);
+                assert_eq!(
+                    src.byte_offset(Location::new(line, column)),
+                    walked,
+                    "{line}:{column}"
+                );
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@
 //! PAUSE MIRROR name
 //! RESUME MIRROR name
 //! RESYNC MIRROR name
+//! RESET { name | ALL }        PostgreSQL's, which sqlparser does not read
 //!
 //! table_entry := table_name ':' table_name
 //!              | '{' key ':' value, … '}'      keys: from, to (required), exclude: [column, …]
@@ -55,9 +56,11 @@ mod tests;
 
 pub use ast::{
     CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MirrorName, OptionValue,
-    PeerType, QualifiedName, ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
+    PeerType, QualifiedName, Reset, ResyncMirror, SchemaMapping, SqlOption, Statement,
+    TableMapping,
 };
 pub use error::ParseError;
+pub use fallthrough::{pass_through, PassThrough, Refusal, RefusalKind, DENIED_FUNCTIONS};
 
 /// Parses `sql`, which may hold several statements separated by `;`.
 ///
@@ -84,28 +87,39 @@ pub struct Parsed<'a> {
 /// Like [`parse`], keeping each statement's original text, so that a statement that is
 /// passed on to PostgreSQL is sent exactly as the user wrote it.
 pub fn parse_spanned(sql: &str) -> Result<Vec<Parsed<'_>>, ParseError> {
+    parse_each(sql, |parsed| parsed)
+}
+
+/// Parses `sql` and hands each statement to `f` as soon as it is parsed, keeping only what
+/// `f` returns: a long input of many statements never holds all their syntax trees at once.
+/// As with [`parse`], a syntax error anywhere fails the whole input.
+pub fn parse_each<'a, T>(
+    sql: &'a str,
+    mut f: impl FnMut(Parsed<'a>) -> T,
+) -> Result<Vec<T>, ParseError> {
     let source = lexer::Source::new(sql);
-    lexer::split(&source)?
-        .iter()
-        .map(|chunk| {
-            let statement = if parser::is_ferry_statement(chunk) {
-                parser::parse_ferry_statement(&source, chunk)?
-            } else {
-                fallthrough::parse_sql_statement(&source, chunk)?
-            };
-            let mut significant = chunk.significant();
-            let (text, offset) = match (significant.next(), chunk.significant().last()) {
-                (Some(first), Some(last)) => (
-                    source.text(first.span.start, last.span.end),
-                    source.position(first.span.start).map_or(0, |p| p - 1),
-                ),
-                _ => ("", 0),
-            };
-            Ok(Parsed {
-                statement,
-                text,
-                offset,
-            })
-        })
-        .collect()
+    let chunks = lexer::split(&source)?;
+    let mut out = Vec::with_capacity(chunks.len());
+    // Each statement's tokens are dropped once it is parsed.
+    for chunk in chunks {
+        let statement = if parser::is_ferry_statement(&chunk) {
+            parser::parse_ferry_statement(&source, &chunk)?
+        } else {
+            fallthrough::parse_sql_statement(&source, &chunk)?
+        };
+        let mut significant = chunk.significant();
+        let (text, offset) = match (significant.next(), chunk.significant().last()) {
+            (Some(first), Some(last)) => (
+                source.text(first.span.start, last.span.end),
+                source.position(first.span.start).map_or(0, |p| p - 1),
+            ),
+            _ => ("", 0),
+        };
+        out.push(f(Parsed {
+            statement,
+            text,
+            offset,
+        }));
+    }
+    Ok(out)
 }

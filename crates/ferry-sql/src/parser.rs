@@ -8,7 +8,8 @@ use sqlparser::tokenizer::{Location, Token};
 
 use crate::ast::{
     CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MirrorName, OptionValue,
-    PeerType, QualifiedName, ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
+    PeerType, QualifiedName, Reset, ResyncMirror, SchemaMapping, SqlOption, Statement,
+    TableMapping,
 };
 use crate::error::ParseError;
 use crate::ident::{fold_case, is_reserved};
@@ -19,7 +20,11 @@ pub(crate) fn is_ferry_statement(chunk: &Chunk) -> bool {
     let mut words = chunk.significant().map(|t| &t.token);
     let first = words.next();
     let second = words.next();
-    if word_is(first, "PAUSE") || word_is(first, "RESUME") || word_is(first, "RESYNC") {
+    if word_is(first, "PAUSE")
+        || word_is(first, "RESUME")
+        || word_is(first, "RESYNC")
+        || word_is(first, "RESET")
+    {
         return true;
     }
     (word_is(first, "CREATE") || word_is(first, "DROP"))
@@ -92,6 +97,9 @@ impl<'a> FerryParser<'a> {
             let name = self.ident("mirror name")?;
             return Ok(Statement::DropMirror(DropMirror { if_exists, name }));
         }
+        if self.consume_keyword("RESET") {
+            return self.reset().map(Statement::Reset);
+        }
         let make: fn(MirrorName) -> Statement = if self.consume_keyword("PAUSE") {
             Statement::PauseMirror
         } else if self.consume_keyword("RESUME") {
@@ -114,6 +122,36 @@ impl<'a> FerryParser<'a> {
         self.expect_keyword("MIRROR", "expected MIRROR")?;
         let name = self.ident("mirror name")?;
         Ok(make(MirrorName { name }))
+    }
+
+    /// After `RESET`: words, possibly joined by `.`, to the end of the statement.
+    fn reset(&mut self) -> Result<Reset> {
+        let mut target = String::new();
+        let mut after_period = true;
+        while let Some(tok) = self.peek() {
+            match tok.token {
+                Token::Word(w) => {
+                    if !after_period {
+                        target.push(' ');
+                    }
+                    match w.quote_style {
+                        None => target.push_str(&fold_case(&w.value)),
+                        Some(_) => target.push_str(&Ident::quoted(w.value.clone()).to_string()),
+                    }
+                    after_period = false;
+                }
+                Token::Period if !after_period => {
+                    target.push('.');
+                    after_period = true;
+                }
+                _ => return Err(self.error_at(tok, Some("expected a setting name or ALL"))),
+            }
+            self.index += 1;
+        }
+        if target.is_empty() || after_period {
+            return Err(self.error_here(Some("expected a setting name or ALL")));
+        }
+        Ok(Reset { target })
     }
 
     /// After `CREATE PEER`.

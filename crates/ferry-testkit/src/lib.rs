@@ -16,6 +16,7 @@ use rand::Rng;
 use tokio_postgres::{Client, NoTls};
 
 pub mod private;
+pub mod raw;
 pub mod tls;
 
 /// The random number generators, for tests that drive a workload from a fixed seed.

@@ -2,6 +2,7 @@
 
 mod errors;
 mod generated;
+mod passthrough;
 mod round_trip;
 mod statements;
 
