@@ -410,6 +410,7 @@ impl<'a> Row<'a> {
     }
 
     /// The fields in order.
+    #[inline]
     pub fn fields(&self) -> Fields<'a> {
         Fields {
             rest: self.body,
@@ -428,6 +429,7 @@ pub struct Fields<'a> {
 impl<'a> Iterator for Fields<'a> {
     type Item = Option<&'a [u8]>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.left == 0 {
             return None;
@@ -451,7 +453,7 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 /// Writing the format, for tests and benchmarks of the readers: the header (with these flags and
-/// extension), a tuple, the trailer.
+/// extension), a tuple, the trailer; and binary arrays (see [`crate::pg_binary`]) to put in them.
 pub mod write {
     use super::SIGNATURE;
 
@@ -465,10 +467,42 @@ pub mod write {
     pub fn tuple<'a>(out: &mut Vec<u8>, fields: impl IntoIterator<Item = Option<&'a [u8]>>) {
         let count_at = out.len();
         out.extend_from_slice(&[0, 0]);
-        let mut count: i16 = 0;
-        for field in fields {
-            match field {
-                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        let (count, _) = values(out, fields);
+        out[count_at..count_at + 2].copy_from_slice(&(count as i16).to_be_bytes());
+    }
+
+    /// An array in `array_send` format: `(length, lower bound)` per dimension, the elements in
+    /// row-major order.
+    pub fn array<'a>(
+        out: &mut Vec<u8>,
+        element_oid: u32,
+        dims: &[(i32, i32)],
+        elements: impl IntoIterator<Item = Option<&'a [u8]>>,
+    ) {
+        out.extend_from_slice(&(dims.len() as i32).to_be_bytes());
+        let has_nulls_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&element_oid.to_be_bytes());
+        for (len, lower) in dims {
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&lower.to_be_bytes());
+        }
+        let (_, nulls) = values(out, elements);
+        out[has_nulls_at..has_nulls_at + 4].copy_from_slice(&i32::from(nulls).to_be_bytes());
+    }
+
+    /// Length-prefixed values (−1 for NULL); how many, and whether one was NULL.
+    fn values<'a>(
+        out: &mut Vec<u8>,
+        values: impl IntoIterator<Item = Option<&'a [u8]>>,
+    ) -> (usize, bool) {
+        let (mut count, mut nulls) = (0, false);
+        for value in values {
+            match value {
+                None => {
+                    out.extend_from_slice(&(-1i32).to_be_bytes());
+                    nulls = true;
+                }
                 Some(b) => {
                     out.extend_from_slice(&(b.len() as i32).to_be_bytes());
                     out.extend_from_slice(b);
@@ -476,7 +510,7 @@ pub mod write {
             }
             count += 1;
         }
-        out[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
+        (count, nulls)
     }
 
     pub fn trailer(out: &mut Vec<u8>) {

@@ -12,7 +12,9 @@
 //! - [`mirror`]: what a mirror copies and how;
 //! - [`ident`]: the one place identifiers are quoted for either server;
 //! - [`error`]: the error kinds that decide what is retried;
-//! - [`binary_copy`]: framing PostgreSQL's binary COPY stream into rows of borrowed fields.
+//! - [`binary_copy`]: framing PostgreSQL's binary COPY stream into rows of borrowed fields;
+//! - [`pg_binary`]: reading binary `numeric`s and arrays in place, for the source and the
+//!   destination alike.
 
 pub mod binary_copy;
 pub mod canonical;
@@ -23,6 +25,7 @@ pub mod ident;
 pub mod lsn;
 pub mod mirror;
 pub mod peer;
+pub mod pg_binary;
 pub mod schema;
 pub mod tls;
 pub mod value;

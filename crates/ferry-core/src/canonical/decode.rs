@@ -1,11 +1,9 @@
 //! Reading the canonical binary forms into [`Value`]s.
 
+use crate::pg_binary::BinaryArray;
 use crate::{Value, ValueKind};
 
 use super::{numeric, DecodeError};
-
-/// PostgreSQL's `MAXDIM`.
-const MAX_DIMS: usize = 6;
 
 /// Decodes one non-NULL field in PostgreSQL's binary format as a value of `kind`.
 pub fn decode(kind: &ValueKind, raw: &[u8]) -> Result<Value, DecodeError> {
@@ -46,73 +44,23 @@ fn fixed<const N: usize>(raw: &[u8], what: &'static str) -> Result<[u8; N], Deco
     })
 }
 
-/// Reads big-endian integers off the front of a slice.
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.rest.len() < n {
-            return Err(DecodeError::Truncated { what: "array" });
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    fn i32(&mut self) -> Result<i32, DecodeError> {
-        let b = self.take(4)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-}
-
 fn decode_array(element: &ValueKind, raw: &[u8]) -> Result<Value, DecodeError> {
-    const WHAT: &str = "array";
     if matches!(element, ValueKind::Array { .. }) {
-        return Err(DecodeError::invalid(WHAT, "element kind is an array"));
+        return Err(DecodeError::invalid("array", "element kind is an array"));
     }
-    let mut r = Reader { rest: raw };
-    let ndim = r.i32()?;
-    let _has_nulls = r.i32()?;
-    let _element_oid = r.i32()?;
-    let ndim = usize::try_from(ndim)
-        .ok()
-        .filter(|&n| n <= MAX_DIMS)
-        .ok_or(DecodeError::invalid(WHAT, "bad number of dimensions"))?;
-    let mut dims = Vec::with_capacity(ndim);
-    let mut count: usize = 1;
-    for _ in 0..ndim {
-        let len = r.i32()?;
-        let _lower_bound = r.i32()?;
-        let n = usize::try_from(len).map_err(|_| DecodeError::invalid(WHAT, "negative length"))?;
-        // Each element takes at least its 4-byte length, which bounds the count by the input.
-        count = count
-            .checked_mul(n)
-            .filter(|&c| c <= r.rest.len() / 4)
-            .ok_or(DecodeError::Truncated { what: WHAT })?;
-        dims.push(len);
-    }
-    if ndim == 0 {
-        count = 0;
-    }
-    let mut elements = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = r.i32()?;
-        if len == -1 {
-            elements.push(Value::Null);
-            continue;
-        }
-        let len = usize::try_from(len).map_err(|_| DecodeError::invalid(WHAT, "bad length"))?;
-        elements.push(decode(element, r.take(len)?)?);
-    }
-    if !r.rest.is_empty() {
-        return Err(DecodeError::TrailingBytes {
-            what: WHAT,
-            extra: r.rest.len(),
+    let mut array = BinaryArray::parse(raw)?;
+    let mut elements = Vec::with_capacity(array.len());
+    for _ in 0..array.len() {
+        elements.push(match array.next_element()? {
+            None => Value::Null,
+            Some(raw) => decode(element, raw)?,
         });
     }
-    Ok(Value::Array { dims, elements })
+    array.finish()?;
+    Ok(Value::Array {
+        dims: array.dims().to_vec(),
+        elements,
+    })
 }
 
 #[cfg(test)]
@@ -121,22 +69,7 @@ mod tests {
 
     fn array(elem_oid: u32, dims: &[(i32, i32)], elements: &[Option<&[u8]>]) -> Vec<u8> {
         let mut v = Vec::new();
-        v.extend_from_slice(&(dims.len() as i32).to_be_bytes());
-        v.extend_from_slice(&i32::from(elements.iter().any(Option::is_none)).to_be_bytes());
-        v.extend_from_slice(&elem_oid.to_be_bytes());
-        for (len, lb) in dims {
-            v.extend_from_slice(&len.to_be_bytes());
-            v.extend_from_slice(&lb.to_be_bytes());
-        }
-        for e in elements {
-            match e {
-                None => v.extend_from_slice(&(-1i32).to_be_bytes()),
-                Some(b) => {
-                    v.extend_from_slice(&(b.len() as i32).to_be_bytes());
-                    v.extend_from_slice(b);
-                }
-            }
-        }
+        crate::binary_copy::write::array(&mut v, elem_oid, dims, elements.iter().copied());
         v
     }
 

@@ -68,6 +68,15 @@ impl DecodeError {
     }
 }
 
+impl From<crate::pg_binary::FormatError> for DecodeError {
+    fn from(e: crate::pg_binary::FormatError) -> Self {
+        DecodeError::Invalid {
+            what: e.what,
+            reason: e.reason,
+        }
+    }
+}
+
 /// The OID of a kind's canonical type (as an array's element type).
 pub fn type_oid(kind: &ValueKind) -> u32 {
     match kind {

@@ -26,113 +26,16 @@ pub(crate) const SIGN_NINF: u16 = 0xF000;
 /// `NUMERIC_DSCALE_MAX`: the display scale fits in 14 bits.
 pub(crate) const DSCALE_MAX: u16 = 0x3FFF;
 
-/// Decodes `numeric_send` output.
+/// Decodes `numeric_send` output (read by [`crate::pg_binary::BinaryNumeric`], which checks
+/// every digit) into the text `numeric_out` prints.
 pub fn decode(raw: &[u8]) -> Result<Numeric, DecodeError> {
-    if raw.len() < 8 {
-        return Err(DecodeError::Truncated { what: WHAT });
-    }
-    let word = |i: usize| u16::from_be_bytes([raw[i], raw[i + 1]]);
-    let ndigits = word(0) as i16;
-    let weight = i64::from(word(2) as i16);
-    let sign = word(4);
-    let dscale = word(6);
-    let ndigits =
-        usize::try_from(ndigits).map_err(|_| DecodeError::invalid(WHAT, "negative digit count"))?;
-    let expected = 8 + 2 * ndigits;
-    if raw.len() != expected {
-        return Err(DecodeError::Length {
-            what: WHAT,
-            expected,
-            got: raw.len(),
-        });
-    }
-    let negative = match sign {
-        SIGN_POS => false,
-        SIGN_NEG => true,
-        SIGN_NAN => return Ok(Numeric::NaN),
-        SIGN_PINF => return Ok(Numeric::PosInfinity),
-        SIGN_NINF => return Ok(Numeric::NegInfinity),
-        _ => return Err(DecodeError::invalid(WHAT, "unknown sign")),
-    };
-    if dscale > DSCALE_MAX {
-        return Err(DecodeError::invalid(WHAT, "display scale out of range"));
-    }
-    let digits = &raw[8..];
-    let digit = |i: i64| -> Result<u16, DecodeError> {
-        match usize::try_from(i) {
-            Ok(i) if i < ndigits => {
-                let d = u16::from_be_bytes([digits[2 * i], digits[2 * i + 1]]);
-                if d > 9999 {
-                    return Err(DecodeError::invalid(WHAT, "digit out of range"));
-                }
-                Ok(d)
-            }
-            _ => Ok(0),
-        }
-    };
-    // Every digit is checked even if it is beyond the display scale.
-    for i in 0..ndigits as i64 {
-        digit(i)?;
-    }
-
-    let int_len = if weight < 0 {
-        1
-    } else {
-        4 * (weight as usize + 1)
-    };
-    let mut out = String::with_capacity(2 + int_len + usize::from(dscale));
-    if negative {
-        out.push('-');
-    }
-    if weight < 0 {
-        out.push('0');
-    } else {
-        for i in 0..=weight {
-            let d = digit(i)?;
-            if i == 0 {
-                push_u16(&mut out, d);
-            } else {
-                push_group(&mut out, d, 4);
-            }
-        }
-    }
-    if dscale > 0 {
-        out.push('.');
-        let mut left = usize::from(dscale);
-        let mut i = weight + 1;
-        while left > 0 {
-            let n = left.min(4);
-            push_group(&mut out, digit(i)?, n);
-            left -= n;
-            i += 1;
-        }
-    }
-    Ok(Numeric::Finite(out))
-}
-
-fn push_u16(out: &mut String, d: u16) {
-    let mut buf = [0u8; 5];
-    let mut n = d;
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &b in &buf[i..] {
-        out.push(char::from(b));
-    }
-}
-
-/// The first `n` of the four decimal digits of a base-10000 digit, zero-padded.
-fn push_group(out: &mut String, d: u16, n: usize) {
-    let digits = [d / 1000, d / 100 % 10, d / 10 % 10, d % 10];
-    for &x in &digits[..n] {
-        out.push(char::from(b'0' + x as u8));
-    }
+    use crate::pg_binary::BinaryNumeric;
+    Ok(match BinaryNumeric::parse(raw)? {
+        BinaryNumeric::NaN => Numeric::NaN,
+        BinaryNumeric::PosInfinity => Numeric::PosInfinity,
+        BinaryNumeric::NegInfinity => Numeric::NegInfinity,
+        BinaryNumeric::Finite(f) => Numeric::Finite(f.to_text()),
+    })
 }
 
 /// Writes `numeric_send`'s form of a numeric. `Finite` text must be what [`decode`] returns (or
