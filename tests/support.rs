@@ -208,31 +208,25 @@ pub async fn setup() -> Setup {
     }
 }
 
-/// The source's rows of a table, read as text in key order, decoded and encoded as ClickHouse
-/// must hold them: per column, the RowBinary of that column's values in key order.
-pub struct Expected {
-    pub columns: Vec<ColumnSchema>,
-    pub rows: usize,
-    /// Per column, the RowBinary of that column's values in key order.
-    pub per_column: Vec<Vec<u8>>,
-    /// Whole rows, one after the other: what `SELECT <every column> … FORMAT RowBinary` gives.
-    pub rows_bytes: Vec<u8>,
-}
-
-pub async fn expected_rows(source: &TempPgDatabase, table: &str, key: &str) -> Expected {
+/// A connection to `database` with the initial load's session settings, and `public.table`
+/// as the load sees it.
+async fn describe(database: &str, table: &str) -> (Client, ferry_postgres::source::SourceTable) {
     let pg = PgServer::from_env();
     let cfg = ferry_core::peer::PostgresConfig {
         host: pg.host.clone(),
         port: pg.port,
         user: pg.user.clone(),
         password: pg.password.clone(),
-        database: source.name.clone(),
+        database: database.to_owned(),
         ssl_mode: Default::default(),
         ssl_root_cert: None,
     };
     let client = connect(&cfg, "test").await.unwrap();
     client
-        .batch_execute("SET DateStyle = 'ISO'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET extra_float_digits = 3")
+        .batch_execute(
+            "SET DateStyle = 'ISO'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC';
+             SET extra_float_digits = 3; SET bytea_output = 'hex'",
+        )
         .await
         .unwrap();
     let scale = ferry_postgres::source::money_scale(&client, &cfg)
@@ -247,7 +241,23 @@ pub async fn expected_rows(source: &TempPgDatabase, table: &str, key: &str) -> E
     )
     .await
     .unwrap()
-    .unwrap();
+    .unwrap_or_else(|| panic!("no table {table}"));
+    (client, t)
+}
+
+/// The source's rows of a table, read as text in key order, decoded and encoded as ClickHouse
+/// must hold them: per column, the RowBinary of that column's values in key order.
+pub struct Expected {
+    pub columns: Vec<ColumnSchema>,
+    pub rows: usize,
+    /// Per column, the RowBinary of that column's values in key order.
+    pub per_column: Vec<Vec<u8>>,
+    /// Whole rows, one after the other: what `SELECT <every column> … FORMAT RowBinary` gives.
+    pub rows_bytes: Vec<u8>,
+}
+
+pub async fn expected_rows(source: &TempPgDatabase, table: &str, key: &str) -> Expected {
+    let (client, t) = describe(&source.name, table).await;
     // Each value in its type's output format, as pgoutput sends it. A row value whose fields
     // are all NULL is not NULL itself.
     let list: Vec<String> = t
@@ -315,6 +325,36 @@ pub async fn clickhouse_row_bytes(
         Ok(b) => b.to_vec(),
         Err(e) => panic!("reading {table} from ClickHouse: {e}"),
     }
+}
+
+/// A source table as the initial load reads it: its columns, and the binary COPY stream of
+/// `SELECT <the load's select list> FROM table <rest>` in the chunks the server sent (one
+/// CopyData message each).
+pub async fn copy_stream(
+    database: &str,
+    table: &str,
+    rest: &str,
+) -> (Vec<ColumnSchema>, Vec<bytes::Bytes>) {
+    use futures::StreamExt;
+    let (client, t) = describe(database, table).await;
+    let select: Vec<String> = t
+        .columns
+        .iter()
+        .zip(&t.mappings)
+        .map(|(c, m)| m.select_expr(&pg_ident(&c.name)))
+        .collect();
+    let sql = format!(
+        "COPY (SELECT {} FROM {} {rest}) TO STDOUT (FORMAT binary)",
+        select.join(", "),
+        pg_ident(table)
+    );
+    let stream = client.copy_out(sql.as_str()).await.unwrap();
+    futures::pin_mut!(stream);
+    let mut chunks = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        chunks.push(chunk.unwrap());
+    }
+    (t.columns, chunks)
 }
 
 /// A table with a column of every type Ferry maps (the README's table), in the source.

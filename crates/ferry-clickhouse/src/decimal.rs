@@ -1,10 +1,18 @@
-//! Exact decimal text → ClickHouse `Decimal(P, S)` in RowBinary.
+//! Exact decimals → ClickHouse `Decimal(P, S)` in RowBinary.
 //!
 //! ClickHouse stores `Decimal(P, S)` as the integer `value × 10^S` in two's complement,
 //! little-endian, 4 bytes for P ≤ 9, 8 for P ≤ 18, 16 for P ≤ 38 and 32 for P ≤ 76. Such an
-//! integer has at most 76 decimal digits (< 2^253), so it is built in a 256-bit accumulator of
-//! four u64 limbs and its low bytes are written out. Nothing is ever rounded: a value with
-//! non-zero digits beyond S fraction digits, or with more than P − S integer digits, is an error.
+//! integer has at most 76 decimal digits (< 2^253), so it is built from the value's decimal
+//! digits in a 128-bit accumulator (P ≤ 38) or a 256-bit one of four u64 limbs, and its low
+//! bytes are written out. Nothing is ever rounded: a value with non-zero digits beyond S
+//! fraction digits, or with more than P − S integer digits, is an error.
+//!
+//! The digits come from decimal text ([`encode`], as [`Numeric`](ferry_core::Numeric) keeps
+//! it) or straight from PostgreSQL's binary `numeric` ([`encode_binary`], as binary COPY sends
+//! it, read by [`ferry_core::pg_binary`]), without text in between; both give the same digits
+//! for the same value.
+
+use ferry_core::pg_binary::FiniteNumeric;
 
 use crate::rowbinary::EncodeError;
 
@@ -15,8 +23,26 @@ pub const MAX_PRECISION: u8 = 76;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct U256([u64; 4]);
 
-impl U256 {
-    /// `self × 10 + digit`. Cannot overflow for the ≤ 76 digits it is fed.
+/// An integer accumulator for up to 76 decimal digits.
+trait Accumulator: Default {
+    /// `self × 10 + digit`. Cannot overflow for the digits it is fed (at most its width's).
+    fn push_digit(&mut self, digit: u8);
+    /// Writes the low `width` bytes of the value, or of its negation, in two's complement.
+    fn write_le(self, negative: bool, width: usize, out: &mut Vec<u8>);
+}
+
+impl Accumulator for u128 {
+    fn push_digit(&mut self, digit: u8) {
+        *self = *self * 10 + u128::from(digit);
+    }
+
+    fn write_le(self, negative: bool, width: usize, out: &mut Vec<u8>) {
+        let v = if negative { self.wrapping_neg() } else { self };
+        out.extend_from_slice(&v.to_le_bytes()[..width]);
+    }
+}
+
+impl Accumulator for U256 {
     fn push_digit(&mut self, digit: u8) {
         let mut carry = u128::from(digit);
         for limb in &mut self.0 {
@@ -26,17 +52,16 @@ impl U256 {
         }
     }
 
-    /// Two's complement negation modulo 2^256.
-    fn negate(&mut self) {
-        let mut carry = true;
-        for limb in &mut self.0 {
-            let (v, c) = (!*limb).overflowing_add(u64::from(carry));
-            *limb = v;
-            carry = c;
+    fn write_le(mut self, negative: bool, width: usize, out: &mut Vec<u8>) {
+        if negative {
+            // Two's complement negation modulo 2^256.
+            let mut carry = true;
+            for limb in &mut self.0 {
+                let (v, c) = (!*limb).overflowing_add(u64::from(carry));
+                *limb = v;
+                carry = c;
+            }
         }
-    }
-
-    fn write_le(&self, width: usize, out: &mut Vec<u8>) {
         let mut bytes = [0u8; 32];
         for (i, limb) in self.0.iter().enumerate() {
             bytes[i * 8..i * 8 + 8].copy_from_slice(&limb.to_le_bytes());
@@ -56,11 +81,16 @@ pub fn width(precision: u8) -> Option<usize> {
     }
 }
 
+/// The width of `Decimal(precision, scale)`, or why it is not a ClickHouse type.
+pub(crate) fn checked_width(precision: u8, scale: u8) -> Result<usize, EncodeError> {
+    width(precision)
+        .filter(|_| scale <= precision)
+        .ok_or(EncodeError::DecimalType { precision, scale })
+}
+
 /// Writes the decimal `text` (`-?digits[.digits]`) as `Decimal(precision, scale)`.
 pub fn encode(precision: u8, scale: u8, text: &str, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    let width = width(precision)
-        .filter(|_| scale <= precision)
-        .ok_or(EncodeError::DecimalType { precision, scale })?;
+    let width = checked_width(precision, scale)?;
     let (negative, unsigned) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, text),
@@ -74,31 +104,92 @@ pub fn encode(precision: u8, scale: u8, text: &str, out: &mut Vec<u8>) -> Result
     {
         return Err(EncodeError::DecimalSyntax);
     }
-    let int = int.trim_start_matches('0');
-    let scale = usize::from(scale);
+    write_scaled(
+        precision,
+        scale,
+        width,
+        negative,
+        digit_values(int),
+        digit_values(frac),
+        out,
+    )
+}
+
+/// The values of ASCII digits.
+fn digit_values(s: &str) -> impl Iterator<Item = u8> + Clone + '_ {
+    s.bytes().map(|b| b - b'0')
+}
+
+/// Writes `±int.frac` (decimal digits, most significant first) as `Decimal(precision, scale)`.
+fn write_scaled(
+    precision: u8,
+    scale: u8,
+    width: usize,
+    negative: bool,
+    int: impl Iterator<Item = u8> + Clone,
+    frac: impl Iterator<Item = u8> + Clone,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let s = usize::from(scale);
     // Fraction digits beyond the scale may only be zeros (dropping them is exact).
-    let (frac, extra) = frac.split_at(frac.len().min(scale));
-    if extra.bytes().any(|b| b != b'0') {
-        return Err(EncodeError::DecimalScale { scale: scale as u8 });
+    if frac.clone().skip(s).any(|d| d != 0) {
+        return Err(EncodeError::DecimalScale { scale });
     }
-    if int.len() > usize::from(precision) - scale {
-        return Err(EncodeError::DecimalOverflow {
-            precision,
-            scale: scale as u8,
-        });
+    let int = int.skip_while(|&d| d == 0);
+    if int.clone().count() > usize::from(precision - scale) {
+        return Err(EncodeError::DecimalOverflow { precision, scale });
     }
-    let mut n = U256::default();
-    for b in int.bytes().chain(frac.bytes()) {
-        n.push_digit(b - b'0');
+    let frac = frac.chain(std::iter::repeat(0)).take(s);
+    if width <= 16 {
+        accumulate::<u128>(int.chain(frac), negative, width, out);
+    } else {
+        accumulate::<U256>(int.chain(frac), negative, width, out);
     }
-    for _ in frac.len()..scale {
-        n.push_digit(0);
-    }
-    if negative {
-        n.negate();
-    }
-    n.write_le(width, out);
     Ok(())
+}
+
+fn accumulate<A: Accumulator>(
+    digits: impl Iterator<Item = u8>,
+    negative: bool,
+    width: usize,
+    out: &mut Vec<u8>,
+) {
+    let mut n = A::default();
+    for d in digits {
+        n.push_digit(d);
+    }
+    n.write_le(negative, width, out);
+}
+
+/// The largest `Decimal(precision, scale)` (its integer is `10^precision − 1`), or the smallest
+/// when `negative`; the caller checked the type.
+pub(crate) fn extreme(precision: u8, negative: bool, out: &mut Vec<u8>) {
+    let width = width(precision).unwrap_or(32);
+    let nines = std::iter::repeat_n(9, usize::from(precision.min(MAX_PRECISION)));
+    if width <= 16 {
+        accumulate::<u128>(nines, negative, width, out);
+    } else {
+        accumulate::<U256>(nines, negative, width, out);
+    }
+}
+
+/// Writes a finite binary `numeric` as `Decimal(precision, scale)`.
+pub fn encode_binary(
+    precision: u8,
+    scale: u8,
+    n: &FiniteNumeric<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let width = checked_width(precision, scale)?;
+    write_scaled(
+        precision,
+        scale,
+        width,
+        n.is_negative(),
+        n.int_digits(),
+        n.frac_digits(),
+        out,
+    )
 }
 
 #[cfg(test)]

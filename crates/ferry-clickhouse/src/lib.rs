@@ -4,10 +4,13 @@
 //! - [`table`]: the tables' layout, DDL and streamed inserts; [`types`]: column types;
 //! - [`load`]: one range of the initial load; [`apply`]: streamed changes as versioned rows;
 //! - [`lookup`]: reading back stored values (unchanged TOAST columns);
-//! - [`rowbinary`] and [`decimal`]: values in ClickHouse's RowBinary format;
+//! - [`transcode`]: canonical binary fields straight into ClickHouse's formats;
+//!   [`rowbinary`] and [`decimal`]: values in RowBinary; both write each value through `cell`
+//!   under one policy for values ClickHouse cannot hold ([`unrepresentable`]);
 //! - [`connect`]: the HTTP(S) client and the classification of ClickHouse's errors.
 
 pub mod apply;
+mod cell;
 pub mod connect;
 pub mod decimal;
 pub mod destination;
@@ -15,6 +18,8 @@ pub mod load;
 pub mod lookup;
 pub mod rowbinary;
 pub mod table;
+pub mod transcode;
 pub mod types;
+pub mod unrepresentable;
 
 pub use destination::ClickHouseDestination;

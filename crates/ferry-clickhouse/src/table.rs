@@ -19,8 +19,9 @@ use ferry_core::peer::ClickhouseConfig;
 use ferry_core::{ColumnSchema, Value};
 
 use crate::connect::DestinationError;
-use crate::rowbinary::{encode, Clamped, EncodeError};
+use crate::rowbinary::{encode_with_policy, render_value, EncodeError};
 use crate::types::clickhouse_type;
+use crate::unrepresentable::{self, Substitutions, UnrepresentablePolicy};
 
 /// The version column.
 pub const VERSION_COLUMN: &str = "_ferry_version";
@@ -229,9 +230,13 @@ impl ClickHouse {
                 .iter()
                 .map(|c| (c.kind.clone(), c.nullable))
                 .collect(),
+            key_columns: unrepresentable::key_columns(columns),
+            names: columns.iter().map(|c| c.name.clone()).collect(),
+            policy: UnrepresentablePolicy::default(),
+            substitutions: Substitutions::new(columns.len()),
             buf: Vec::with_capacity(CHUNK_BYTES + 64 * 1024),
             rows: 0,
-            clamped: 0,
+            rows_substituted: 0,
         }
     }
 }
@@ -241,9 +246,14 @@ pub struct RowInsert {
     destination: ClickHouse,
     insert: Option<clickhouse::insert_formatted::InsertFormatted>,
     columns: Vec<(ferry_core::ValueKind, bool)>,
+    /// The key columns' positions, in key order (for example keys).
+    key_columns: Vec<usize>,
+    names: Vec<String>,
+    policy: UnrepresentablePolicy,
+    substitutions: Substitutions,
     buf: Vec<u8>,
     rows: u64,
-    clamped: u64,
+    rows_substituted: u64,
 }
 
 /// Why a row could not be written.
@@ -272,6 +282,12 @@ impl From<WriteError> for ferry_core::Error {
 }
 
 impl RowInsert {
+    /// Deals with values ClickHouse cannot hold by `policy` (the default is to substitute).
+    pub fn with_policy(mut self, policy: UnrepresentablePolicy) -> RowInsert {
+        self.policy = policy;
+        self
+    }
+
     /// Adds a row (values in column order) with its version and deletion marker, and sends a
     /// chunk when enough has gathered. A row that cannot be encoded is not added.
     pub async fn push(
@@ -294,15 +310,30 @@ impl RowInsert {
         is_deleted: bool,
     ) -> Result<(), WriteError> {
         let start = self.buf.len();
-        let mut clamped = Clamped::No;
+        let mut substituted = false;
         let mut encoded = encoded.iter().peekable();
         for (i, ((kind, nullable), v)) in self.columns.iter().zip(values).enumerate() {
             if let Some((_, bytes)) = encoded.next_if(|(c, _)| *c == i) {
                 self.buf.extend_from_slice(bytes);
                 continue;
             }
-            match encode(kind, *nullable, v, &mut self.buf) {
-                Ok(c) => clamped |= c,
+            match encode_with_policy(kind, *nullable, v, self.policy, &mut self.buf) {
+                Ok(None) => {}
+                Ok(Some(why)) => {
+                    substituted = true;
+                    if self.substitutions.record(i, why) {
+                        let key: Vec<String> = self
+                            .key_columns
+                            .iter()
+                            .filter_map(|&k| {
+                                Some(render_value(&self.columns.get(k)?.0, values.get(k)?))
+                            })
+                            .collect();
+                        let names = self.key_columns.iter().map(|&k| self.names[k].as_str());
+                        self.substitutions
+                            .set_example(i, unrepresentable::format_key(names, &key));
+                    }
+                }
                 Err(e) => {
                     self.buf.truncate(start);
                     return Err(WriteError::Encode {
@@ -315,8 +346,8 @@ impl RowInsert {
         self.buf.extend_from_slice(&version.to_le_bytes());
         self.buf.push(u8::from(is_deleted));
         self.rows += 1;
-        if clamped == Clamped::Yes {
-            self.clamped += 1;
+        if substituted {
+            self.rows_substituted += 1;
         }
         if self.buf.len() >= CHUNK_BYTES {
             self.send().await?;
@@ -346,9 +377,15 @@ impl RowInsert {
         self.rows
     }
 
-    /// Rows with a date or timestamp moved into ClickHouse's range.
+    /// Rows with a value replaced because ClickHouse cannot hold it (see
+    /// [`crate::unrepresentable`]); per column in [`RowInsert::substitutions`].
     pub fn clamped(&self) -> u64 {
-        self.clamped
+        self.rows_substituted
+    }
+
+    /// The values replaced so far, per column, with an example key each.
+    pub fn substitutions(&self) -> &Substitutions {
+        &self.substitutions
     }
 
     /// Sends what is left and waits for ClickHouse to confirm the insert.

@@ -9,8 +9,8 @@
 //! | `Decimal { p, s }` | `Decimal(p, s)` |
 //! | `Text`, `Bytes` | `String` |
 //! | `Uuid` | `UUID` |
-//! | `Date` | `Date32` (values outside 1900-01-01 … 2299-12-31 are clamped) |
-//! | `Timestamp` | `DateTime64(6)` (clamped to 1900-01-01 00:00:00 … 2299-12-31 23:59:59.999999) |
+//! | `Date` | `Date32` (1900-01-01 … 2299-12-31; see [`crate::unrepresentable`] for others) |
+//! | `Timestamp` | `DateTime64(6)` (1900-01-01 00:00:00 … 2299-12-31 23:59:59.999999, likewise) |
 //! | `TimestampTz` | `DateTime64(6, 'UTC')` (same range) |
 //! | `Array { element, dims }` | `Array(…Array(Nullable(element))…)`, `dims` levels deep |
 //!

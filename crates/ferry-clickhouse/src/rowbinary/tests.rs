@@ -1,6 +1,15 @@
-use super::*;
+use ferry_core::value::PG_EPOCH_UNIX_MICROS;
 
-fn enc(kind: &ValueKind, nullable: bool, value: &Value) -> Result<(Vec<u8>, Clamped), EncodeError> {
+use super::*;
+use crate::unrepresentable::Unrepresentable as U;
+
+type Substituted = Option<Unrepresentable>;
+
+fn enc(
+    kind: &ValueKind,
+    nullable: bool,
+    value: &Value,
+) -> Result<(Vec<u8>, Substituted), EncodeError> {
     let mut out = Vec::new();
     encode(kind, nullable, value, &mut out).map(|c| (out, c))
 }
@@ -74,14 +83,41 @@ fn decimals() {
         bytes(&kind, true, &num("-0.01")),
         [0, 0xFF, 0xFF, 0xFF, 0xFF]
     );
+    // NaN and infinities: NULL in a nullable column, else 0 and the extremes; or an error.
     assert_eq!(
         enc(&kind, false, &Value::Numeric(Numeric::NaN)),
-        Err(EncodeError::DecimalNotFinite("NaN"))
+        Ok((vec![0; 4], Some(U::NumericNaN)))
+    );
+    assert_eq!(
+        enc(&kind, true, &Value::Numeric(Numeric::NaN)),
+        Ok((vec![1], Some(U::NumericNaN)))
     );
     assert_eq!(
         enc(&kind, false, &Value::Numeric(Numeric::NegInfinity)),
-        Err(EncodeError::DecimalNotFinite("-Infinity"))
+        Ok((
+            (-999_999_999i32).to_le_bytes().to_vec(),
+            Some(U::NumericNegInfinity)
+        ))
     );
+    assert_eq!(
+        enc(&kind, false, &Value::Numeric(Numeric::PosInfinity)),
+        Ok((
+            999_999_999i32.to_le_bytes().to_vec(),
+            Some(U::NumericInfinity)
+        ))
+    );
+    let mut out = vec![7];
+    assert_eq!(
+        encode_with_policy(
+            &kind,
+            true,
+            &Value::Numeric(Numeric::NaN),
+            UnrepresentablePolicy::Fail,
+            &mut out
+        ),
+        Err(EncodeError::Unrepresentable(U::NumericNaN))
+    );
+    assert_eq!(out, [7]);
     assert_eq!(
         enc(&kind, false, &num("0.001")),
         Err(EncodeError::DecimalScale { scale: 2 })
@@ -99,54 +135,60 @@ fn decimals() {
 }
 
 #[test]
-fn dates_and_times_clamp() {
+fn dates_and_times_out_of_range() {
     use ValueKind as K;
     let date = |v: i32| enc(&K::Date, false, &Value::Date(v)).unwrap();
-    assert_eq!(date(0), (10_957i32.to_le_bytes().to_vec(), Clamped::No));
+    assert_eq!(date(0), (10_957i32.to_le_bytes().to_vec(), None));
     assert_eq!(
         date(i32::MAX),
-        (DATE32_MAX.to_le_bytes().to_vec(), Clamped::Yes)
+        (DATE32_MAX.to_le_bytes().to_vec(), Some(U::DateAboveRange))
     );
     assert_eq!(
         date(i32::MIN),
-        (DATE32_MIN.to_le_bytes().to_vec(), Clamped::Yes)
+        (DATE32_MIN.to_le_bytes().to_vec(), Some(U::DateBelowRange))
     );
     let first = DATE32_MIN - 10_957;
-    assert_eq!(date(first).1, Clamped::No);
+    assert_eq!(date(first).1, None);
     assert_eq!(
         date(first - 1),
-        (DATE32_MIN.to_le_bytes().to_vec(), Clamped::Yes)
+        (DATE32_MIN.to_le_bytes().to_vec(), Some(U::DateBelowRange))
     );
     let last = DATE32_MAX - 10_957;
-    assert_eq!(date(last).1, Clamped::No);
-    assert_eq!(date(last + 1).1, Clamped::Yes);
+    assert_eq!(date(last).1, None);
+    assert_eq!(date(last + 1).1, Some(U::DateAboveRange));
+    // A nullable column holds NULL instead.
+    assert_eq!(
+        enc(&K::Date, true, &Value::Date(last + 1)),
+        Ok((vec![1], Some(U::DateAboveRange)))
+    );
 
     let ts = |v: i64| enc(&K::Timestamp, false, &Value::Timestamp(v)).unwrap();
     assert_eq!(
         ts(1),
-        (
-            (PG_EPOCH_UNIX_MICROS + 1).to_le_bytes().to_vec(),
-            Clamped::No
-        )
+        ((PG_EPOCH_UNIX_MICROS + 1).to_le_bytes().to_vec(), None)
     );
     assert_eq!(
         ts(i64::MAX),
-        (DATETIME64_MAX.to_le_bytes().to_vec(), Clamped::Yes)
+        (
+            DATETIME64_MAX.to_le_bytes().to_vec(),
+            Some(U::TimestampAboveRange)
+        )
     );
     assert_eq!(
         ts(i64::MIN),
-        (DATETIME64_MIN.to_le_bytes().to_vec(), Clamped::Yes)
+        (
+            DATETIME64_MIN.to_le_bytes().to_vec(),
+            Some(U::TimestampBelowRange)
+        )
     );
-    assert_eq!(ts(DATETIME64_MAX - PG_EPOCH_UNIX_MICROS).1, Clamped::No);
+    assert_eq!(ts(DATETIME64_MAX - PG_EPOCH_UNIX_MICROS).1, None);
     assert_eq!(
         ts(DATETIME64_MAX - PG_EPOCH_UNIX_MICROS + 1).1,
-        Clamped::Yes
+        Some(U::TimestampAboveRange)
     );
     assert_eq!(
-        enc(&K::TimestampTz, true, &Value::TimestampTz(i64::MIN))
-            .unwrap()
-            .1,
-        Clamped::Yes
+        enc(&K::TimestampTz, true, &Value::TimestampTz(i64::MIN)),
+        Ok((vec![1], Some(U::TimestampBelowRange)))
     );
     assert_eq!(
         enc(&K::Timestamp, false, &Value::TimestampTz(0)),
@@ -188,7 +230,25 @@ fn arrays() {
         element: Box::new(ValueKind::Date),
         dims: 1,
     };
-    assert_eq!(enc(&dates, false, &clamped).unwrap().1, Clamped::Yes);
+    // An element that cannot be held is a NULL element.
+    let mut expected = vec![2, 0];
+    expected.extend_from_slice(&10_957i32.to_le_bytes());
+    expected.push(1);
+    assert_eq!(
+        enc(&dates, false, &clamped),
+        Ok((expected, Some(U::DateAboveRange)))
+    );
+    // An array of other dimensions than the column's: NULL, or empty when not nullable.
+    let two = Value::Array {
+        dims: vec![1, 1],
+        elements: vec![Value::Int16(1)],
+    };
+    let dims = Some(U::ArrayDims {
+        expected: 1,
+        got: 2,
+    });
+    assert_eq!(enc(&int_array(1), false, &two), Ok((vec![0], dims)));
+    assert_eq!(enc(&int_array(1), true, &two), Ok((vec![255], dims)));
 }
 
 #[test]
@@ -217,17 +277,6 @@ fn errors_leave_output_untouched() {
             value: "Int64"
         })
     );
-    let two = Value::Array {
-        dims: vec![1, 1],
-        elements: vec![Value::Int16(1)],
-    };
-    assert_eq!(
-        encode(&int_array(1), false, &two, &mut out),
-        Err(EncodeError::ArrayDims {
-            expected: 1,
-            got: 2
-        })
-    );
     let short = Value::Array {
         dims: vec![3],
         elements: vec![Value::Int16(1)],
@@ -250,7 +299,7 @@ fn errors_leave_output_untouched() {
     };
     assert_eq!(
         encode(&int_array(2), false, &zero_inner, &mut out),
-        Ok(Clamped::No)
+        Ok(None)
     );
     assert_eq!(out, [42, 2, 0, 0]);
 }
