@@ -9,7 +9,10 @@
 //! The stream is read into memory first, in the chunks the server sent; then each way runs over
 //! it several times, into 1 MiB chunks as an insert sends them, and the CPU time of this thread
 //! (`/proc/thread-self/schedstat`, which excludes waiting for a CPU on a busy machine) is
-//! reported per row: the best and the median run. Both ways must give the same bytes.
+//! reported per row: the best and the median run. Both ways must give the same bytes. The new
+//! way is also timed into `Native` blocks (65 536 rows or 4 MiB of data at most); with
+//! `TRANSCODE_BENCH_SAVE=dir` both encodings are written to files there, to time ClickHouse's
+//! inserts of each.
 //!
 //! ```sh
 //! cargo run --release -p ferry-e2e --example transcode_bench [rows, default 1000000] [runs, default 7]
@@ -18,6 +21,7 @@
 #![allow(clippy::print_stdout)]
 
 use bytes::Bytes;
+use ferry_clickhouse::native::NativeBlock;
 use ferry_clickhouse::rowbinary::encode;
 use ferry_clickhouse::transcode::Transcoder;
 use ferry_clickhouse::unrepresentable::UnrepresentablePolicy;
@@ -96,6 +100,34 @@ fn new_way(columns: &[ColumnSchema], stream: &[Bytes], sink: &mut Sink) -> u64 {
     framer.finish().expect("complete stream")
 }
 
+/// Rows of a `Native` block, and its bytes of column data, at most.
+const BLOCK_ROWS: usize = 65_536;
+const BLOCK_BYTES: usize = 4 << 20;
+
+/// The new way into `Native` blocks: each row transcoded straight into the block's columns.
+fn native_way(columns: &[ColumnSchema], stream: &[Bytes], sink: &mut Sink) -> u64 {
+    let mut framer = CopyFramer::new(columns.len(), DEFAULT_MAX_ROW_BYTES);
+    let mut transcoder =
+        Transcoder::new(columns, UnrepresentablePolicy::Substitute).expect("transcoder");
+    let mut block = NativeBlock::new(columns, BLOCK_ROWS, BLOCK_BYTES);
+    let mut buf = Vec::new();
+    for chunk in stream {
+        let mut rows = framer.feed(chunk);
+        while let Some(fields) = rows.next().expect("frame") {
+            transcoder
+                .append_native(fields.fields(), 0, false, &mut block)
+                .expect("transcode");
+            if block.is_full() {
+                block.finish(&mut buf);
+                sink.send(&mut buf);
+            }
+        }
+    }
+    block.finish(&mut buf);
+    sink.send(&mut buf);
+    framer.finish().expect("complete stream")
+}
+
 type Way = fn(&[ColumnSchema], &[Bytes], &mut Sink) -> u64;
 
 /// ns per row: (best, median) over `runs`.
@@ -129,8 +161,10 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let rows: u64 = args.next().map_or(1_000_000, |a| a.parse().expect("rows"));
     let runs: usize = args.next().map_or(7, |a| a.parse().expect("runs"));
-    println!("table | rows | old ns/row (best, median) | new ns/row (best, median) | old/new");
-    println!("---|---|---|---|---");
+    println!(
+        "table | rows | old ns/row (best, median) | new ns/row (best, median) | old/new | new into Native ns/row (best, median)"
+    );
+    println!("---|---|---|---|---|---");
     for (table, key) in [("pgbench_accounts", "aid"), ("bench_wide", "id")] {
         let (columns, stream) = copy_stream(
             "ferry_bench",
@@ -160,9 +194,19 @@ async fn main() {
         };
         let (old_best, old_median) = time(old_way, &columns, &stream, runs_of("old"));
         let (new_best, new_median) = time(new_way, &columns, &stream, runs_of("new"));
+        let (native_best, native_median) = time(native_way, &columns, &stream, runs_of("native"));
         println!(
-            "{table} | {n} | {old_best:.0}, {old_median:.0} | {new_best:.0}, {new_median:.0} | {:.1}×",
+            "{table} | {n} | {old_best:.0}, {old_median:.0} | {new_best:.0}, {new_median:.0} | {:.1}× | {native_best:.0}, {native_median:.0}",
             old_median / new_median
         );
+        if let Ok(dir) = std::env::var("TRANSCODE_BENCH_SAVE") {
+            // The two encodings of the table, for timing ClickHouse's inserts of each.
+            std::fs::write(format!("{dir}/{table}.rowbinary"), &new).expect("save");
+            std::fs::write(
+                format!("{dir}/{table}.native"),
+                output(native_way, &columns, &stream),
+            )
+            .expect("save");
+        }
     }
 }

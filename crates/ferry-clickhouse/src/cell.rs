@@ -132,11 +132,69 @@ pub(crate) fn uuid(u: &[u8; 16], out: &mut Vec<u8>) {
     out.extend(u[8..].iter().rev());
 }
 
-/// The "not NULL" marker of a `Nullable` column (nothing for a plain one).
-#[inline(always)]
-pub(crate) fn not_null(nullable: bool, out: &mut Vec<u8>) {
-    if nullable {
-        out.push(0);
+/// Where a scalar cell says whether it is NULL.
+pub(crate) enum Marker<'m> {
+    /// Nowhere: the column is not `Nullable`.
+    None,
+    /// RowBinary: a byte before the value, in the same buffer.
+    Inline,
+    /// `Native`: a byte in the column's null map, with the type's default in the data for NULL.
+    Map(&'m mut Vec<u8>),
+}
+
+impl Marker<'_> {
+    /// RowBinary's marker of a column.
+    pub(crate) fn inline(nullable: bool) -> Marker<'static> {
+        if nullable {
+            Marker::Inline
+        } else {
+            Marker::None
+        }
+    }
+
+    /// Says "not NULL" (RowBinary: before the value is written).
+    #[inline(always)]
+    pub(crate) fn not_null(&mut self, data: &mut Vec<u8>) {
+        match self {
+            Marker::None => {}
+            Marker::Inline => data.push(0),
+            Marker::Map(nulls) => nulls.push(0),
+        }
+    }
+
+    /// Writes NULL, or says the column cannot hold it.
+    fn null(&mut self, kind: ScalarKind, data: &mut Vec<u8>) -> Result<(), EncodeError> {
+        match self {
+            Marker::None => return Err(EncodeError::Null),
+            Marker::Inline => data.push(NULLABLE_NULL),
+            Marker::Map(nulls) => {
+                nulls.push(NULLABLE_NULL);
+                default_value(kind, data);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The width of a fixed-width kind's values; `None` for `String`s.
+pub(crate) fn width(kind: ScalarKind) -> Option<usize> {
+    use ScalarKind as K;
+    match kind {
+        K::Bool => Some(1),
+        K::Int16 => Some(2),
+        K::Int32 | K::UInt32 | K::Float32 | K::Date => Some(4),
+        K::Int64 | K::Float64 | K::Timestamp | K::TimestampTz => Some(8),
+        K::Decimal { precision, .. } => decimal::width(precision),
+        K::Uuid => Some(16),
+        K::Text | K::Bytes => None,
+    }
+}
+
+/// The type's default value, which a NULL holds in a `Native` column under its null map.
+pub(crate) fn default_value(kind: ScalarKind, data: &mut Vec<u8>) {
+    match width(kind) {
+        Some(w) => data.resize(data.len() + w, 0),
+        None => data.push(0), // the empty string
     }
 }
 
@@ -232,37 +290,40 @@ fn nearest(kind: ScalarKind, why: Unrepresentable, out: &mut Vec<u8>) {
     }
 }
 
-/// Writes one scalar cell (`None` is NULL) of a column, `Nullable` when `nullable`; a value the
-/// column cannot hold is dealt with by `policy`. Returns why a value was replaced, if it was.
-/// On error, what was written must be discarded by the caller.
+/// Writes one scalar cell (`None` is NULL) into `data`, its NULL marker by `marker`; a value
+/// the column cannot hold is dealt with by `policy`. Returns why a value was replaced, if it
+/// was. On error, what was written must be discarded by the caller.
 #[inline(always)]
 pub(crate) fn scalar_cell(
     kind: ScalarKind,
-    nullable: bool,
+    mut marker: Marker<'_>,
     value: Option<Scalar<'_>>,
     policy: UnrepresentablePolicy,
-    out: &mut Vec<u8>,
+    data: &mut Vec<u8>,
 ) -> Result<Option<Unrepresentable>, EncodeError> {
     let Some(value) = value else {
-        if !nullable {
-            return Err(EncodeError::Null);
-        }
-        out.push(NULLABLE_NULL);
+        marker.null(kind, data)?;
         return Ok(None);
     };
-    let start = out.len();
-    not_null(nullable, out);
-    let Some(why) = scalar(kind, value, out)? else {
+    let start = data.len();
+    if let Marker::Inline = marker {
+        data.push(0);
+    }
+    let Some(why) = scalar(kind, value, data)? else {
+        if let Marker::Map(nulls) = &mut marker {
+            nulls.push(0);
+        }
         return Ok(None);
     };
     if policy == UnrepresentablePolicy::Fail {
         return Err(EncodeError::Unrepresentable(why));
     }
-    if nullable {
-        out.truncate(start);
-        out.push(NULLABLE_NULL);
-    } else {
-        nearest(kind, why, out);
+    match marker {
+        Marker::None => nearest(kind, why, data),
+        mut nullable => {
+            data.truncate(start);
+            nullable.null(kind, data)?;
+        }
     }
     Ok(Some(why))
 }
@@ -374,7 +435,7 @@ fn nested<'a>(
     for _ in 0..len {
         if inner.is_empty() {
             let e = src.next_element()?;
-            let w = scalar_cell(element, true, e, policy, out)?;
+            let w = scalar_cell(element, Marker::Inline, e, policy, out)?;
             *why = why.or(w);
         } else {
             nested(element, inner, src, policy, out, why)?;

@@ -7,6 +7,7 @@
 //! - [`transcode`]: canonical binary fields straight into ClickHouse's formats;
 //!   [`rowbinary`] and [`decimal`]: values in RowBinary; both write each value through `cell`
 //!   under one policy for values ClickHouse cannot hold ([`unrepresentable`]);
+//! - [`native`]: rows gathered into ClickHouse's columnar `Native` blocks;
 //! - [`connect`]: the HTTP(S) client and the classification of ClickHouse's errors.
 
 pub mod apply;
@@ -16,6 +17,7 @@ pub mod decimal;
 pub mod destination;
 pub mod load;
 pub mod lookup;
+pub mod native;
 pub mod rowbinary;
 pub mod table;
 pub mod transcode;

@@ -24,7 +24,7 @@
 use ferry_core::pg_binary::{BinaryNumeric, FormatError};
 use ferry_core::{ErrorKind, Numeric, Value, ValueKind};
 
-use crate::cell::{self, ArraySource, Scalar, ScalarKind};
+use crate::cell::{self, ArraySource, Marker, Scalar, ScalarKind};
 pub use crate::cell::{DATE32_MAX, DATE32_MIN, DATETIME64_MAX, DATETIME64_MIN};
 use crate::unrepresentable::{Unrepresentable, UnrepresentablePolicy};
 
@@ -145,13 +145,17 @@ fn encode_cell(
                 out,
             )
         }
-        _ if matches!(value, Value::Null) => {
-            cell::scalar_cell(ScalarKind::Bool, nullable, None, policy, out)
-        }
+        _ if matches!(value, Value::Null) => cell::scalar_cell(
+            ScalarKind::Bool,
+            Marker::inline(nullable),
+            None,
+            policy,
+            out,
+        ),
         _ => {
             let kind = ScalarKind::of(kind)?;
             let scalar = to_scalar(kind, value)?;
-            cell::scalar_cell(kind, nullable, Some(scalar), policy, out)
+            cell::scalar_cell(kind, Marker::inline(nullable), Some(scalar), policy, out)
         }
     }
 }

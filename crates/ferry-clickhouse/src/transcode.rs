@@ -36,7 +36,8 @@
 use ferry_core::pg_binary::{BinaryArray, BinaryNumeric};
 use ferry_core::{ColumnSchema, ErrorKind, ValueKind};
 
-use crate::cell::{self, ArraySource, Scalar, ScalarKind};
+use crate::cell::{self, ArraySource, Marker, Scalar, ScalarKind};
+use crate::native::NativeBlock;
 use crate::rowbinary::EncodeError;
 use crate::unrepresentable::{self, Substitutions, Unrepresentable, UnrepresentablePolicy};
 
@@ -48,6 +49,17 @@ pub enum Field<'a> {
     Binary(&'a [u8]),
     /// The column's RowBinary, written as it is (with its NULL marker where the column has one).
     Encoded(&'a [u8]),
+}
+
+impl<'a> Field<'a> {
+    /// The value in binary (`None` for NULL), or else the bytes already encoded.
+    pub(crate) fn binary(self) -> Result<Option<&'a [u8]>, &'a [u8]> {
+        match self {
+            Field::Null => Ok(None),
+            Field::Binary(raw) => Ok(Some(raw)),
+            Field::Encoded(bytes) => Err(bytes),
+        }
+    }
 }
 
 impl<'a> From<Option<&'a [u8]>> for Field<'a> {
@@ -93,22 +105,129 @@ impl TranscodeError {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Plan {
+pub(crate) enum Plan {
     Scalar(ScalarKind),
     Array { element: ScalarKind, dims: u8 },
 }
 
+/// How one column is transcoded.
 #[derive(Debug, Clone, Copy)]
-struct Column {
-    plan: Plan,
+pub(crate) struct ColumnPlan {
+    pub(crate) plan: Plan,
+    pub(crate) nullable: bool,
+}
+
+/// Where transcoded rows go: RowBinary bytes, or a `Native` block's columns.
+pub(crate) trait RowTarget {
+    fn begin_row(&mut self);
+    /// Writes column `column`'s cell.
+    fn write_field(
+        &mut self,
+        column: usize,
+        plan: &ColumnPlan,
+        field: Field<'_>,
+        policy: UnrepresentablePolicy,
+    ) -> Result<Option<Unrepresentable>, EncodeError>;
+    /// Ends the row with Ferry's version and deletion marker.
+    fn end_row(&mut self, version: u64, is_deleted: bool);
+    /// Takes back what the row wrote so far.
+    fn abort_row(&mut self);
+}
+
+/// A row appended to RowBinary bytes.
+struct RowBinaryTarget<'o> {
+    out: &'o mut Vec<u8>,
+    start: usize,
+}
+
+impl RowTarget for RowBinaryTarget<'_> {
+    fn begin_row(&mut self) {
+        self.start = self.out.len();
+    }
+
+    #[inline(always)]
+    fn write_field(
+        &mut self,
+        _column: usize,
+        plan: &ColumnPlan,
+        field: Field<'_>,
+        policy: UnrepresentablePolicy,
+    ) -> Result<Option<Unrepresentable>, EncodeError> {
+        let out = &mut *self.out;
+        let raw = field
+            .binary()
+            .map_err(|encoded| out.extend_from_slice(encoded));
+        let Ok(raw) = raw else {
+            return Ok(None);
+        };
+        match plan.plan {
+            Plan::Scalar(kind) => {
+                scalar_field(kind, Marker::inline(plan.nullable), raw, policy, out)
+            }
+            Plan::Array { element, dims } => {
+                array_field(element, dims, plan.nullable, raw, policy, out)
+            }
+        }
+    }
+
+    fn end_row(&mut self, version: u64, is_deleted: bool) {
+        self.out.extend_from_slice(&version.to_le_bytes());
+        self.out.push(u8::from(is_deleted));
+    }
+
+    fn abort_row(&mut self) {
+        self.out.truncate(self.start);
+    }
+}
+
+/// Writes a scalar field's cell into `data`, its NULL marker by `marker`.
+#[inline(always)]
+pub(crate) fn scalar_field(
+    kind: ScalarKind,
+    mut marker: Marker<'_>,
+    raw: Option<&[u8]>,
+    policy: UnrepresentablePolicy,
+    data: &mut Vec<u8>,
+) -> Result<Option<Unrepresentable>, EncodeError> {
+    match raw {
+        None => cell::scalar_cell(kind, marker, None, policy, data),
+        Some(raw) if is_plain(kind) => {
+            marker.not_null(data);
+            plain_value(kind, raw, data)?;
+            Ok(None)
+        }
+        Some(raw) => {
+            let value = parse(kind, raw)?;
+            cell::scalar_cell(kind, marker, Some(value), policy, data)
+        }
+    }
+}
+
+/// Writes an array field's cell (in RowBinary: a `Variant` when `nullable`).
+pub(crate) fn array_field(
+    element: ScalarKind,
+    dims: u8,
     nullable: bool,
+    raw: Option<&[u8]>,
+    policy: UnrepresentablePolicy,
+    out: &mut Vec<u8>,
+) -> Result<Option<Unrepresentable>, EncodeError> {
+    let mut array = raw.map(|raw| Elements::new(element, raw)).transpose()?;
+    cell::array_cell(
+        element,
+        dims,
+        nullable,
+        array.as_mut().map(|a| a as &mut dyn ArraySource<'_>),
+        policy,
+        out,
+    )
 }
 
 /// Appends rows of one table as RowBinary, from their fields in the table's column order,
 /// followed by Ferry's `_ferry_version` and `_ferry_is_deleted`.
 #[derive(Debug, Clone)]
 pub struct Transcoder {
-    columns: Vec<Column>,
+    columns: Vec<ColumnPlan>,
     names: Vec<String>,
     /// The key columns' positions, in key order.
     key_columns: Vec<usize>,
@@ -139,7 +258,7 @@ impl Transcoder {
                     }
                     kind => ScalarKind::of(kind).map(Plan::Scalar),
                 };
-                plan.map(|plan| Column {
+                plan.map(|plan| ColumnPlan {
                     plan,
                     nullable: c.nullable,
                 })
@@ -176,17 +295,63 @@ impl Transcoder {
         I::IntoIter: Clone,
     {
         let start = out.len();
+        self.append(
+            fields,
+            version,
+            is_deleted,
+            &mut RowBinaryTarget { out, start },
+        )
+    }
+
+    /// As [`Transcoder::append_row`], into a `Native` block made for the same columns (see
+    /// [`NativeBlock::new`]) instead of RowBinary.
+    pub fn append_native<'f, I>(
+        &mut self,
+        fields: I,
+        version: u64,
+        is_deleted: bool,
+        block: &mut NativeBlock,
+    ) -> Result<(), TranscodeError>
+    where
+        I: IntoIterator,
+        I::Item: Into<Field<'f>>,
+        I::IntoIter: Clone,
+    {
+        if block.user_columns() != self.columns.len() {
+            return Err(TranscodeError::FieldCount {
+                expected: self.columns.len(),
+                got: block.user_columns(),
+            });
+        }
+        self.append(fields, version, is_deleted, block)
+    }
+
+    #[inline(always)]
+    fn append<'f, I, T>(
+        &mut self,
+        fields: I,
+        version: u64,
+        is_deleted: bool,
+        target: &mut T,
+    ) -> Result<(), TranscodeError>
+    where
+        I: IntoIterator,
+        I::Item: Into<Field<'f>>,
+        I::IntoIter: Clone,
+        T: RowTarget,
+    {
         let mut fields = fields.into_iter();
         let all = fields.clone();
+        target.begin_row();
         for (i, column) in self.columns.iter().enumerate() {
             let Some(field) = fields.next() else {
-                out.truncate(start);
+                target.abort_row();
                 return Err(TranscodeError::FieldCount {
                     expected: self.columns.len(),
                     got: i,
                 });
             };
-            match write_field(column, field.into(), self.policy, out) {
+            match target.write_field(i, column, field.into(), self.policy) {
                 Ok(None) => {}
                 Ok(Some(why)) => {
                     if self.substitutions.record(i, why) {
@@ -194,7 +359,8 @@ impl Transcoder {
                     }
                 }
                 Err(source) => {
-                    out.truncate(start);
+                    target.abort_row();
+                    self.first_in_row.clear();
                     return Err(TranscodeError::Column {
                         column: i,
                         name: self.names[i].clone(),
@@ -204,14 +370,14 @@ impl Transcoder {
             }
         }
         if fields.next().is_some() {
-            out.truncate(start);
+            target.abort_row();
+            self.first_in_row.clear();
             return Err(TranscodeError::FieldCount {
                 expected: self.columns.len(),
                 got: self.columns.len() + 1 + fields.count(),
             });
         }
-        out.extend_from_slice(&version.to_le_bytes());
-        out.push(u8::from(is_deleted));
+        target.end_row(version, is_deleted);
         if !self.first_in_row.is_empty() {
             let key = self.example_key(all);
             for i in std::mem::take(&mut self.first_in_row) {
@@ -265,46 +431,6 @@ impl Transcoder {
                 .collect();
         let names = self.key_columns.iter().map(|&k| self.names[k].as_str());
         unrepresentable::format_key(names, &values)
-    }
-}
-
-#[inline]
-fn write_field(
-    column: &Column,
-    field: Field<'_>,
-    policy: UnrepresentablePolicy,
-    out: &mut Vec<u8>,
-) -> Result<Option<Unrepresentable>, EncodeError> {
-    let raw = match field {
-        Field::Encoded(bytes) => {
-            out.extend_from_slice(bytes);
-            return Ok(None);
-        }
-        Field::Null => None,
-        Field::Binary(raw) => Some(raw),
-    };
-    match column.plan {
-        Plan::Scalar(kind) => match raw {
-            None => cell::scalar_cell(kind, column.nullable, None, policy, out),
-            Some(raw) => {
-                if plain_field(kind, column.nullable, raw, out)? {
-                    return Ok(None);
-                }
-                let value = parse(kind, raw)?;
-                cell::scalar_cell(kind, column.nullable, Some(value), policy, out)
-            }
-        },
-        Plan::Array { element, dims } => {
-            let mut array = raw.map(|raw| Elements::new(element, raw)).transpose()?;
-            cell::array_cell(
-                element,
-                dims,
-                column.nullable,
-                array.as_mut().map(|a| a as &mut dyn ArraySource<'_>),
-                policy,
-                out,
-            )
-        }
     }
 }
 
@@ -370,52 +496,49 @@ fn uuid_field(raw: &[u8]) -> Result<&[u8; 16], EncodeError> {
     })
 }
 
-/// Writes a non-NULL field of a kind every value of which ClickHouse holds (true when `kind`
-/// is one), straight from its bytes; the same bytes [`cell::scalar_cell`] writes for its
-/// [`Scalar`], which is built in memory otherwise, and that would double a narrow row's cost.
+/// Whether every value of `kind` can be held, so that [`plain_value`] writes it.
 #[inline(always)]
-fn plain_field(
+pub(crate) fn is_plain(kind: ScalarKind) -> bool {
+    use ScalarKind as K;
+    !matches!(
+        kind,
+        K::Decimal { .. } | K::Date | K::Timestamp | K::TimestampTz
+    )
+}
+
+/// Writes a non-NULL field of a [plain](is_plain) kind straight from its bytes: the same bytes
+/// [`cell::scalar_cell`] writes for its [`Scalar`], which would be built in memory otherwise
+/// (and that alone would double a narrow row's cost).
+#[inline(always)]
+pub(crate) fn plain_value(
     kind: ScalarKind,
-    nullable: bool,
     raw: &[u8],
     out: &mut Vec<u8>,
-) -> Result<bool, EncodeError> {
+) -> Result<(), EncodeError> {
     use ScalarKind as K;
-    let plain = |bytes: &[u8], out: &mut Vec<u8>| {
-        cell::not_null(nullable, out);
-        out.extend_from_slice(bytes);
-    };
     match kind {
-        K::Bool => plain(&[u8::from(bool_field(raw)?)], out),
-        K::Int16 => plain(&i16::from_be_bytes(fixed(raw, "int2")?).to_le_bytes(), out),
-        K::Int32 => plain(&i32::from_be_bytes(fixed(raw, "int4")?).to_le_bytes(), out),
-        K::Int64 => plain(&i64::from_be_bytes(fixed(raw, "int8")?).to_le_bytes(), out),
-        K::UInt32 => plain(&u32::from_be_bytes(fixed(raw, "oid")?).to_le_bytes(), out),
-        K::Float32 => plain(
-            &f32::from_be_bytes(fixed(raw, "float4")?).to_le_bytes(),
-            out,
-        ),
-        K::Float64 => plain(
-            &f64::from_be_bytes(fixed(raw, "float8")?).to_le_bytes(),
-            out,
-        ),
-        K::Text | K::Bytes => {
-            let bytes = if kind == K::Text {
-                text_field(raw)?
-            } else {
-                raw
-            };
-            cell::not_null(nullable, out);
-            cell::string(bytes, out);
+        K::Bool => out.push(u8::from(bool_field(raw)?)),
+        K::Int16 => out.extend_from_slice(&i16::from_be_bytes(fixed(raw, "int2")?).to_le_bytes()),
+        K::Int32 => out.extend_from_slice(&i32::from_be_bytes(fixed(raw, "int4")?).to_le_bytes()),
+        K::Int64 => out.extend_from_slice(&i64::from_be_bytes(fixed(raw, "int8")?).to_le_bytes()),
+        K::UInt32 => out.extend_from_slice(&u32::from_be_bytes(fixed(raw, "oid")?).to_le_bytes()),
+        K::Float32 => {
+            out.extend_from_slice(&f32::from_be_bytes(fixed(raw, "float4")?).to_le_bytes())
         }
-        K::Uuid => {
-            let u = uuid_field(raw)?;
-            cell::not_null(nullable, out);
-            cell::uuid(u, out);
+        K::Float64 => {
+            out.extend_from_slice(&f64::from_be_bytes(fixed(raw, "float8")?).to_le_bytes())
         }
-        K::Decimal { .. } | K::Date | K::Timestamp | K::TimestampTz => return Ok(false),
+        K::Text => cell::string(text_field(raw)?, out),
+        K::Bytes => cell::string(raw, out),
+        K::Uuid => cell::uuid(uuid_field(raw)?, out),
+        K::Decimal { .. } | K::Date | K::Timestamp | K::TimestampTz => {
+            return Err(EncodeError::Mismatch {
+                kind: cell::kind_name(kind),
+                value: "plain",
+            })
+        }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// A binary array whose elements are read as scalars of one kind.
@@ -455,4 +578,4 @@ impl<'a> ArraySource<'a> for Elements<'a> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -2,15 +2,17 @@
 //! `FERRY_TEST_CH_HTTP_PORT`, default 18123).
 //!
 //! Every column kind is created with the type `clickhouse_type` gives it, nullable and not,
-//! filled with edge values through `INSERT … FORMAT RowBinary`, and read back as text.
+//! filled with edge values through `INSERT … FORMAT RowBinary`, and read back as text; and the
+//! same rows as `Native` blocks are checked against what ClickHouse writes and reads.
 
 use bytes::Bytes;
 use clickhouse::Client;
+use ferry_clickhouse::native::NativeBlock;
 use ferry_clickhouse::rowbinary::encode;
 use ferry_clickhouse::types::clickhouse_type;
 use ferry_core::ident::{ch_ident, ch_qualified};
 use ferry_core::value::PG_EPOCH_UNIX_DAYS;
-use ferry_core::{days_from_civil, Numeric, Value, ValueKind};
+use ferry_core::{days_from_civil, ColumnSchema, Numeric, Value, ValueKind};
 use serde_json::Value as Json;
 
 fn client() -> Client {
@@ -483,4 +485,124 @@ async fn rowbinary_round_trip() {
         assert_eq!(name, c.name);
         assert_eq!(ty, &clickhouse_type(&c.kind, c.nullable));
     }
+}
+
+/// The same rows as `Native` blocks: byte for byte what ClickHouse itself writes for them, and
+/// read back into the same table contents when cut into several blocks.
+#[tokio::test]
+async fn native_blocks_match_clickhouse() {
+    let db = TestDb::new().await;
+    let columns = columns();
+    let mut schema = vec![ColumnSchema {
+        name: "id".into(),
+        type_oid: 0,
+        type_name: String::new(),
+        kind: ValueKind::Int32,
+        nullable: false,
+        key_position: Some(1),
+    }];
+    schema.extend(columns.iter().map(|c| ColumnSchema {
+        name: c.name.into(),
+        type_oid: 0,
+        type_name: String::new(),
+        kind: c.kind.clone(),
+        nullable: c.nullable,
+        key_position: None,
+    }));
+    let ddl: Vec<String> = schema
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                ch_ident(&c.name),
+                clickhouse_type(&c.kind, c.nullable)
+            )
+        })
+        .chain([
+            "_ferry_version UInt64".to_owned(),
+            "_ferry_is_deleted UInt8".to_owned(),
+        ])
+        .collect();
+    let list = NativeBlock::column_list(&schema);
+    let mut rows = Vec::new();
+    for row in 0..columns[0].cells.len() {
+        rows.extend_from_slice(&(row as i32).to_le_bytes());
+        for c in &columns {
+            encode(&c.kind, c.nullable, &c.cells[row].0, &mut rows).unwrap();
+        }
+        rows.extend_from_slice(&(100 + row as u64).to_le_bytes());
+        rows.push(u8::from(row == 1));
+    }
+    let insert = |table: &str, format: &str, body: Vec<u8>| {
+        let client = db.client.clone();
+        let sql = format!(
+            "INSERT INTO {} ({list}) FORMAT {format}",
+            ch_qualified(&db.name, table)
+        );
+        async move {
+            let mut insert = client.insert_formatted_with(sql);
+            insert.send(Bytes::from(body)).await.expect("insert");
+            insert.end().await.expect("insert end");
+        }
+    };
+    let select = |table: &str, format: &'static str| {
+        let sql = format!(
+            "SELECT * FROM {} ORDER BY id FORMAT {format}",
+            ch_qualified(&db.name, table)
+        );
+        let client = db.client.clone();
+        async move {
+            client
+                .query(&sql)
+                .fetch_bytes(format)
+                .expect("select")
+                .collect()
+                .await
+                .expect("select")
+        }
+    };
+    for table in ["by_rows", "by_blocks"] {
+        db.client
+            .query(&format!(
+                "CREATE TABLE {} ({}) ENGINE = MergeTree ORDER BY id",
+                ch_qualified(&db.name, table),
+                ddl.join(", ")
+            ))
+            .execute()
+            .await
+            .expect("create table");
+    }
+    insert("by_rows", "RowBinary", rows.clone()).await;
+
+    let mut one = NativeBlock::new(&schema, 1000, 1 << 20);
+    assert_eq!(one.push_rows(&rows), Ok(3));
+    let mut native = Vec::new();
+    one.finish(&mut native);
+    assert_eq!(select("by_rows", "Native").await, native);
+
+    // Blocks of at most two rows.
+    let mut blocks = Vec::new();
+    let mut two = NativeBlock::new(&schema, 2, 1 << 20);
+    let mut rest = &rows[..];
+    let row_len = |r: &[u8]| {
+        let mut b = NativeBlock::new(&schema, 1, 1 << 20);
+        (1..=r.len())
+            .find(|&n| b.push_rows(&r[..n]).is_ok())
+            .expect("a whole row")
+    };
+    while !rest.is_empty() {
+        let n = row_len(rest);
+        two.push_rows(&rest[..n]).unwrap();
+        rest = &rest[n..];
+        if two.is_full() {
+            two.finish(&mut blocks);
+        }
+    }
+    two.finish(&mut blocks);
+    assert!(blocks.len() > native.len());
+    insert("by_blocks", "Native", blocks).await;
+    assert_eq!(
+        select("by_blocks", "RowBinary").await,
+        select("by_rows", "RowBinary").await
+    );
 }

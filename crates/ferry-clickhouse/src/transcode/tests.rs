@@ -12,7 +12,12 @@ use super::*;
 use crate::rowbinary::encode_with_policy;
 use crate::unrepresentable::UnrepresentablePolicy as Policy;
 
-fn column(name: &str, kind: ValueKind, nullable: bool, key: Option<u16>) -> ColumnSchema {
+pub(crate) fn column(
+    name: &str,
+    kind: ValueKind,
+    nullable: bool,
+    key: Option<u16>,
+) -> ColumnSchema {
     ColumnSchema {
         name: name.to_owned(),
         type_oid: 0,
@@ -122,7 +127,7 @@ const PG_US_MIN: i64 = crate::cell::DATETIME64_MIN - 946_684_800_000_000;
 const PG_US_MAX: i64 = crate::cell::DATETIME64_MAX - 946_684_800_000_000;
 
 /// A random valid field of a scalar kind, edge values often.
-fn scalar_field(rng: &mut StdRng, kind: &ValueKind) -> Vec<u8> {
+pub(crate) fn scalar_field(rng: &mut StdRng, kind: &ValueKind) -> Vec<u8> {
     use ValueKind as K;
     match kind {
         K::Bool => vec![rng.gen_range(0..2)],
@@ -192,7 +197,7 @@ fn scalar_field(rng: &mut StdRng, kind: &ValueKind) -> Vec<u8> {
 
 /// A random array of `element`s: of the column's dimensions mostly, empty sometimes, with NULL
 /// elements and lower bounds other than 1 now and then.
-fn array_field(rng: &mut StdRng, element: &ValueKind, dims: u8) -> Vec<u8> {
+pub(crate) fn array_field(rng: &mut StdRng, element: &ValueKind, dims: u8) -> Vec<u8> {
     let ndim = match rng.gen_range(0..10) {
         0 => 0,
         1 => rng.gen_range(1..=3),
@@ -218,7 +223,7 @@ fn array_field(rng: &mut StdRng, element: &ValueKind, dims: u8) -> Vec<u8> {
     array_send(&shape, &elements)
 }
 
-fn kinds() -> Vec<ValueKind> {
+pub(crate) fn kinds() -> Vec<ValueKind> {
     use ValueKind as K;
     let mut scalars = vec![
         K::Bool,
