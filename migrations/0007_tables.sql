@@ -65,3 +65,28 @@ LEFT JOIN LATERAL (
     SELECT sum(t.rows_copied) AS rows_copied, sum(t.rows_estimated) AS rows_estimated
     FROM ferry.mirror_table t WHERE t.mirror_id = m.id
 ) agg ON true;
+
+-- Values a destination column cannot hold, replaced by their documented stand-ins (or failing
+-- their table, as the mirror's unrepresentable_values says): counted per table and column,
+-- with the key of the first row concerned as an example.
+CREATE TABLE ferry.substitution (
+    table_id    bigint NOT NULL REFERENCES ferry.mirror_table (id) ON DELETE CASCADE,
+    column_name text NOT NULL,
+    count       bigint NOT NULL,
+    example_key text,
+    first_at    timestamptz NOT NULL DEFAULT now(),
+    last_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (table_id, column_name)
+);
+
+CREATE VIEW public.substitutions AS
+SELECT m.name AS mirror,
+       t.source_schema || '.' || t.source_table AS source_table,
+       s.column_name,
+       s.count AS values_replaced,
+       s.example_key,
+       s.first_at,
+       s.last_at
+FROM ferry.substitution s
+JOIN ferry.mirror_table t ON t.id = s.table_id
+JOIN ferry.mirrors m ON m.id = t.mirror_id;

@@ -241,6 +241,56 @@ async fn a_failed_table_is_loaded_again_while_written_and_joins_exactly() {
 }
 
 #[tokio::test]
+async fn a_table_that_fails_its_load_does_not_stop_the_others() {
+    let s = setup().await;
+    s.src
+        .batch_execute(
+            "CREATE TABLE good (id int PRIMARY KEY, v text);
+             INSERT INTO good SELECT g, 'v' || g FROM generate_series(1, 2000) g;
+             CREATE TABLE bad (id int PRIMARY KEY, amount numeric(10, 2));
+             INSERT INTO bad VALUES (1, 1.5), (2, 'NaN');",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute(
+            "CREATE MIRROR strict FROM src TO dst WITH TABLE MAPPING (good:good, bad:bad)
+             WITH (do_initial_copy = true, unrepresentable_values = 'fail')",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&s.client, "strict", "running", TIMEOUT).await;
+    let error = wait_table_state(&s.client, "public.bad", "failed").await;
+    assert!(error.contains("amount") && error.contains("NaN"), "{error}");
+    let r = s
+        .client
+        .query_one(
+            "SELECT tables_failed, coalesce(last_error, '') FROM mirror_status",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, i64>(0), 1);
+    assert!(r.get::<_, String>(1).contains("public.bad"));
+    // The good table streams; fixed at the source, RESUME loads the bad one again.
+    s.src
+        .batch_execute(
+            "INSERT INTO good VALUES (2001, 'new'); UPDATE bad SET amount = 0 WHERE id = 2;",
+        )
+        .await
+        .unwrap();
+    wait_converged(&s, &[("good", "id")], "the good table").await;
+    s.client.batch_execute("PAUSE MIRROR strict").await.unwrap();
+    s.client
+        .batch_execute("RESUME MIRROR strict")
+        .await
+        .unwrap();
+    wait_table_state(&s.client, "public.bad", "done").await;
+    wait_converged(&s, &[("good", "id"), ("bad", "id")], "after RESUME").await;
+    s.ferry.stop().await;
+}
+
+#[tokio::test]
 async fn tables_dropped_at_the_source_are_marked_and_followed_again() {
     let s = setup().await;
     s.src

@@ -223,6 +223,45 @@ async fn unrepresentable_values_are_substituted_and_drop_cleans_up() {
             "0 2 1900-01-01 ['2000-01-02',NULL]",
         ]
     );
+    // Counted per column, with the key of a row as an example; streamed values too.
+    s.src
+        .batch_execute("INSERT INTO odd VALUES (5, 'NaN', 1, '2000-01-01', '{}')")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + LOAD_TIMEOUT;
+    let counts: Vec<(String, i64, String)> = loop {
+        let rows: Vec<(String, i64, String)> = s
+            .client
+            .query(
+                "SELECT column_name, values_replaced, coalesce(example_key, '') FROM substitutions
+                 WHERE mirror = 'two' AND source_table = 'public.odd' ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        if rows.iter().any(|(c, n, _)| c == "amount" && *n == 3) {
+            break rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "substitutions: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let amount = counts.iter().find(|(c, ..)| c == "amount").unwrap();
+    assert!(
+        amount.2.contains("id") && amount.2.contains('2'),
+        "{amount:?}"
+    );
+    assert!(
+        counts.iter().any(|(c, n, _)| c == "day" && *n == 3),
+        "{counts:?}"
+    );
+    assert!(counts.iter().all(|(c, ..)| c != "id"), "{counts:?}");
+
     let n: u64 = s
         .dest
         .client()

@@ -445,6 +445,12 @@ impl Catalog {
             &[&mirror_id],
         )
         .await?;
+        tx.execute(
+            "DELETE FROM ferry.substitution WHERE table_id IN
+                 (SELECT id FROM ferry.mirror_table WHERE mirror_id = $1)",
+            &[&mirror_id],
+        )
+        .await?;
         for (id, name, uuid, columns) in load_tables {
             tx.execute(
                 "UPDATE ferry.mirror_table SET load_table = $2, load_table_uuid = $3, columns = $4,
@@ -724,6 +730,11 @@ impl Catalog {
         )
         .await?;
         tx.execute(
+            "DELETE FROM ferry.substitution WHERE table_id = $1",
+            &[&table_id],
+        )
+        .await?;
+        tx.execute(
             "UPDATE ferry.mirror_table SET sync_lsn = $2::text::pg_lsn, load_table = $3,
                  load_table_uuid = $4, columns = $5, rows_copied = 0, rows_estimated = $6,
                  source_oid = $7, started_at = now(), finished_at = NULL, error = NULL
@@ -751,6 +762,47 @@ impl Catalog {
                 "UPDATE ferry.mirror_table SET state = 'done', sync_lsn = NULL, load_table = NULL,
                      load_table_uuid = NULL, error = NULL, finished_at = now()
                  WHERE id = $1",
+                &[&table_id],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl Catalog {
+    /// Adds values replaced in a table's columns (`(column, count, example key)`); returns the
+    /// columns that had none before, whose example is worth a log line.
+    pub async fn add_substitutions(
+        &self,
+        table_id: i64,
+        replaced: &[(String, i64, Option<String>)],
+    ) -> Result<Vec<String>, CatalogError> {
+        let client = self.client().await?;
+        let mut first = Vec::new();
+        for (column, count, example) in replaced {
+            let row = client
+                .query_one(
+                    "INSERT INTO ferry.substitution (table_id, column_name, count, example_key)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (table_id, column_name) DO UPDATE
+                         SET count = ferry.substitution.count + excluded.count, last_at = now()
+                     RETURNING (xmax = 0)",
+                    &[&table_id, column, count, example],
+                )
+                .await?;
+            if row.get::<_, bool>(0) {
+                first.push(column.clone());
+            }
+        }
+        Ok(first)
+    }
+
+    /// Forgets a table's replaced values (it is loaded again from scratch).
+    pub async fn clear_substitutions(&self, table_id: i64) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM ferry.substitution WHERE table_id = $1",
                 &[&table_id],
             )
             .await?;

@@ -35,16 +35,22 @@ use ferry_core::{canonical, ColumnSchema, Error, ErrorKind, Lsn, Numeric, Value,
 
 use crate::connect::DestinationError;
 use crate::load::column_error;
-use crate::table::{ClickHouse, WriteError};
+use crate::table::{ClickHouse, RowInsert, WriteError};
+use crate::unrepresentable::{Substitutions, UnrepresentablePolicy};
 
 /// Applying changes to one ClickHouse.
 pub struct ClickHouseApply {
     ch: ClickHouse,
+    policy: UnrepresentablePolicy,
 }
 
 impl ClickHouseApply {
-    pub(crate) fn new(ch: ClickHouse) -> ClickHouseApply {
-        ClickHouseApply { ch }
+    pub(crate) fn new(ch: ClickHouse, policy: UnrepresentablePolicy) -> ClickHouseApply {
+        ClickHouseApply { ch, policy }
+    }
+
+    fn insert(&self, db: &str, table: &str, columns: &[ColumnSchema]) -> RowInsert {
+        self.ch.insert(db, table, columns).with_policy(self.policy)
     }
 }
 
@@ -53,11 +59,12 @@ impl Apply for ClickHouseApply {
     async fn write(&mut self, changes: Vec<TableChanges>) -> Result<Summary, ApplyError> {
         let mut summary = Summary::default();
         for tc in &changes {
-            let rows = self
+            let (rows, substitutions) = self
                 .write_table(tc)
                 .await
                 .map_err(|e| attribute(tc.table.id, e))?;
             summary.rows += rows;
+            summary.substitutions.extend(substitutions);
         }
         Ok(summary)
     }
@@ -157,7 +164,10 @@ struct Sources {
 
 impl ClickHouseApply {
     /// Writes one table's changes; returns the rows written.
-    async fn write_table(&self, tc: &TableChanges) -> Result<u64, Failure> {
+    async fn write_table(
+        &self,
+        tc: &TableChanges,
+    ) -> Result<(u64, Vec<ferry_core::destination::Substitution>), Failure> {
         let spec = &tc.table;
         let columns: Vec<ColumnSchema> = tc
             .columns
@@ -175,7 +185,8 @@ impl ClickHouseApply {
         };
         let sources = self.unchanged_sources(tc, &columns, &key_slots).await?;
         let (db, table) = (&spec.target.namespace, &spec.target.table);
-        let mut insert = self.ch.insert(db, table, &columns);
+        let mut insert = self.insert(db, table, &columns);
+        let mut substituted = Substitutions::new(columns.len());
         let mut written = 0u64;
         let mut values = Vec::with_capacity(columns.len());
         // The RowBinary of each column of the ops later ops take values from.
@@ -184,7 +195,8 @@ impl ClickHouseApply {
             let change = match op {
                 Op::Truncate { .. } => {
                     // The rows before the TRUNCATE land first.
-                    let done = std::mem::replace(&mut insert, self.ch.insert(db, table, &columns));
+                    let done = std::mem::replace(&mut insert, self.insert(db, table, &columns));
+                    substituted.merge(done.substitutions());
                     written += done.finish().await?;
                     self.ch
                         .execute(&format!("TRUNCATE TABLE {}", ch_qualified(db, table)))
@@ -237,13 +249,19 @@ impl ClickHouseApply {
                         Some((_, b)) => cols.push(b.clone()),
                         None => {
                             let mut b = Vec::new();
-                            crate::rowbinary::encode(&c.kind, c.nullable, &values[s], &mut b)
-                                .map_err(|source| {
-                                    Failure::Table(column_error(
-                                        &columns,
-                                        WriteError::Encode { column: s, source },
-                                    ))
-                                })?;
+                            crate::rowbinary::encode_with_policy(
+                                &c.kind,
+                                c.nullable,
+                                &values[s],
+                                self.policy,
+                                &mut b,
+                            )
+                            .map_err(|source| {
+                                Failure::Table(column_error(
+                                    &columns,
+                                    WriteError::Encode { column: s, source },
+                                ))
+                            })?;
                             cols.push(b);
                         }
                     }
@@ -257,9 +275,13 @@ impl ClickHouseApply {
                 .await
                 .map_err(|e| Failure::Table(column_error(&columns, e)))?;
         }
+        substituted.merge(insert.substitutions());
         written += insert.finish().await?;
         tracing::debug!(table = %spec.source, destination = %format!("{db}.{table}"), rows = written, "changes written");
-        Ok(written)
+        Ok((
+            written,
+            crate::load::summarise(spec.id, &columns, &substituted),
+        ))
     }
 
     /// Decides, in order, where each row's unchanged values come from: the row's latest

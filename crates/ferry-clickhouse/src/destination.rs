@@ -31,7 +31,6 @@ pub const RESERVED_COLUMNS: [&str; 3] = [VERSION_COLUMN, IS_DELETED_COLUMN, SYNC
 pub struct ClickHouseDestination {
     pub(crate) ch: ClickHouse,
     cfg: ClickhouseConfig,
-    #[allow(dead_code)]
     mirror: MirrorContext,
 }
 
@@ -166,8 +165,11 @@ impl Destination for ClickHouseDestination {
 
     async fn load(&self, table: &TableSpec, into: &TargetName, _range: i32) -> Result<Load, Error> {
         Ok(Load::Sink(Box::new(crate::load::RangeSink::new(
-            &self.ch, table, into,
-        ))))
+            &self.ch,
+            table,
+            into,
+            crate::load::policy(self.mirror.unrepresentable),
+        )?)))
     }
 
     async fn finish_load(&self, _table: &TableSpec, _into: &TargetName) -> Result<(), Error> {
@@ -192,6 +194,7 @@ impl Destination for ClickHouseDestination {
     async fn begin_apply(&self) -> Result<Box<dyn Apply>, Error> {
         Ok(Box::new(crate::apply::ClickHouseApply::new(
             self.ch.clone(),
+            crate::load::policy(self.mirror.unrepresentable),
         )))
     }
 }

@@ -1,35 +1,108 @@
 //! One range of the initial load: a binary COPY stream in, one streamed insert out.
 //!
 //! The source sends each field in the canonical binary form of its column's kind
-//! ([`ferry_core::canonical`]); each row is framed in place ([`ferry_core::binary_copy`]) and
-//! written as RowBinary with version 0 (below every streamed change) into one insert, sent in
-//! chunks as it grows, so memory stays bounded whatever the range's size.
+//! ([`ferry_core::canonical`]). Each row is framed in place ([`ferry_core::binary_copy`]),
+//! transcoded field by field into ClickHouse's columnar `Native` format ([`crate::transcode`],
+//! [`crate::native`]) with version 0 (below every streamed change), and sent as bounded blocks
+//! of one insert: no value is materialised per cell, and memory stays bounded by the block
+//! size whatever the range's size. Values a column cannot hold are replaced or refused as the
+//! mirror's policy says ([`crate::unrepresentable`]), and counted.
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ferry_core::binary_copy::{CopyFramer, DEFAULT_MAX_ROW_BYTES};
-use ferry_core::destination::{LoadSink, Summary, TableSpec, TargetName};
-use ferry_core::{canonical, ColumnSchema, Error, Value};
+use ferry_core::binary_copy::{CopyFramer, FrameError, DEFAULT_MAX_ROW_BYTES};
+use ferry_core::destination::{LoadSink, Substitution, Summary, TableSpec, TargetName};
+use ferry_core::mirror::Unrepresentable;
+use ferry_core::{ColumnSchema, Error};
 
+use crate::native::NativeBlock;
 use crate::table::{ClickHouse, RowInsert, WriteError};
+use crate::transcode::{TranscodeError, Transcoder};
+use crate::unrepresentable::{Substitutions, UnrepresentablePolicy};
+
+/// Rows of a `Native` block, and its bytes, at most: memory is bounded by workers × block.
+const BLOCK_ROWS: usize = 65_536;
+const BLOCK_BYTES: usize = 1 << 20;
+
+/// The mirror's policy, as this crate names it.
+pub(crate) fn policy(p: Unrepresentable) -> UnrepresentablePolicy {
+    match p {
+        Unrepresentable::Substitute => UnrepresentablePolicy::Substitute,
+        Unrepresentable::Fail => UnrepresentablePolicy::Fail,
+    }
+}
+
+/// The substitutions of a range or a write, as the engine reports them.
+pub(crate) fn summarise(
+    table: i64,
+    columns: &[ColumnSchema],
+    s: &Substitutions,
+) -> Vec<Substitution> {
+    columns
+        .iter()
+        .zip(s.columns())
+        .filter(|(_, s)| s.count > 0)
+        .map(|(c, s)| Substitution {
+            table,
+            column: c.name.clone(),
+            count: s.count,
+            example_key: s.example_key.clone(),
+        })
+        .collect()
+}
 
 /// The sink of one range.
 pub struct RangeSink {
     framer: CopyFramer,
+    transcoder: Transcoder,
+    block: NativeBlock,
+    out: Vec<u8>,
     insert: RowInsert,
     columns: Vec<ColumnSchema>,
-    values: Vec<Value>,
+    table: i64,
+    /// Rows sent, and rows in the block not sent yet.
+    rows: u64,
 }
 
 impl RangeSink {
-    pub(crate) fn new(ch: &ClickHouse, table: &TableSpec, into: &TargetName) -> RangeSink {
-        RangeSink {
+    pub(crate) fn new(
+        ch: &ClickHouse,
+        table: &TableSpec,
+        into: &TargetName,
+        policy: UnrepresentablePolicy,
+    ) -> Result<RangeSink, Error> {
+        Ok(RangeSink {
             framer: CopyFramer::new(table.columns.len(), DEFAULT_MAX_ROW_BYTES),
-            insert: ch.insert(&into.namespace, &into.table, &table.columns),
+            transcoder: Transcoder::new(&table.columns, policy).map_err(transcode_error)?,
+            block: NativeBlock::new(&table.columns, BLOCK_ROWS, BLOCK_BYTES),
+            out: Vec::new(),
+            insert: ch.insert_native(&into.namespace, &into.table, &table.columns),
             columns: table.columns.clone(),
-            values: Vec::with_capacity(table.columns.len()),
-        }
+            table: table.id,
+            rows: 0,
+        })
     }
+
+    /// Sends the block's rows.
+    async fn send_block(&mut self) -> Result<(), Error> {
+        let n = self.block.rows() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        self.block.finish(&mut self.out);
+        self.insert
+            .send_encoded(std::mem::take(&mut self.out), n)
+            .await?;
+        Ok(())
+    }
+}
+
+fn frame_error(e: FrameError) -> Error {
+    Error::new(e.kind(), "XX000", format!("reading the COPY stream: {e}"))
+}
+
+fn transcode_error(e: TranscodeError) -> Error {
+    Error::new(e.kind(), "22000", e.to_string())
 }
 
 /// Names the column of an encoding error.
@@ -50,46 +123,42 @@ pub(crate) fn column_error(columns: &[ColumnSchema], e: WriteError) -> Error {
 #[async_trait]
 impl LoadSink for RangeSink {
     async fn write(&mut self, chunk: Bytes) -> Result<(), Error> {
-        let RangeSink {
-            framer,
-            insert,
-            columns,
-            values,
-        } = self;
-        let frame_err = |e: ferry_core::binary_copy::FrameError| {
-            Error::new(e.kind(), "XX000", format!("reading the COPY stream: {e}"))
-        };
-        let mut rows = framer.feed(&chunk);
-        while let Some(row) = rows.next().map_err(frame_err)? {
-            values.clear();
-            for (field, c) in row.fields().zip(columns.iter()) {
-                values.push(match field {
-                    None => Value::Null,
-                    Some(raw) => canonical::decode(&c.kind, raw)
-                        .map_err(|e| Error::from(e).context(format!("column \"{}\"", c.name)))?,
-                });
+        let mut pos = 0;
+        loop {
+            let full = {
+                let Some(row) = self
+                    .framer
+                    .next_row(&chunk, &mut pos)
+                    .map_err(frame_error)?
+                else {
+                    break;
+                };
+                self.transcoder
+                    .append_native(row.fields(), 0, false, &mut self.block)
+                    .map_err(transcode_error)?;
+                self.rows += 1;
+                self.block.is_full()
+            };
+            if full {
+                self.send_block().await?;
             }
-            insert
-                .push(values, 0, false)
-                .await
-                .map_err(|e| column_error(columns, e))?;
         }
         Ok(())
     }
 
     fn rows(&self) -> u64 {
-        self.insert.rows()
+        self.rows
     }
 
-    async fn finish(self: Box<Self>) -> Result<Summary, Error> {
-        let RangeSink { framer, insert, .. } = *self;
-        framer
-            .finish()
-            .map_err(|e| Error::new(e.kind(), "XX000", format!("reading the COPY stream: {e}")))?;
+    async fn finish(mut self: Box<Self>) -> Result<Summary, Error> {
+        self.framer.finish().map_err(frame_error)?;
+        self.send_block().await?;
+        let substitutions = summarise(self.table, &self.columns, self.transcoder.substitutions());
+        let RangeSink { insert, .. } = *self;
         let rows = insert.finish().await?;
         Ok(Summary {
             rows,
-            substitutions: Vec::new(),
+            substitutions,
         })
     }
 }

@@ -215,13 +215,31 @@ impl ClickHouse {
 
     /// Starts one insert into a replicated table, streamed in chunks.
     pub fn insert(&self, database: &str, table: &str, columns: &[ColumnSchema]) -> RowInsert {
-        let mut names: Vec<String> = columns.iter().map(|c| ch_ident(&c.name)).collect();
-        names.push(ch_ident(VERSION_COLUMN));
-        names.push(ch_ident(IS_DELETED_COLUMN));
+        self.insert_as(database, table, columns, "RowBinary")
+    }
+
+    /// Starts one insert of `Native` blocks (see [`crate::native::NativeBlock`]) into a
+    /// replicated table: it takes only [`RowInsert::send_encoded`].
+    pub fn insert_native(
+        &self,
+        database: &str,
+        table: &str,
+        columns: &[ColumnSchema],
+    ) -> RowInsert {
+        self.insert_as(database, table, columns, "Native")
+    }
+
+    fn insert_as(
+        &self,
+        database: &str,
+        table: &str,
+        columns: &[ColumnSchema],
+        format: &str,
+    ) -> RowInsert {
         let sql = format!(
-            "INSERT INTO {} ({}) FORMAT RowBinary",
+            "INSERT INTO {} ({}) FORMAT {format}",
             ch_qualified(database, table),
-            names.join(", ")
+            crate::native::NativeBlock::column_list(columns)
         );
         RowInsert {
             destination: self.clone(),
@@ -355,6 +373,18 @@ impl RowInsert {
         Ok(())
     }
 
+    /// Sends `rows` rows already encoded in the insert's format (whole rows, or whole `Native`
+    /// blocks, each with Ferry's version and deletion marker), after what was pushed before.
+    pub async fn send_encoded(
+        &mut self,
+        chunk: impl Into<Bytes>,
+        rows: u64,
+    ) -> Result<(), DestinationError> {
+        self.send().await?;
+        self.rows += rows;
+        self.send_chunk(chunk.into()).await
+    }
+
     async fn send(&mut self) -> Result<(), DestinationError> {
         if self.buf.is_empty() {
             return Ok(());
@@ -363,6 +393,10 @@ impl RowInsert {
             &mut self.buf,
             Vec::with_capacity(CHUNK_BYTES + 64 * 1024),
         ));
+        self.send_chunk(chunk).await
+    }
+
+    async fn send_chunk(&mut self, chunk: Bytes) -> Result<(), DestinationError> {
         match self.insert.as_mut() {
             Some(insert) => insert
                 .send(chunk)

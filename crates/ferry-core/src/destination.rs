@@ -136,6 +136,8 @@ pub enum Load {
 /// Values the destination could not hold and replaced, per column.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Substitution {
+    /// The table's catalog id.
+    pub table: i64,
     pub column: String,
     pub count: u64,
     /// The key of the first row concerned, as text (none for a table without a key).

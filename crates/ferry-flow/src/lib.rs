@@ -533,3 +533,37 @@ pub(crate) fn excluded_columns(mapping: &Mapping, table: &ferry_core::TableName)
         Mapping::Schemas(_) => Vec::new(),
     }
 }
+
+/// Counts values the destination replaced, per table and column, and logs the first of each
+/// table and column with its example key (never the value).
+pub(crate) async fn record_substitutions(
+    catalog: &Catalog,
+    table: &ferry_core::TableName,
+    replaced: &[ferry_core::destination::Substitution],
+) -> Result<(), FlowError> {
+    let mut by_table: std::collections::BTreeMap<i64, Vec<(String, i64, Option<String>)>> =
+        Default::default();
+    for s in replaced.iter().filter(|s| s.count > 0) {
+        by_table.entry(s.table).or_default().push((
+            s.column.clone(),
+            s.count as i64,
+            s.example_key.clone(),
+        ));
+    }
+    for (id, columns) in by_table {
+        for column in catalog.add_substitutions(id, &columns).await? {
+            let example = columns
+                .iter()
+                .find(|c| c.0 == column)
+                .and_then(|c| c.2.clone())
+                .unwrap_or_default();
+            warn!(
+                table = %table,
+                column = %column,
+                example_key = %example,
+                "a value the destination cannot hold was replaced by its stand-in (counted in the substitutions view)"
+            );
+        }
+    }
+    Ok(())
+}

@@ -445,13 +445,6 @@ async fn copy_partition(
     }
     let summary = sink.finish().await?;
     reader.close().await?;
-    for s in &summary.substitutions {
-        warn!(
-            column = %s.column,
-            values = s.count,
-            example_key = s.example_key.as_deref().unwrap_or(""),
-            "values the destination cannot hold were replaced"
-        );
-    }
+    crate::record_substitutions(&ctx.catalog, &table.row.source, &summary.substitutions).await?;
     Ok(summary.rows)
 }

@@ -585,7 +585,19 @@ impl Streamer {
             return Ok(());
         }
         match self.apply.write(chunk).await {
-            Ok(_) => Ok(()),
+            Ok(summary) => {
+                for s in &summary.substitutions {
+                    let name = self
+                        .targets
+                        .iter()
+                        .find(|t| t.row.id == s.table)
+                        .map(|t| t.row.source.clone())
+                        .unwrap_or_else(|| TableName::new("?", "?"));
+                    crate::record_substitutions(&self.ctx.catalog, &name, std::slice::from_ref(s))
+                        .await?;
+                }
+                Ok(())
+            }
             Err(e) => Err(self.apply_failed(e).await),
         }
     }
