@@ -515,3 +515,112 @@ async fn a_source_column_named_like_ferrys_own_is_refused() {
     wait_for_state(&s.client, "own", "running", TIMEOUT).await;
     s.ferry.stop().await;
 }
+
+/// The multiset of (a, b) rows, as text, in order.
+async fn multiset_source(src: &Client) -> Vec<String> {
+    src.query("SELECT concat_ws('|', a, b) FROM bag ORDER BY a, b", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn multiset_destination(s: &Setup) -> Vec<String> {
+    s.dest
+        .client()
+        .query(
+            "SELECT assumeNotNull(concat(toString(a), '|', b)) FROM bag FINAL
+             WHERE _ferry_is_deleted = 0 ORDER BY a, b",
+        )
+        .fetch_all()
+        .await
+        .unwrap()
+}
+
+async fn wait_multiset(s: &Setup, step: &str) {
+    let started = Instant::now();
+    loop {
+        let want = multiset_source(&s.src).await;
+        let got = multiset_destination(s).await;
+        if want == got {
+            println!("{step}: converged in {:?}", started.elapsed());
+            return;
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "{step}: source {want:?}, ClickHouse {got:?}; tables {:?}",
+            table_states(&s.client).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_table_without_a_key_stays_a_multiset() {
+    let s = setup().await;
+    s.src
+        .batch_execute(
+            "CREATE TABLE bag (a int, b text);
+             ALTER TABLE bag REPLICA IDENTITY FULL;
+             INSERT INTO bag VALUES (1, 'x'), (1, 'x'), (2, 'y'), (3, 'z'), (3, 'z'), (3, 'z');",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute(
+            "CREATE MIRROR bag FROM src TO dst WITH TABLE MAPPING (bag:bag) WITH (do_initial_copy = true)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&s.client, "bag", "running", TIMEOUT).await;
+    wait_multiset(&s, "duplicates survive the load").await;
+
+    // One of two identical rows deleted (by ctid): one is left.
+    s.src
+        .batch_execute("DELETE FROM bag WHERE ctid = (SELECT min(ctid) FROM bag WHERE a = 1)")
+        .await
+        .unwrap();
+    wait_multiset(&s, "one duplicate deleted").await;
+    // One of three identical rows updated: two stay as they were.
+    s.src
+        .batch_execute(
+            "UPDATE bag SET b = 'w' WHERE ctid = (SELECT max(ctid) FROM bag WHERE a = 3)",
+        )
+        .await
+        .unwrap();
+    wait_multiset(&s, "one duplicate updated").await;
+    // More duplicates, some deleted in the same transaction as they came.
+    s.src
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO bag VALUES (2, 'y'), (2, 'y'), (4, 'v');
+             DELETE FROM bag WHERE ctid = (SELECT max(ctid) FROM bag WHERE a = 2);
+             UPDATE bag SET a = 5 WHERE a = 4;
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    wait_multiset(&s, "duplicates inserted and deleted together").await;
+    // Deleting every copy, then TRUNCATE and rows after it.
+    s.src
+        .batch_execute("DELETE FROM bag WHERE a = 3 AND b = 'z'")
+        .await
+        .unwrap();
+    wait_multiset(&s, "every copy deleted").await;
+    s.src
+        .batch_execute("TRUNCATE bag; INSERT INTO bag VALUES (9, 'q'), (9, 'q');")
+        .await
+        .unwrap();
+    wait_multiset(&s, "after TRUNCATE").await;
+
+    // A restart replays from the confirmed position: still the same multiset.
+    s.client.batch_execute("PAUSE MIRROR bag").await.unwrap();
+    s.src
+        .batch_execute("DELETE FROM bag WHERE ctid = (SELECT min(ctid) FROM bag); INSERT INTO bag VALUES (9, 'q');")
+        .await
+        .unwrap();
+    s.client.batch_execute("RESUME MIRROR bag").await.unwrap();
+    wait_multiset(&s, "after a pause").await;
+    s.ferry.stop().await;
+}

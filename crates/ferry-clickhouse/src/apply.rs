@@ -40,7 +40,7 @@ use crate::unrepresentable::{Substitutions, UnrepresentablePolicy};
 
 /// Applying changes to one ClickHouse.
 pub struct ClickHouseApply {
-    ch: ClickHouse,
+    pub(crate) ch: ClickHouse,
     policy: UnrepresentablePolicy,
 }
 
@@ -49,7 +49,11 @@ impl ClickHouseApply {
         ClickHouseApply { ch, policy }
     }
 
-    fn insert(&self, db: &str, table: &str, columns: &[ColumnSchema]) -> RowInsert {
+    pub(crate) fn policy(&self) -> UnrepresentablePolicy {
+        self.policy
+    }
+
+    pub(crate) fn insert(&self, db: &str, table: &str, columns: &[ColumnSchema]) -> RowInsert {
         self.ch.insert(db, table, columns).with_policy(self.policy)
     }
 }
@@ -93,7 +97,7 @@ fn attribute(table: i64, e: Failure) -> ApplyError {
     }
 }
 
-enum Failure {
+pub(crate) enum Failure {
     Table(Error),
     Destination(DestinationError),
 }
@@ -141,7 +145,7 @@ pub(crate) fn placeholder(kind: &ValueKind, nullable: bool) -> Value {
 }
 
 /// The value of a field as written, `None` for an unchanged one.
-fn value_of(column: &ColumnSchema, field: Field<'_>) -> Result<Option<Value>, Failure> {
+pub(crate) fn value_of(column: &ColumnSchema, field: Field<'_>) -> Result<Option<Value>, Failure> {
     Ok(match field {
         Field::Null => Some(Value::Null),
         Field::Unchanged => None,
@@ -169,6 +173,9 @@ impl ClickHouseApply {
         tc: &TableChanges,
     ) -> Result<(u64, Vec<ferry_core::destination::Substitution>), Failure> {
         let spec = &tc.table;
+        if crate::identity::keyless(&spec.columns) {
+            return self.write_multiset(tc).await;
+        }
         let columns: Vec<ColumnSchema> = tc
             .columns
             .iter()

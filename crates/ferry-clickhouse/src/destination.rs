@@ -25,7 +25,13 @@ use crate::table::{ClickHouse, IS_DELETED_COLUMN, SYNCED_AT_COLUMN, VERSION_COLU
 use crate::types::clickhouse_type;
 
 /// Ferry's own columns in every destination table.
-pub const RESERVED_COLUMNS: [&str; 3] = [VERSION_COLUMN, IS_DELETED_COLUMN, SYNCED_AT_COLUMN];
+pub const RESERVED_COLUMNS: [&str; 5] = [
+    VERSION_COLUMN,
+    IS_DELETED_COLUMN,
+    SYNCED_AT_COLUMN,
+    crate::identity::ROW_HASH_COLUMN,
+    crate::identity::ROW_ID_COLUMN,
+];
 
 /// A ClickHouse peer as the destination of one mirror.
 pub struct ClickHouseDestination {
@@ -111,7 +117,11 @@ impl Destination for ClickHouseDestination {
     ) -> Result<TableToken, Error> {
         if !self.ch.table_exists(&into.namespace, &into.table).await? {
             self.ch
-                .create_table(&into.namespace, &into.table, &table.columns)
+                .create_table(
+                    &into.namespace,
+                    &into.table,
+                    &crate::identity::storage_columns(&table.columns),
+                )
                 .await?;
         }
         self.table_token(into)
@@ -163,11 +173,12 @@ impl Destination for ClickHouseDestination {
         Ok(())
     }
 
-    async fn load(&self, table: &TableSpec, into: &TargetName, _range: i32) -> Result<Load, Error> {
+    async fn load(&self, table: &TableSpec, into: &TargetName, range: i32) -> Result<Load, Error> {
         Ok(Load::Sink(Box::new(crate::load::RangeSink::new(
             &self.ch,
             table,
             into,
+            range,
             crate::load::policy(self.mirror.unrepresentable),
         )?)))
     }
@@ -177,7 +188,8 @@ impl Destination for ClickHouseDestination {
     }
 
     /// Rows written before a column existed have no value for it: added columns are always
-    /// nullable.
+    /// nullable. (A table without a key tells its rows apart by all their values, so the
+    /// engine loads such a table again instead of adding a column to it.)
     async fn add_columns(&self, table: &TableSpec, added: &[ColumnSchema]) -> Result<(), Error> {
         for c in added {
             let sql = format!(

@@ -4,6 +4,7 @@
 //! - [`table`]: the tables' layout, DDL and streamed inserts; [`types`]: column types;
 //! - [`load`]: one range of the initial load; [`apply`]: streamed changes as versioned rows;
 //! - [`lookup`]: reading back stored values (unchanged TOAST columns);
+//! - [`identity`]: tables without a key, as multisets;
 //! - [`transcode`]: canonical binary fields straight into ClickHouse's formats;
 //!   [`rowbinary`] and [`decimal`]: values in RowBinary; both write each value through `cell`
 //!   under one policy for values ClickHouse cannot hold ([`unrepresentable`]);
@@ -15,8 +16,10 @@ mod cell;
 pub mod connect;
 pub mod decimal;
 pub mod destination;
+pub mod identity;
 pub mod load;
 pub mod lookup;
+mod multiset;
 pub mod native;
 pub mod rowbinary;
 pub mod table;

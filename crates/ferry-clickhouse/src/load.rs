@@ -15,6 +15,7 @@ use ferry_core::destination::{LoadSink, Substitution, Summary, TableSpec, Target
 use ferry_core::mirror::Unrepresentable;
 use ferry_core::{ColumnSchema, Error};
 
+use crate::identity;
 use crate::native::NativeBlock;
 use crate::table::{ClickHouse, RowInsert, WriteError};
 use crate::transcode::{TranscodeError, Transcoder};
@@ -60,6 +61,8 @@ pub struct RangeSink {
     insert: RowInsert,
     columns: Vec<ColumnSchema>,
     table: i64,
+    /// For a table without a key: the range, whose rows' ids are numbered in it.
+    identity: Option<i32>,
     /// Rows sent, and rows in the block not sent yet.
     rows: u64,
 }
@@ -69,16 +72,19 @@ impl RangeSink {
         ch: &ClickHouse,
         table: &TableSpec,
         into: &TargetName,
+        range: i32,
         policy: UnrepresentablePolicy,
     ) -> Result<RangeSink, Error> {
+        let stored = identity::storage_columns(&table.columns);
         Ok(RangeSink {
             framer: CopyFramer::new(table.columns.len(), DEFAULT_MAX_ROW_BYTES),
-            transcoder: Transcoder::new(&table.columns, policy).map_err(transcode_error)?,
-            block: NativeBlock::new(&table.columns, BLOCK_ROWS, BLOCK_BYTES),
+            transcoder: Transcoder::new(&stored, policy).map_err(transcode_error)?,
+            block: NativeBlock::new(&stored, BLOCK_ROWS, BLOCK_BYTES),
             out: Vec::new(),
-            insert: ch.insert_native(&into.namespace, &into.table, &table.columns),
+            insert: ch.insert_native(&into.namespace, &into.table, &stored),
             columns: table.columns.clone(),
             table: table.id,
+            identity: identity::keyless(&table.columns).then_some(range),
             rows: 0,
         })
     }
@@ -133,9 +139,23 @@ impl LoadSink for RangeSink {
                 else {
                     break;
                 };
-                self.transcoder
-                    .append_native(row.fields(), 0, false, &mut self.block)
-                    .map_err(transcode_error)?;
+                match self.identity {
+                    None => self
+                        .transcoder
+                        .append_native(row.fields(), 0, false, &mut self.block),
+                    Some(range) => {
+                        let hash = identity::row_hash(row.fields()).to_be_bytes();
+                        let id = identity::load_row_id(range, self.rows).to_be_bytes();
+                        let extra = [Some(&hash[..]), Some(&id[..])];
+                        self.transcoder.append_native(
+                            row.fields().chain(extra),
+                            0,
+                            false,
+                            &mut self.block,
+                        )
+                    }
+                }
+                .map_err(transcode_error)?;
                 self.rows += 1;
                 self.block.is_full()
             };

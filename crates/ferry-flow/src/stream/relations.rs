@@ -90,6 +90,24 @@ impl Streamer {
             })
             .map(|c| c.name.clone())
             .collect();
+        let spec = self.targets[t].spec.clone();
+        let dropped = spec
+            .columns
+            .iter()
+            .any(|c| !body.columns.iter().any(|r| r.name == c.name));
+        if !spec.has_key() && (!missing.is_empty() || dropped) {
+            // A table without a key tells its rows apart by all their values: with other
+            // columns it is loaded again rather than followed column by column.
+            info!(table = %name, "columns of a table without a key changed at the source; it is loaded again");
+            self.ctx
+                .catalog
+                .request_table_syncs(self.ctx.mirror_id, &[self.targets[t].row.id])
+                .await?;
+            self.targets[t].row.state = TableState::Syncing;
+            self.relations.insert(body.id, None);
+            self.ctx.wake.notify_one();
+            return Ok(());
+        }
         if !missing.is_empty() {
             self.add_columns(t, &missing).await?;
         }
