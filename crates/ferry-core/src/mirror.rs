@@ -28,6 +28,10 @@ pub struct MirrorOptions {
     pub max_batch_size: u32,
     /// Warn and mark the mirror when the slot retains more WAL than this.
     pub max_slot_lag_bytes: Option<u64>,
+    /// A PostgreSQL destination: create the primary key before the initial load instead of
+    /// building it after (slower to load; the table has its key throughout).
+    #[serde(default)]
+    pub primary_key_during_load: bool,
 }
 
 impl MirrorOptions {
@@ -61,6 +65,7 @@ impl MirrorOptions {
             max_slot_lag_bytes: r
                 .integer("max_slot_lag_bytes", 1, i64::MAX)?
                 .map(|v| v as u64),
+            primary_key_during_load: r.boolean("primary_key_during_load")?.unwrap_or(false),
         };
         r.finish()?;
         if o.initial_copy_only && !o.do_initial_copy {
