@@ -5,39 +5,24 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{ch_peer_sql, pg_peer_sql, wait_for_state, TestFerry};
-use ferry_testkit::{ChServer, PgServer, TempChDatabase, TempPgDatabase};
-use tokio_postgres::Client;
+use ferry_e2e::{converge, on_every_destination, setup, vals, wait_for_state, Kind, Setup, View};
 
-async fn setup() -> (TestFerry, Client, TempPgDatabase, TempChDatabase, Client) {
-    let ferry = TestFerry::start().await;
-    let source = PgServer::from_env().temp_database("ferry_src").await;
-    let dest = ChServer::from_env().temp_database("ferry_dst").await;
-    let client = ferry.connect().await;
-    client
-        .batch_execute(&pg_peer_sql(
-            "src",
-            &source.name,
-            &PgServer::from_env().password,
-        ))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&ch_peer_sql("dst", &dest.name))
-        .await
-        .unwrap();
-    let src = source.connect().await;
-    (ferry, client, source, dest, src)
-}
+on_every_destination!(initial_copy_only_resumed_load_matches_the_source);
+on_every_destination!(a_completed_mirror_is_at_100_percent);
 
 /// An initial_copy_only load paused half-way (a restart does the same) while the source
 /// changes: after RESUME the pending ranges are read in fresh snapshots and the done ones are
 /// not read again, so rows deleted during the pause, and rows whose new version moved into a
 /// done range, are only right once the slot's changes since the load began are applied, which
 /// the mirror does before it completes.
-#[tokio::test]
-async fn initial_copy_only_resumed_load_matches_the_source() {
-    let (ferry, client, _source, dest, src) = setup().await;
+async fn initial_copy_only_resumed_load_matches_the_source(kind: Kind) {
+    let Setup {
+        ferry,
+        client,
+        source: _source,
+        dest,
+        src,
+    } = setup(kind).await;
     src.batch_execute(
         "CREATE TABLE t (id int8 PRIMARY KEY, note text NOT NULL);
          INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 300000) g;",
@@ -101,38 +86,21 @@ async fn initial_copy_only_resumed_load_matches_the_source() {
     client.batch_execute("RESUME MIRROR m").await.unwrap();
     wait_for_state(&client, "m", "completed", Duration::from_secs(300)).await;
 
-    let pg: i64 = src
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let ch = dest.client();
-    let total: u64 = ch
-        .query("SELECT count() FROM t FINAL WHERE _ferry_is_deleted = 0")
-        .fetch_one()
-        .await
-        .unwrap();
-    let updated: u64 = ch
-        .query("SELECT count() FROM t FINAL WHERE _ferry_is_deleted = 0 AND id > 299000")
-        .fetch_one()
-        .await
-        .unwrap();
-    let deleted: u64 = ch
-        .query("SELECT count() FROM t FINAL WHERE _ferry_is_deleted = 0 AND id <= 2000")
-        .fetch_one()
-        .await
-        .unwrap();
-    println!("source {pg} rows; ClickHouse {total}; ids > 299000: {updated} (source 1000); ids <= 2000: {deleted} (source 0)");
-    assert_eq!(updated, 1000, "rows that exist at the source are missing");
-    assert_eq!(total as i64, pg);
+    let view = View::new("t", &vals(&["id", "note"]), "id");
+    converge(&client, &src, &dest, &view, "resumed load").await;
     ferry.stop().await;
 }
 
 /// A completed mirror shows 100 percent even when the planner's estimate was stale (rows
 /// deleted after the last ANALYZE).
-#[tokio::test]
-async fn a_completed_mirror_is_at_100_percent() {
-    let (ferry, client, _source, _dest, src) = setup().await;
+async fn a_completed_mirror_is_at_100_percent(kind: Kind) {
+    let Setup {
+        ferry,
+        client,
+        source: _source,
+        dest: _dest,
+        src,
+    } = setup(kind).await;
     src.batch_execute(
         "CREATE TABLE shrink (id int PRIMARY KEY); INSERT INTO shrink SELECT generate_series(1, 10000);
          ANALYZE shrink; DELETE FROM shrink WHERE id > 2000;",

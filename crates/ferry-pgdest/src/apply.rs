@@ -81,8 +81,15 @@ impl PgApply {
 
     async fn begin(&mut self) -> Result<(), Error> {
         if !self.in_transaction {
+            // The staged rows are matched to the destination's by key: by the key's index,
+            // row by row. A plan that scans the destination table instead is never better for
+            // a batch, and can be far worse: the planner thinks a table that a load just
+            // filled, or that this transaction is filling, is as small as it last saw it, and
+            // would rescan it once per staged row. Seq scans are therefore disfavoured (the
+            // staging table, which has no index, is still scanned), and JIT, which the penalty's
+            // cost would trigger, is off.
             self.client
-                .batch_execute("BEGIN")
+                .batch_execute("BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL jit = off")
                 .await
                 .map_err(self.db.err())?;
             self.in_transaction = true;
