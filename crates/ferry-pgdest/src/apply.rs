@@ -166,7 +166,7 @@ impl PgApply {
         sink.as_mut().finish().await.map_err(self.db.err())?;
         keep_slots.sort_unstable();
 
-        let sql = stage.apply_sql(&net, &keep_slots);
+        let sql = stage.apply_sql(crate::stage::Needs::of(&net), &keep_slots);
         let answer = self
             .client
             .simple_query(&sql)

@@ -28,9 +28,42 @@ use ferry_core::ident::pg_ident;
 use crate::net::{End, Net};
 use crate::recode::{Recode, RecodeError};
 
+/// What the staged rows of one application need done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Truncate the destination table first.
+    pub truncate: bool,
+    /// Keys that end without a row.
+    pub gone: bool,
+    /// Keys that end with a row.
+    pub upserts: bool,
+    /// Copies of rows (without a key) to remove.
+    pub removals: bool,
+    /// Copies of rows (without a key) to add.
+    pub additions: bool,
+}
+
+impl Needs {
+    pub(crate) fn of(net: &Net) -> Needs {
+        let mut n = Needs {
+            truncate: net.truncate,
+            ..Needs::default()
+        };
+        for e in &net.ends {
+            match e {
+                End::Gone { .. } => n.gone = true,
+                End::Upsert { .. } => n.upserts = true,
+                End::Count { count, .. } if *count < 0 => n.removals = true,
+                End::Count { .. } => n.additions = true,
+            }
+        }
+        n
+    }
+}
+
 /// One destination table's staging, for one set of carried columns.
 #[derive(Debug)]
-pub(crate) struct Stage {
+pub struct Stage {
     /// `pg_temp."…"`.
     pub name: String,
     /// The destination table, quoted.
@@ -82,39 +115,29 @@ impl Stage {
     }
 
     /// The statements that apply what is staged, sent together; the last one counts the rows
-    /// whose unchanged fields found no row to come from.
-    pub fn apply_sql(&self, net: &Net, keep_slots: &[usize]) -> String {
+    /// whose unchanged fields (at `keep_slots`) found no row to come from.
+    pub fn apply_sql(&self, needs: Needs, keep_slots: &[usize]) -> String {
         let mut sql = Vec::new();
-        if net.truncate {
+        if needs.truncate {
             sql.push(format!("TRUNCATE TABLE {}", self.target));
         }
-        let gone = net.ends.iter().any(|e| matches!(e, End::Gone { .. }));
-        let upserts = net.ends.iter().any(|e| matches!(e, End::Upsert { .. }));
-        let removals = net
-            .ends
-            .iter()
-            .any(|e| matches!(e, End::Count { count, .. } if *count < 0));
-        let additions = net
-            .ends
-            .iter()
-            .any(|e| matches!(e, End::Count { count, .. } if *count > 0));
         if !keep_slots.is_empty() {
             sql.push(self.resolve_sql(keep_slots));
         }
-        if gone {
+        if needs.gone {
             sql.push(self.delete_sql());
         }
-        if upserts {
+        if needs.upserts {
             sql.push(if self.merge {
                 self.merge_sql()
             } else {
                 self.upsert_sql()
             });
         }
-        if removals {
+        if needs.removals {
             sql.push(self.remove_copies_sql());
         }
-        if additions {
+        if needs.additions {
             sql.push(self.add_copies_sql());
         }
         sql.push(if self.keyed() {
@@ -272,7 +295,7 @@ impl Stage {
 
     /// Appends one staged row for `end`. `keep` collects the positions of the fields left to
     /// take from the destination.
-    pub fn encode(
+    pub(crate) fn encode(
         &self,
         tc: &TableChanges,
         end: &End,
@@ -402,12 +425,8 @@ mod tests {
     #[test]
     fn statements_only_for_what_the_changes_need() {
         let s = stage(true, true);
-        let net = Net {
-            truncate: false,
-            ends: vec![],
-        };
         assert_eq!(
-            s.apply_sql(&net, &[]),
+            s.apply_sql(Needs::default(), &[]),
             "SELECT count(*) FROM pg_temp.\"s\" WHERE keep IS NOT NULL"
         );
         assert!(s
