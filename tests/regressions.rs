@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{converge, on_every_destination, setup, vals, wait_for_state, Kind, Setup, View};
+use ferry_e2e::{
+    converge, on_every_destination, setup, vals, wait_for_state, Dest, Kind, Setup, View,
+};
 
 on_every_destination!(initial_copy_only_resumed_load_matches_the_source);
 on_every_destination!(a_completed_mirror_is_at_100_percent);
@@ -25,7 +27,7 @@ async fn initial_copy_only_resumed_load_matches_the_source(kind: Kind) {
     } = setup(kind).await;
     src.batch_execute(
         "CREATE TABLE t (id int8 PRIMARY KEY, note text NOT NULL);
-         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 300000) g;",
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000000) g;",
     )
     .await
     .unwrap();
@@ -53,15 +55,26 @@ async fn initial_copy_only_resumed_load_matches_the_source(kind: Kind) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     client.batch_execute("PAUSE MIRROR m").await.unwrap();
-    // While paused: free the first (done) range's pages, then grow rows of the last (pending)
-    // range so that their new versions move into that free space.
+    // While paused: rows of the first (done) range get new versions at the end of the table,
+    // in the last, open-ended range (fillfactor 10 keeps them off the full pages): the resumed
+    // load reads them there again, so the destination receives them twice (a PostgreSQL
+    // destination builds its key after the load, and must keep one of each).
+    src.batch_execute(
+        "ALTER TABLE t SET (fillfactor = 10);
+         UPDATE t SET note = 'grown ' || note WHERE id BETWEEN 3001 AND 3100;
+         ALTER TABLE t RESET (fillfactor);",
+    )
+    .await
+    .unwrap();
+    // Then free the first range's pages, and grow rows of the last (pending) range so that
+    // their new versions move into that free space.
     src.batch_execute("DELETE FROM t WHERE id <= 2000")
         .await
         .unwrap();
     src.batch_execute("VACUUM (INDEX_CLEANUP ON) t")
         .await
         .unwrap();
-    src.batch_execute("UPDATE t SET note = 'moved ' || repeat('x', 1000) WHERE id > 299000")
+    src.batch_execute("UPDATE t SET note = 'moved ' || repeat('x', 1000) WHERE id > 999000")
         .await
         .unwrap();
     let first_end: i64 = catalog
@@ -75,7 +88,7 @@ async fn initial_copy_only_resumed_load_matches_the_source(kind: Kind) {
     let moved: i64 = src
         .query_one(
             &format!(
-                "SELECT count(*) FROM t WHERE id > 299000 AND (ctid::text::point)[0] < {first_end}"
+                "SELECT count(*) FROM t WHERE id > 999000 AND (ctid::text::point)[0] < {first_end}"
             ),
             &[],
         )
@@ -83,11 +96,43 @@ async fn initial_copy_only_resumed_load_matches_the_source(kind: Kind) {
         .unwrap()
         .get(0);
     println!("{moved} updated rows now live in blocks < {first_end} (partition 0, done before the pause)");
+    let last_start: i64 = catalog
+        .query_one(
+            "SELECT start_block FROM ferry.mirror_partition WHERE end_block IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let twice: i64 = src
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM t WHERE id BETWEEN 3001 AND 3100 AND (ctid::text::point)[0] >= {last_start}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(twice, 100, "rows of partition 0 now in the last range");
     client.batch_execute("RESUME MIRROR m").await.unwrap();
     wait_for_state(&client, "m", "completed", Duration::from_secs(300)).await;
 
     let view = View::new("t", &vals(&["id", "note"]), "id");
     converge(&client, &src, &dest, &view, "resumed load").await;
+    if let Dest::Postgres(d) = &dest {
+        let keyed: i64 = d
+            .connect()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_index WHERE indrelid = 'public.t'::regclass AND indisprimary",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(keyed, 1, "the key was built");
+    }
     ferry.stop().await;
 }
 
