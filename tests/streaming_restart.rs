@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{
-    assert_not_failed, converge, on_every_destination, pg_peer_sql, wait_for_state, Col, Dest,
-    Kind, TestFerry, View,
+    assert_not_failed, converge, on_every_destination, pg_peer_sql, setup, wait_for_state, Col,
+    Dest, Kind, Setup, TestFerry, View,
 };
 use ferry_testkit::private::{PrivateClickHouse, PrivatePostgres, StopMode};
 use ferry_testkit::rand::rngs::StdRng;
@@ -371,17 +371,13 @@ async fn source_restart_during_streaming_loses_nothing(kind: Kind) {
 /// key (`REPLICA IDENTITY FULL`) gets a row per transaction: in PostgreSQL, a change applied
 /// twice would be a row twice.
 async fn daemon_killed_during_streaming_resumes_exactly(kind: Kind) {
-    let ferry = TestFerry::start().await;
-    let pg = PgServer::from_env();
-    let source = pg.temp_database("ferry_src").await;
-    let dest = Dest::create(kind).await;
-    let client = ferry.connect().await;
-    client
-        .batch_execute(&pg_peer_sql("src", &source.name, &pg.password))
-        .await
-        .unwrap();
-    client.batch_execute(&dest.peer_sql("dst")).await.unwrap();
-    let src = source.connect().await;
+    let Setup {
+        ferry,
+        client,
+        source,
+        dest,
+        src,
+    } = setup(kind).await;
     src.batch_execute(
         "CREATE TABLE c (id int PRIMARY KEY, n int8 NOT NULL);
          INSERT INTO c SELECT g, 0 FROM generate_series(0, 200) g;

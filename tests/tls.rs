@@ -24,6 +24,33 @@ async fn refused(client: &tokio_postgres::Client, sql: String) -> tokio_postgres
     db
 }
 
+/// Table `t` and mirror `m` from peer `src` to `dst`, loaded, then changes to stream: updates
+/// that leave the TOASTed column alone, deletes, inserts.
+async fn mirror_and_change(client: &tokio_postgres::Client, src: &tokio_postgres::Client) {
+    src.batch_execute(
+        "CREATE TABLE t (id int8 PRIMARY KEY, n int8 NOT NULL, doc text);
+         ALTER TABLE t ALTER COLUMN doc SET STORAGE EXTERNAL;
+         INSERT INTO t SELECT g, g, repeat(md5(g::text), 300) FROM generate_series(1, 2000) g;",
+    )
+    .await
+    .unwrap();
+    client
+        .batch_execute(
+            "CREATE MIRROR m FROM src TO dst WITH TABLE MAPPING (t:t)
+             WITH (do_initial_copy = true, sync_interval = 1)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(client, "m", "running", TIMEOUT).await;
+    src.batch_execute(
+        "UPDATE t SET n = n * 10 WHERE id % 3 = 0;
+         DELETE FROM t WHERE id % 7 = 0;
+         INSERT INTO t SELECT g, g, repeat(md5(g::text), 300) FROM generate_series(2001, 2500) g;",
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn sslmodes_and_a_mirror_over_tls() {
     let postgres = PrivatePostgres::start_with_tls().await;
@@ -134,29 +161,7 @@ async fn sslmodes_and_a_mirror_over_tls() {
         .await
         .unwrap();
     let src = source.connect().await;
-    src.batch_execute(
-        "CREATE TABLE t (id int8 PRIMARY KEY, n int8 NOT NULL, doc text);
-         ALTER TABLE t ALTER COLUMN doc SET STORAGE EXTERNAL;
-         INSERT INTO t SELECT g, g, repeat(md5(g::text), 300) FROM generate_series(1, 2000) g;",
-    )
-    .await
-    .unwrap();
-    client
-        .batch_execute(
-            "CREATE MIRROR m FROM src TO dst WITH TABLE MAPPING (t:t)
-             WITH (do_initial_copy = true, sync_interval = 1)",
-        )
-        .await
-        .unwrap();
-    wait_for_state(&client, "m", "running", TIMEOUT).await;
-    // Updates that leave the TOASTed column alone make Ferry look it up at the source.
-    src.batch_execute(
-        "UPDATE t SET n = n * 10 WHERE id % 3 = 0;
-         DELETE FROM t WHERE id % 7 = 0;
-         INSERT INTO t SELECT g, g, repeat(md5(g::text), 300) FROM generate_series(2001, 2500) g;",
-    )
-    .await
-    .unwrap();
+    mirror_and_change(&client, &src).await;
 
     let want: (i64, i64, String) = {
         let r = src
@@ -357,28 +362,7 @@ async fn a_postgres_destination_over_tls() {
         .await
         .unwrap();
     let src = source.connect().await;
-    src.batch_execute(
-        "CREATE TABLE t (id int8 PRIMARY KEY, n int8 NOT NULL, doc text);
-         ALTER TABLE t ALTER COLUMN doc SET STORAGE EXTERNAL;
-         INSERT INTO t SELECT g, g, repeat(md5(g::text), 300) FROM generate_series(1, 2000) g;",
-    )
-    .await
-    .unwrap();
-    client
-        .batch_execute(
-            "CREATE MIRROR m FROM src TO dst WITH TABLE MAPPING (t:t)
-             WITH (do_initial_copy = true, sync_interval = 1)",
-        )
-        .await
-        .unwrap();
-    wait_for_state(&client, "m", "running", TIMEOUT).await;
-    src.batch_execute(
-        "UPDATE t SET n = n * 10 WHERE id % 3 = 0;
-         DELETE FROM t WHERE id % 7 = 0;
-         INSERT INTO t SELECT g, g, repeat(md5(g::text), 300) FROM generate_series(2001, 2500) g;",
-    )
-    .await
-    .unwrap();
+    mirror_and_change(&client, &src).await;
     let dest = Dest::Postgres(dest);
     let cols = [Col::Val("id"), Col::Val("n"), Col::Md5("doc")];
     converge(
