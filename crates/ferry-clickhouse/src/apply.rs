@@ -303,20 +303,7 @@ impl ClickHouseApply {
         // Key (canonical bytes) → the op that last wrote a live row under it.
         let mut live: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut needy: Vec<(usize, Vec<Value>, u64, Vec<usize>)> = Vec::new();
-        let key_bytes = |row: &Row<'_>| -> Vec<u8> {
-            let mut k = Vec::new();
-            for &s in key_slots {
-                match row.get(s) {
-                    Field::Value(b) => {
-                        k.extend_from_slice(&(b.len() as u32).to_le_bytes());
-                        k.extend_from_slice(b);
-                    }
-                    Field::Null => k.extend_from_slice(&u32::MAX.to_le_bytes()),
-                    Field::Unchanged => k.extend_from_slice(&(u32::MAX - 1).to_le_bytes()),
-                }
-            }
-            k
-        };
+        let key_bytes = |row: &Row<'_>| row.fields_bytes(key_slots.iter().copied());
         for (i, op) in tc.ops().iter().enumerate() {
             let change = match op {
                 Op::Truncate { .. } => {

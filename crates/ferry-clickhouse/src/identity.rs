@@ -57,6 +57,7 @@ pub fn storage_columns(columns: &[ColumnSchema]) -> Vec<ColumnSchema> {
                 kind: ValueKind::Int64,
                 nullable: false,
                 key_position: None,
+                pg_type: None,
             });
         }
     }

@@ -9,6 +9,7 @@
 //! - [`Value`] and [`Numeric`]: one column value, lossless for every mapped PostgreSQL type;
 //! - [`schema`]: tables, columns and how each PostgreSQL type is carried ([`ValueKind`]);
 //! - [`peer`]: connection settings of source and destination peers;
+//! - [`pgtype`]: a source column's exact PostgreSQL type, for a PostgreSQL destination;
 //! - [`mirror`]: what a mirror copies and how;
 //! - [`ident`]: the one place identifiers are quoted for either server;
 //! - [`error`]: the error kinds that decide what is retried;
@@ -26,6 +27,7 @@ pub mod lsn;
 pub mod mirror;
 pub mod peer;
 pub mod pg_binary;
+pub mod pgtype;
 pub mod schema;
 pub mod tls;
 pub mod value;

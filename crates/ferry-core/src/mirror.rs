@@ -32,6 +32,10 @@ pub struct MirrorOptions {
     /// or failing its table.
     #[serde(default)]
     pub unrepresentable_values: Unrepresentable,
+    /// A PostgreSQL destination: create the primary key before the initial load instead of
+    /// building it after (slower to load; the table has its key throughout).
+    #[serde(default)]
+    pub primary_key_during_load: bool,
 }
 
 /// The policy for values a destination column cannot hold (see the README's type mapping).
@@ -87,6 +91,7 @@ impl MirrorOptions {
                     })
                 }
             },
+            primary_key_during_load: r.boolean("primary_key_during_load")?.unwrap_or(false),
         };
         r.finish()?;
         if o.initial_copy_only && !o.do_initial_copy {

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_catalog::{Catalog, MirrorRow, StoredPeer, TableRow};
-use ferry_core::destination::{TableSpec, TargetName};
+use ferry_core::destination::{Destination, TableSpec, TargetName};
 use ferry_core::mirror::{Mapping, MirrorSpec, MirrorState, TableState};
 use ferry_core::ErrorKind;
 use ferry_postgres::publication;
@@ -114,7 +114,14 @@ impl Engine {
             };
         }
         let src_cfg = peers::source_config(&req.source)?;
-        let dest = peers::destination(&req.destination, &req.name, &req.spec.options)?;
+        let dest = peers::destination(
+            &req.destination,
+            &peers::MirrorRef {
+                name: &req.name,
+                id: None,
+                options: &req.spec.options,
+            },
+        )?;
         let plan = setup::plan(&req.name, &src_cfg, dest.as_ref(), &req.spec).await?;
         let set_up = setup::create(
             &self.catalog,
@@ -154,12 +161,7 @@ impl Engine {
         };
         self.stop(name).await;
         let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
-        let spec = mirror_spec(&row)?;
-        let dest = peers::destination(
-            &self.peer_by_id(row.destination_peer).await?,
-            &row.name,
-            &spec.options,
-        )?;
+        let dest = self.destination_of(&row, &stored_spec(&row)?).await?;
         let created_publication = if row.created_publication {
             row.publication_name.as_deref()
         } else {
@@ -338,15 +340,9 @@ impl Engine {
                 ),
             );
         }
-        let spec: MirrorSpec = serde_json::from_value(row.spec.clone()).map_err(|e| {
-            FlowError::internal(format!("mirror {name}: stored spec unreadable: {e}"))
-        })?;
+        let spec = stored_spec(&row)?;
         let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
-        let dest = peers::destination(
-            &self.peer_by_id(row.destination_peer).await?,
-            &row.name,
-            &spec.options,
-        )?;
+        let dest = self.destination_of(&row, &spec).await?;
         self.stop(name).await;
 
         // Fresh tables beside the live ones, from the tables' current shape.
@@ -435,6 +431,22 @@ impl Engine {
         }
     }
 
+    /// The destination of a stored mirror.
+    async fn destination_of(
+        &self,
+        row: &MirrorRow,
+        spec: &MirrorSpec,
+    ) -> Result<Arc<dyn Destination>, FlowError> {
+        peers::destination(
+            &self.peer_by_id(row.destination_peer).await?,
+            &peers::MirrorRef {
+                name: &row.name,
+                id: Some(row.id),
+                options: &spec.options,
+            },
+        )
+    }
+
     async fn peer_by_id(&self, id: i64) -> Result<StoredPeer, FlowError> {
         self.catalog.peer_by_id(id).await?.ok_or_else(|| {
             FlowError::internal(format!("peer {id} of a mirror is missing from the catalog"))
@@ -446,15 +458,9 @@ impl Engine {
         row: MirrorRow,
         snapshot: Option<(ReplicationConnection, Option<String>)>,
     ) -> Result<(), FlowError> {
-        let spec: MirrorSpec = serde_json::from_value(row.spec.clone()).map_err(|e| {
-            FlowError::internal(format!("mirror {}: stored spec unreadable: {e}", row.name))
-        })?;
+        let spec = stored_spec(&row)?;
         let source = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
-        let destination = peers::destination(
-            &self.peer_by_id(row.destination_peer).await?,
-            &row.name,
-            &spec.options,
-        )?;
+        let destination = self.destination_of(&row, &spec).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
         let task = MirrorTask {
@@ -488,19 +494,19 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// A stored mirror's spec.
+fn stored_spec(row: &MirrorRow) -> Result<MirrorSpec, FlowError> {
+    serde_json::from_value(row.spec.clone()).map_err(|e| {
+        FlowError::internal(format!("mirror {}: stored spec unreadable: {e}", row.name))
+    })
+}
+
 fn not_found(name: &str) -> FlowError {
     FlowError::new(
         ErrorKind::NotFound,
         "42704",
         format!("mirror \"{name}\" does not exist"),
     )
-}
-
-/// A mirror's stored statement.
-pub(crate) fn mirror_spec(row: &MirrorRow) -> Result<MirrorSpec, FlowError> {
-    serde_json::from_value(row.spec.clone()).map_err(|e| {
-        FlowError::internal(format!("mirror {}: stored spec unreadable: {e}", row.name))
-    })
 }
 
 /// The destination's view of a table of the mirror, from the catalog.

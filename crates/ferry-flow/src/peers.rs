@@ -25,28 +25,38 @@ pub fn source_config(peer: &StoredPeer) -> Result<PostgresConfig, FlowError> {
     }
 }
 
+/// The mirror a destination is built for: a destination that keeps state of its own (a
+/// position, loaded ranges) keeps it per mirror. The id is the mirror's catalog id, unknown
+/// while `CREATE MIRROR` checks and creates tables.
+pub struct MirrorRef<'a> {
+    pub name: &'a str,
+    pub id: Option<i64>,
+    pub options: &'a MirrorOptions,
+}
+
 /// The destination a peer stands for, for one mirror.
 pub fn destination(
     peer: &StoredPeer,
-    mirror: &str,
-    options: &MirrorOptions,
+    mirror: &MirrorRef<'_>,
 ) -> Result<Arc<dyn Destination>, FlowError> {
-    let context = MirrorContext {
-        mirror: mirror.to_owned(),
-        unrepresentable: options.unrepresentable_values,
-    };
     match &peer.config {
         PeerConfig::Clickhouse(c) => Ok(Arc::new(ferry_clickhouse::ClickHouseDestination::new(
-            c, context,
+            c,
+            MirrorContext {
+                mirror: mirror.name.to_owned(),
+                unrepresentable: mirror.options.unrepresentable_values,
+            },
         )?)),
-        other => Err(FlowError::invalid(
-            "42809",
-            format!(
-                "peer \"{}\" is a {} peer, which cannot be a mirror's destination",
-                peer.name,
-                other.kind()
-            ),
-        )
-        .with_hint("A mirror's destination is a CLICKHOUSE or POSTGRES peer.")),
+        PeerConfig::Postgres(c) => Ok(Arc::new(ferry_pgdest::PgDestination::new(
+            c,
+            ferry_pgdest::MirrorId {
+                name: mirror.name.to_owned(),
+                id: mirror.id,
+            },
+            ferry_pgdest::PgOptions {
+                initial_load: mirror.options.do_initial_copy,
+                key_during_load: mirror.options.primary_key_during_load,
+            },
+        ))),
     }
 }

@@ -224,6 +224,7 @@ pub async fn describe_table(
             Some(_) => {}
         }
     }
+    let mut exact = crate::types::exact_types(client, cfg, oid).await?;
     let mut columns = Vec::new();
     let mut mappings = Vec::new();
     for c in pg_columns
@@ -232,6 +233,7 @@ pub async fn describe_table(
     {
         let mapping = value_kind(&c.type_info, money_scale);
         columns.push(ColumnSchema {
+            pg_type: exact.remove(&c.name),
             name: c.name,
             type_oid: c.type_info.oid,
             type_name: c.type_name,

@@ -55,11 +55,13 @@
 //! - `reg*` types are sent as numbers in binary but as names in text: they travel as names.
 
 mod datetime;
+mod exact;
 mod numeric;
 mod text;
 
 use ferry_core::ValueKind;
 
+pub use exact::{describe_types, exact_types, TypeUse};
 pub use ferry_core::canonical::{decode as decode_binary, DecodeError};
 pub use text::decode_text;
 
