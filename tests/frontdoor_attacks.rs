@@ -183,7 +183,7 @@ async fn the_pass_through_reads_views_and_nothing_more() {
         .batch_execute("INSERT INTO t VALUES (2, 'b')")
         .await
         .unwrap();
-    let ch = s.dest.clickhouse().client();
+    let ch = s.dest.ch().client();
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let n: u64 = ch

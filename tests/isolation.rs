@@ -18,7 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 async fn converged(s: &Setup, table: &str, key: &str) -> bool {
     let want = expected_rows(&s.source, table, key).await;
     let names: Vec<&str> = want.columns.iter().map(|c| c.name.as_str()).collect();
-    let got = clickhouse_row_bytes(s.dest.clickhouse(), table, &names, key).await;
+    let got = clickhouse_row_bytes(s.dest.ch(), table, &names, key).await;
     got == want.rows_bytes
 }
 
@@ -46,7 +46,7 @@ async fn wait_converged(s: &Setup, tables: &[(&str, &str)], step: &str) {
                     .get(0);
                 let dst: u64 = s
                     .dest
-                    .clickhouse()
+                    .ch()
                     .client()
                     .query(&format!(
                         "SELECT count() FROM {t} FINAL WHERE _ferry_is_deleted = 0"
@@ -324,7 +324,7 @@ async fn tables_dropped_at_the_source_are_marked_and_followed_again() {
     );
     let n: u64 = s
         .dest
-        .clickhouse()
+        .ch()
         .client()
         .query("SELECT count() FROM t FINAL WHERE _ferry_is_deleted = 0")
         .fetch_one()
@@ -368,7 +368,7 @@ async fn a_table_created_again_in_a_mapped_schema_joins_by_itself() {
         .batch_execute(&format!(
             "CREATE MIRROR schemas FROM src TO dst WITH SCHEMA MAPPING (app:{})
              WITH (do_initial_copy = true)",
-            s.dest.clickhouse().name
+            s.dest.ch().name
         ))
         .await
         .unwrap();
@@ -387,7 +387,7 @@ async fn a_table_created_again_in_a_mapped_schema_joins_by_itself() {
     loop {
         let rows: Vec<String> = s
             .dest
-            .clickhouse()
+            .ch()
             .client()
             .query("SELECT ifNull(v, '') FROM t FINAL WHERE _ferry_is_deleted = 0 ORDER BY id")
             .fetch_all()
@@ -533,7 +533,7 @@ async fn multiset_source(src: &Client) -> Vec<String> {
 
 async fn multiset_destination(s: &Setup) -> Vec<String> {
     s.dest
-        .clickhouse()
+        .ch()
         .client()
         .query(
             "SELECT assumeNotNull(concat(toString(a), '|', b)) FROM bag FINAL

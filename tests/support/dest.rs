@@ -133,14 +133,6 @@ pub async fn source_rows(src: &Client, table: &str, cols: &[Col<'_>], order: &st
 }
 
 impl Dest {
-    /// The ClickHouse database, for a scenario that only ClickHouse has.
-    pub fn clickhouse(&self) -> &TempChDatabase {
-        match self {
-            Dest::ClickHouse(d) => d,
-            Dest::Postgres(_) => panic!("this scenario needs a ClickHouse destination"),
-        }
-    }
-
     /// A fresh database on the shared server of that kind.
     pub async fn create(kind: Kind) -> Dest {
         match kind {

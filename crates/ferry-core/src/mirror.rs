@@ -50,6 +50,116 @@ pub enum Unrepresentable {
 }
 
 impl MirrorOptions {
+    /// Options `ALTER MIRROR … SET` may change while the mirror runs; the others fix what the
+    /// mirror is (its slot, its publication, whether it loads or streams).
+    pub const CHANGEABLE: [&'static str; 7] = [
+        "sync_interval",
+        "max_batch_size",
+        "max_slot_lag_bytes",
+        "unrepresentable_values",
+        "snapshot_num_rows_per_partition",
+        "snapshot_max_parallel_workers",
+        "snapshot_num_tables_in_parallel",
+    ];
+
+    /// The options as a `WITH (…)` list would give them.
+    pub fn to_options(&self) -> Vec<(String, OptionValue)> {
+        let num = |n: u64| OptionValue::Number(n.to_string());
+        let mut o = vec![
+            (
+                "do_initial_copy".to_owned(),
+                OptionValue::Bool(self.do_initial_copy),
+            ),
+            (
+                "initial_copy_only".to_owned(),
+                OptionValue::Bool(self.initial_copy_only),
+            ),
+            (
+                "snapshot_num_rows_per_partition".to_owned(),
+                num(self.rows_per_partition),
+            ),
+            (
+                "snapshot_max_parallel_workers".to_owned(),
+                num(u64::from(self.max_parallel_workers)),
+            ),
+            (
+                "snapshot_num_tables_in_parallel".to_owned(),
+                num(u64::from(self.tables_in_parallel)),
+            ),
+            (
+                "sync_interval".to_owned(),
+                num(u64::from(self.sync_interval_secs)),
+            ),
+            (
+                "max_batch_size".to_owned(),
+                num(u64::from(self.max_batch_size)),
+            ),
+            (
+                "unrepresentable_values".to_owned(),
+                OptionValue::String(
+                    match self.unrepresentable_values {
+                        Unrepresentable::Substitute => "substitute",
+                        Unrepresentable::Fail => "fail",
+                    }
+                    .into(),
+                ),
+            ),
+            (
+                "primary_key_during_load".to_owned(),
+                OptionValue::Bool(self.primary_key_during_load),
+            ),
+        ];
+        if let Some(p) = &self.publication_name {
+            o.push((
+                "publication_name".to_owned(),
+                OptionValue::String(p.clone()),
+            ));
+        }
+        if let Some(s) = &self.slot_name {
+            o.push((
+                "replication_slot_name".to_owned(),
+                OptionValue::String(s.clone()),
+            ));
+        }
+        if let Some(l) = self.max_slot_lag_bytes {
+            o.push(("max_slot_lag_bytes".to_owned(), num(l)));
+        }
+        o
+    }
+
+    /// These options with `changes` made (checked as `CREATE MIRROR` checks them). A change
+    /// of an option outside [`MirrorOptions::CHANGEABLE`] is refused: `Err(Ok(name))`.
+    pub fn changed(
+        &self,
+        changes: &[(String, OptionValue)],
+    ) -> Result<MirrorOptions, Result<String, OptionError>> {
+        const FIXED: [&str; 5] = [
+            "do_initial_copy",
+            "initial_copy_only",
+            "publication_name",
+            "replication_slot_name",
+            "primary_key_during_load",
+        ];
+        let mut merged = self.to_options();
+        for (name, value) in changes {
+            if FIXED.contains(&name.as_str()) {
+                return Err(Ok(name.clone()));
+            }
+            if !Self::CHANGEABLE.contains(&name.as_str()) {
+                let mut known = Self::CHANGEABLE.to_vec();
+                known.sort_unstable();
+                return Err(Err(OptionError::Unknown {
+                    name: name.clone(),
+                    context: "ALTER MIRROR … SET".into(),
+                    known,
+                }));
+            }
+            merged.retain(|(n, _)| n != name);
+            merged.push((name.clone(), value.clone()));
+        }
+        MirrorOptions::from_options(&merged).map_err(Err)
+    }
+
     /// Types and checks a `CREATE MIRROR … WITH (…)` option list.
     pub fn from_options(options: &[(String, OptionValue)]) -> Result<MirrorOptions, OptionError> {
         let mut r = OptionReader::new("a mirror", options)?;
@@ -119,6 +229,17 @@ pub struct TableMapping {
     pub destination: Destination,
     /// Source columns not copied.
     pub exclude: Vec<String>,
+}
+
+/// A change `ALTER MIRROR` makes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MirrorChange {
+    /// Tables to replicate too.
+    AddTables(Vec<TableMapping>),
+    /// Source tables to stop replicating (their destination tables stay).
+    DropTables(Vec<TableName>),
+    /// Options to change (see [`MirrorOptions::CHANGEABLE`]).
+    Set(Vec<(String, OptionValue)>),
 }
 
 /// Which tables a mirror copies.

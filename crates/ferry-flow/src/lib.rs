@@ -11,6 +11,7 @@
 //!                   └──► failed (a table failed; RESUME MIRROR tries it again)
 //! ```
 
+mod alter;
 mod error;
 pub mod load;
 mod mirror;

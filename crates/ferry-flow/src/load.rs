@@ -248,6 +248,13 @@ async fn copy_table(
     let catalog = &ctx.catalog;
     // Ranges are planned once; a restart finds them in the catalog.
     let mut planned = Vec::new();
+    // A partitioned table's leaves as loaded: one attached or detached later makes it load
+    // again (stream::scope).
+    if described.heaps.iter().any(|h| h.name != table.row.source) {
+        let mut leaves: Vec<String> = described.heaps.iter().map(|h| h.name.to_string()).collect();
+        leaves.sort();
+        catalog.set_table_leaves(table.row.id, &leaves).await?;
+    }
     for heap in &described.heaps {
         for r in ctid::plan(heap.pages, heap.tuples, ctx.rows_per_partition) {
             planned.push((heap.name.quoted(), r.start as i64, r.end.map(|e| e as i64)));

@@ -46,6 +46,9 @@ const SEND_BYTES: usize = 1 << 20;
 struct Prepared {
     /// The carried columns it was prepared for.
     columns: Arc<[usize]>,
+    /// The destination table it was prepared for (a table loaded again on its own is written
+    /// to a fresh table until it is swapped in).
+    target: ferry_core::destination::TargetName,
     stage: Stage,
     /// Whether the staging table holds rows from earlier in this transaction.
     used: bool,
@@ -109,7 +112,7 @@ impl PgApply {
     async fn write_table(&mut self, tc: &mut TableChanges) -> Result<(), Error> {
         let id = tc.table.id;
         let mut prepared = match self.tables.remove(&id) {
-            Some(p) if p.columns == tc.columns => p,
+            Some(p) if p.columns == tc.columns && p.target == tc.table.target => p,
             old => self.prepare(tc, old).await?,
         };
         let result = self.apply_prepared(tc, &mut prepared).await;
@@ -320,6 +323,7 @@ impl PgApply {
             .map_err(db.err())?;
         Ok(Prepared {
             columns: tc.columns.clone(),
+            target: tc.table.target.clone(),
             stage,
             used: false,
         })

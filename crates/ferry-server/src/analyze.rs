@@ -43,6 +43,10 @@ pub enum Command {
     ResumeMirror {
         name: String,
     },
+    AlterMirror {
+        name: String,
+        change: ferry_core::mirror::MirrorChange,
+    },
     ResyncMirror {
         name: String,
         /// The tables to load again (an unqualified name means `public`); empty for all.
@@ -99,20 +103,10 @@ pub fn analyze(parsed: &Parsed<'_>) -> Result<Command, ClientError> {
         Statement::ResumeMirror(m) => Command::ResumeMirror {
             name: m.name.value.clone(),
         },
+        Statement::AlterMirror(m) => analyze_alter_mirror(m)?,
         Statement::ResyncMirror(m) => Command::ResyncMirror {
             name: m.name.value.clone(),
-            tables: m
-                .tables
-                .iter()
-                .map(|t| {
-                    ferry_core::TableName::new(
-                        t.schema
-                            .as_ref()
-                            .map_or_else(|| "public".to_owned(), |s| s.value.clone()),
-                        t.name.value.clone(),
-                    )
-                })
-                .collect(),
+            tables: m.tables.iter().map(source_table).collect(),
         },
         Statement::Reset(_) => Command::Local { tag: "RESET" },
         Statement::Sql(stmt) => match ferry_sql::pass_through(stmt, parsed.text) {
@@ -140,26 +134,7 @@ fn analyze_create_mirror(m: &ferry_sql::CreateMirror) -> Result<Command, ClientE
         c
     })?;
     let mapping = match &m.mapping {
-        ferry_sql::Mapping::Tables(entries) => Mapping::Tables(
-            entries
-                .iter()
-                .map(|e| TableMapping {
-                    // An unqualified source table is in public, as PostgreSQL's search path has it.
-                    source: TableName::new(
-                        e.source
-                            .schema
-                            .as_ref()
-                            .map_or("public", |s| s.value.as_str()),
-                        e.source.name.value.clone(),
-                    ),
-                    destination: Destination {
-                        database: e.destination.schema.as_ref().map(|s| s.value.clone()),
-                        table: e.destination.name.value.clone(),
-                    },
-                    exclude: e.exclude.iter().map(|c| c.value.clone()).collect(),
-                })
-                .collect(),
-        ),
+        ferry_sql::Mapping::Tables(entries) => Mapping::Tables(table_mappings(entries)),
         ferry_sql::Mapping::Schemas(pairs) => Mapping::Schemas(
             pairs
                 .iter()
@@ -173,6 +148,45 @@ fn analyze_create_mirror(m: &ferry_sql::CreateMirror) -> Result<Command, ClientE
         source: m.source.value.clone(),
         destination: m.destination.value.clone(),
         spec: MirrorSpec { mapping, options },
+    })
+}
+
+/// Table mapping entries, typed. An unqualified source table is in public, as PostgreSQL's
+/// search path has it.
+fn table_mappings(entries: &[ferry_sql::TableMapping]) -> Vec<TableMapping> {
+    entries
+        .iter()
+        .map(|e| TableMapping {
+            source: source_table(&e.source),
+            destination: Destination {
+                database: e.destination.schema.as_ref().map(|s| s.value.clone()),
+                table: e.destination.name.value.clone(),
+            },
+            exclude: e.exclude.iter().map(|c| c.value.clone()).collect(),
+        })
+        .collect()
+}
+
+/// A source table name; without a schema, in public.
+fn source_table(name: &ferry_sql::QualifiedName) -> TableName {
+    TableName::new(
+        name.schema.as_ref().map_or("public", |s| s.value.as_str()),
+        name.name.value.clone(),
+    )
+}
+
+fn analyze_alter_mirror(m: &ferry_sql::AlterMirror) -> Result<Command, ClientError> {
+    use ferry_core::mirror::MirrorChange;
+    let change = match &m.action {
+        ferry_sql::AlterMirrorAction::AddTables(t) => MirrorChange::AddTables(table_mappings(t)),
+        ferry_sql::AlterMirrorAction::DropTables(t) => {
+            MirrorChange::DropTables(t.iter().map(source_table).collect())
+        }
+        ferry_sql::AlterMirrorAction::Set(o) => MirrorChange::Set(typed_options(o)),
+    };
+    Ok(Command::AlterMirror {
+        name: check_name("mirror", &m.name.value)?,
+        change,
     })
 }
 

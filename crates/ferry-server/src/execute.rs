@@ -205,6 +205,15 @@ pub async fn resume_mirror(engine: &Arc<Engine>, name: &str) -> Result<Outcome, 
     Ok(Outcome::done("RESUME MIRROR"))
 }
 
+pub async fn alter_mirror(
+    engine: &Arc<Engine>,
+    name: &str,
+    change: ferry_core::mirror::MirrorChange,
+) -> Result<Outcome, ClientError> {
+    engine.alter_mirror(name, change).await?;
+    Ok(Outcome::done("ALTER MIRROR"))
+}
+
 pub async fn resync_mirror(
     engine: &Arc<Engine>,
     name: &str,

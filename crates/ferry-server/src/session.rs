@@ -169,6 +169,10 @@ impl Session {
                 self.shielded(async move { execute::resume_mirror(&engine, &name).await })
                     .await?
             }
+            Command::AlterMirror { name, change } => {
+                self.shielded(async move { execute::alter_mirror(&engine, &name, change).await })
+                    .await?
+            }
             Command::ResyncMirror { name, tables } => {
                 self.shielded(async move { execute::resync_mirror(&engine, &name, &tables).await })
                     .await?

@@ -26,6 +26,8 @@ pub enum Statement {
     ResumeMirror(MirrorName),
     /// `RESYNC MIRROR name [TABLE t [, …]]`
     ResyncMirror(ResyncMirror),
+    /// `ALTER MIRROR name {ADD TABLE MAPPING (…) | DROP TABLE MAPPING (…) | SET (…)}`
+    AlterMirror(AlterMirror),
     /// `RESET name` or `RESET ALL`: PostgreSQL's, which sqlparser does not read.
     Reset(Reset),
     /// Any other statement, parsed by sqlparser with its PostgreSQL dialect.
@@ -42,6 +44,7 @@ impl fmt::Display for Statement {
             Statement::PauseMirror(m) => write!(f, "PAUSE MIRROR {}", m.name),
             Statement::ResumeMirror(m) => write!(f, "RESUME MIRROR {}", m.name),
             Statement::ResyncMirror(m) => m.fmt(f),
+            Statement::AlterMirror(m) => m.fmt(f),
             Statement::Reset(r) => write!(f, "RESET {}", r.target),
             Statement::Sql(s) => s.fmt(f),
         }
@@ -171,6 +174,47 @@ impl fmt::Display for ResyncMirror {
             t.fmt(f)?;
         }
         Ok(())
+    }
+}
+
+/// `ALTER MIRROR name …`: a change to a mirror while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlterMirror {
+    /// The mirror's name.
+    pub name: Ident,
+    /// What changes.
+    pub action: AlterMirrorAction,
+}
+
+/// What `ALTER MIRROR` changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlterMirrorAction {
+    /// `ADD TABLE MAPPING (…)`: tables to replicate too, written as in `CREATE MIRROR`.
+    AddTables(Vec<TableMapping>),
+    /// `DROP TABLE MAPPING (t, …)`: source tables to stop replicating.
+    DropTables(Vec<QualifiedName>),
+    /// `SET (name = value, …)`: options to change.
+    Set(Vec<SqlOption>),
+}
+
+impl fmt::Display for AlterMirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ALTER MIRROR {} ", self.name)?;
+        match &self.action {
+            AlterMirrorAction::AddTables(t) => {
+                f.write_str("ADD TABLE MAPPING (")?;
+                write_list(f, t)?;
+            }
+            AlterMirrorAction::DropTables(t) => {
+                f.write_str("DROP TABLE MAPPING (")?;
+                write_list(f, t)?;
+            }
+            AlterMirrorAction::Set(o) => {
+                f.write_str("SET (")?;
+                write_list(f, o)?;
+            }
+        }
+        f.write_str(")")
     }
 }
 

@@ -7,9 +7,9 @@
 use sqlparser::tokenizer::{Location, Token};
 
 use crate::ast::{
-    CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MirrorName, OptionValue,
-    PeerType, QualifiedName, Reset, ResyncMirror, SchemaMapping, SqlOption, Statement,
-    TableMapping,
+    AlterMirror, AlterMirrorAction, CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping,
+    MirrorName, OptionValue, PeerType, QualifiedName, Reset, ResyncMirror, SchemaMapping,
+    SqlOption, Statement, TableMapping,
 };
 use crate::error::ParseError;
 use crate::ident::{fold_case, is_reserved};
@@ -29,6 +29,7 @@ pub(crate) fn is_ferry_statement(chunk: &Chunk) -> bool {
     }
     (word_is(first, "CREATE") || word_is(first, "DROP"))
         && (word_is(second, "PEER") || word_is(second, "MIRROR"))
+        || (word_is(first, "ALTER") && word_is(second, "MIRROR"))
 }
 
 /// Parses a statement for which [`is_ferry_statement`] holds.
@@ -100,6 +101,10 @@ impl<'a> FerryParser<'a> {
         if self.consume_keyword("RESET") {
             return self.reset().map(Statement::Reset);
         }
+        if self.consume_keyword("ALTER") {
+            self.expect_keyword("MIRROR", "expected MIRROR after ALTER")?;
+            return self.alter_mirror().map(Statement::AlterMirror);
+        }
         let make: fn(MirrorName) -> Statement = if self.consume_keyword("PAUSE") {
             Statement::PauseMirror
         } else if self.consume_keyword("RESUME") {
@@ -152,6 +157,44 @@ impl<'a> FerryParser<'a> {
             return Err(self.error_here(Some("expected a setting name or ALL")));
         }
         Ok(Reset { target })
+    }
+
+    /// After `ALTER MIRROR`.
+    fn alter_mirror(&mut self) -> Result<AlterMirror> {
+        let name = self.ident("mirror name")?;
+        let action = if self.consume_keyword("ADD") {
+            self.expect_keyword("TABLE", "expected TABLE MAPPING after ADD")?;
+            self.expect_keyword("MAPPING", "expected MAPPING after ADD TABLE")?;
+            self.expect_token(&Token::LParen, "expected ( after TABLE MAPPING")?;
+            AlterMirrorAction::AddTables(self.list(&Token::RParen, ")", Self::table_mapping)?)
+        } else if self.consume_keyword("DROP") {
+            self.expect_keyword("TABLE", "expected TABLE MAPPING after DROP")?;
+            self.expect_keyword("MAPPING", "expected MAPPING after DROP TABLE")?;
+            self.expect_token(&Token::LParen, "expected ( after TABLE MAPPING")?;
+            AlterMirrorAction::DropTables(
+                self.list(&Token::RParen, ")", |p| p.qualified_name("table name"))?,
+            )
+        } else if self.consume_keyword("SET") {
+            self.expect_token(&Token::LParen, "expected ( after SET")?;
+            let mut options: Vec<SqlOption> = Vec::new();
+            self.list(&Token::RParen, ")", |p| {
+                let option = p.option()?;
+                if options.iter().any(|o| o.name == option.name) {
+                    return Err(ParseError::new(
+                        format!("duplicate option \"{}\"", option.name),
+                        option.position,
+                    ));
+                }
+                options.push(option);
+                Ok(())
+            })?;
+            AlterMirrorAction::Set(options)
+        } else {
+            return Err(self.error_here(Some(
+                "expected ADD TABLE MAPPING, DROP TABLE MAPPING or SET after the mirror name",
+            )));
+        };
+        Ok(AlterMirror { name, action })
     }
 
     /// After `CREATE PEER`.

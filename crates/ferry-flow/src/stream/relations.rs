@@ -99,16 +99,24 @@ impl Streamer {
             // A table without a key tells its rows apart by all their values: with other
             // columns it is loaded again rather than followed column by column.
             info!(table = %name, "columns of a table without a key changed at the source; it is loaded again");
-            self.ctx
-                .catalog
-                .request_table_syncs(self.ctx.mirror_id, &[self.targets[t].row.id])
-                .await?;
-            self.targets[t].row.state = TableState::Syncing;
+            self.resync(t).await?;
             self.relations.insert(body.id, None);
-            self.ctx.wake.notify_one();
             return Ok(());
         }
         if !missing.is_empty() {
+            // Rows already there hold a column's default, not NULL: the destination learns
+            // them by loading the table again (a default may be volatile, and every row's
+            // value is only at the source).
+            let client = connect(&self.ctx.source, "ferry schema change").await?;
+            let defaulted =
+                source::columns_with_default(&client, &self.ctx.source, body.id, &missing).await?;
+            drop(client);
+            if !defaulted.is_empty() {
+                info!(table = %name, columns = ?defaulted, "columns added with a default; the table is loaded again so its rows show it");
+                self.resync(t).await?;
+                self.relations.insert(body.id, None);
+                return Ok(());
+            }
             self.add_columns(t, &missing).await?;
         }
         let spec = self.targets[t].spec.clone();
@@ -168,7 +176,7 @@ impl Streamer {
     /// A table that appeared in a mapped schema: it joins the mirror, loaded on its own (the
     /// stream starts again once it is recorded). Returns `None`: its changes are skipped
     /// until its own load has caught up.
-    async fn adopt(&mut self, name: &TableName) -> Result<Option<usize>, FlowError> {
+    pub(super) async fn adopt(&mut self, name: &TableName) -> Result<Option<usize>, FlowError> {
         let Some((_, db)) = self.ctx.schemas.iter().find(|(s, _)| *s == name.schema) else {
             return Ok(None);
         };
