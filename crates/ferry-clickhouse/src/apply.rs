@@ -36,7 +36,11 @@ use ferry_core::{canonical, ColumnSchema, Error, ErrorKind, Lsn, Numeric, Value,
 use crate::connect::DestinationError;
 use crate::load::column_error;
 use crate::table::{ClickHouse, RowInsert, WriteError};
-use crate::unrepresentable::{Substitutions, UnrepresentablePolicy};
+use crate::transcode::{Field as TField, Transcoder};
+use crate::unrepresentable::UnrepresentablePolicy;
+
+/// Bytes of rows gathered before they are sent as one chunk of an insert.
+const SEND_BYTES: usize = 1 << 20;
 
 /// Applying changes to one ClickHouse.
 pub struct ClickHouseApply {
@@ -192,18 +196,47 @@ impl ClickHouseApply {
         };
         let sources = self.unchanged_sources(tc, &columns, &key_slots).await?;
         let (db, table) = (&spec.target.namespace, &spec.target.table);
+        // Every field goes straight from its canonical bytes into RowBinary: no value per cell.
+        let mut transcoder = Transcoder::new(&columns, self.policy)
+            .map_err(|e| Failure::Table(Error::new(e.kind(), "22000", e.to_string())))?;
+        // What a deletion row holds where the change carries no value.
+        let mut stand_ins: Vec<Vec<u8>> = Vec::with_capacity(columns.len());
+        for (s, c) in columns.iter().enumerate() {
+            let mut b = Vec::new();
+            crate::rowbinary::encode(
+                &c.kind,
+                c.nullable,
+                &placeholder(&c.kind, c.nullable),
+                &mut b,
+            )
+            .map_err(|source| {
+                Failure::Table(column_error(
+                    &columns,
+                    WriteError::Encode { column: s, source },
+                ))
+            })?;
+            stand_ins.push(b);
+        }
         let mut insert = self.insert(db, table, &columns);
-        let mut substituted = Substitutions::new(columns.len());
+        let mut buf: Vec<u8> = Vec::with_capacity(SEND_BYTES + (64 << 10));
+        let mut pending = 0u64;
         let mut written = 0u64;
-        let mut values = Vec::with_capacity(columns.len());
         // The RowBinary of each column of the ops later ops take values from.
         let mut kept: HashMap<usize, Vec<Vec<u8>>> = HashMap::new();
+        let transcode = |e: crate::transcode::TranscodeError| {
+            Failure::Table(Error::new(e.kind(), "22000", e.to_string()))
+        };
         for (i, op) in tc.ops().iter().enumerate() {
             let change = match op {
                 Op::Truncate { .. } => {
                     // The rows before the TRUNCATE land first.
+                    if pending > 0 {
+                        insert
+                            .send_encoded(std::mem::take(&mut buf), pending)
+                            .await?;
+                        pending = 0;
+                    }
                     let done = std::mem::replace(&mut insert, self.insert(db, table, &columns));
-                    substituted.merge(done.substitutions());
                     written += done.finish().await?;
                     self.ch
                         .execute(&format!("TRUNCATE TABLE {}", ch_qualified(db, table)))
@@ -218,72 +251,84 @@ impl ClickHouseApply {
                 if change.kind == ChangeKind::Delete
                     || key_moved(change, &old, tc, &key_slots, keyed)
                 {
-                    deletion_row(&columns, &old, &mut values)?;
-                    insert
-                        .push(&values, version, true)
-                        .await
-                        .map_err(|e| Failure::Table(column_error(&columns, e)))?;
+                    let fields: Vec<TField<'_>> = (0..columns.len())
+                        .map(|s| match old.get(s) {
+                            Field::Value(b) => TField::Binary(b),
+                            Field::Null if columns[s].nullable => TField::Null,
+                            _ => TField::Encoded(&stand_ins[s]),
+                        })
+                        .collect();
+                    transcoder
+                        .append_row(fields, version, true, &mut buf)
+                        .map_err(transcode)?;
+                    pending += 1;
                 }
             }
             let Some(new) = change.new else { continue };
             let new = tc.tuple(new);
-            values.clear();
-            let mut encoded: Vec<(usize, Vec<u8>)> = Vec::new();
-            for (s, c) in columns.iter().enumerate() {
-                match value_of(c, new.get(s))? {
-                    Some(v) => values.push(v),
-                    None => {
-                        let bytes = match sources.earlier.get(&i) {
-                            Some(j) => kept.get(j).map(|cols| cols[s].clone()),
+            let mut fields: Vec<TField<'_>> = Vec::with_capacity(columns.len());
+            for s in 0..columns.len() {
+                fields.push(match new.get(s) {
+                    Field::Value(b) => TField::Binary(b),
+                    Field::Null => TField::Null,
+                    Field::Unchanged => {
+                        let bytes: &[u8] = match sources.earlier.get(&i) {
+                            Some(j) => kept.get(j).map(|cols| cols[s].as_slice()),
                             None => sources
                                 .stored
                                 .get(&i)
                                 .and_then(|cols| cols.iter().find(|(slot, _)| *slot == s))
-                                .map(|(_, b)| b.clone()),
+                                .map(|(_, b)| b.as_slice()),
                         }
                         .ok_or_else(|| {
                             Failure::Table(Error::internal("an unchanged value was not looked up"))
                         })?;
-                        encoded.push((s, bytes));
-                        values.push(Value::Null);
+                        TField::Encoded(bytes)
                     }
-                }
+                });
             }
+            let mut keep = None;
             if sources.kept.contains(&i) {
+                // Later changes of the row take this row's values, column by column.
                 let mut cols = Vec::with_capacity(columns.len());
-                for (s, c) in columns.iter().enumerate() {
-                    match encoded.iter().find(|(slot, _)| *slot == s) {
-                        Some((_, b)) => cols.push(b.clone()),
-                        None => {
-                            let mut b = Vec::new();
-                            crate::rowbinary::encode_with_policy(
-                                &c.kind,
-                                c.nullable,
-                                &values[s],
-                                self.policy,
-                                &mut b,
-                            )
-                            .map_err(|source| {
-                                Failure::Table(column_error(
-                                    &columns,
-                                    WriteError::Encode { column: s, source },
-                                ))
-                            })?;
-                            cols.push(b);
+                for (s, f) in fields.iter().enumerate() {
+                    let mut one = Vec::new();
+                    match f {
+                        TField::Encoded(b) => one.extend_from_slice(b),
+                        other => {
+                            let mut t =
+                                Transcoder::new(std::slice::from_ref(&columns[s]), self.policy)
+                                    .map_err(transcode)?;
+                            t.append_row([*other], 0, false, &mut one)
+                                .map_err(transcode)?;
+                            // Only the column's bytes: the version and deletion marker go.
+                            one.truncate(one.len() - 9);
                         }
                     }
+                    cols.push(one);
                 }
+                keep = Some(cols);
+            }
+            transcoder
+                .append_row(fields, version, false, &mut buf)
+                .map_err(transcode)?;
+            pending += 1;
+            if let Some(cols) = keep {
                 kept.insert(i, cols);
             }
-            let refs: Vec<(usize, &[u8])> =
-                encoded.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-            insert
-                .push_with(&values, &refs, version, false)
-                .await
-                .map_err(|e| Failure::Table(column_error(&columns, e)))?;
+            if buf.len() >= SEND_BYTES {
+                insert
+                    .send_encoded(std::mem::take(&mut buf), pending)
+                    .await?;
+                buf.reserve(SEND_BYTES + (64 << 10));
+                pending = 0;
+            }
         }
-        substituted.merge(insert.substitutions());
+        if pending > 0 {
+            insert.send_encoded(buf, pending).await?;
+        }
         written += insert.finish().await?;
+        let substituted = transcoder.substitutions().clone();
         tracing::debug!(table = %spec.source, destination = %format!("{db}.{table}"), rows = written, "changes written");
         Ok((
             written,
@@ -443,24 +488,6 @@ fn key_moved(
         // An unchanged value in the new row is the old one.
         b != Field::Unchanged && a != b
     })
-}
-
-/// The row that marks a deletion: what the old row carries, stand-ins for the rest.
-fn deletion_row(
-    columns: &[ColumnSchema],
-    old: &Row<'_>,
-    values: &mut Vec<Value>,
-) -> Result<(), Failure> {
-    values.clear();
-    for (s, c) in columns.iter().enumerate() {
-        let v = match old.get(s) {
-            Field::Value(_) => value_of(c, old.get(s))?.unwrap_or(Value::Null),
-            Field::Null if c.nullable => Value::Null,
-            _ => placeholder(&c.kind, c.nullable),
-        };
-        values.push(v);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ use ferry_postgres::pgoutput::{OldTuple, PgOutputDecoder, PgOutputMessage};
 use ferry_postgres::replication::{
     PgOutputOptions, ReplicationConnection, ReplicationMessage, ReplicationStream,
 };
+use futures::FutureExt;
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
@@ -60,7 +61,11 @@ use relations::Relation;
 /// How often the position is reported to the source when nothing else happens.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// How often an idle mirror's moving position is written to the catalog.
-const IDLE_CATALOG_EVERY: Duration = Duration::from_secs(5);
+const IDLE_CATALOG_EVERY: Duration = Duration::from_secs(1);
+/// A batch is written once the stream has caught up, but not more often than this.
+const MIN_FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Messages taken in one go before the timers get a turn.
+const DRAIN_MAX: usize = 4096;
 
 /// What the stream needs to know about its mirror.
 pub struct StreamContext {
@@ -154,6 +159,14 @@ pub struct Streamer {
     commit_lsn: Lsn,
     /// A wake-up came in the middle of a transaction: end at its commit.
     restart_pending: bool,
+    /// Everything the server had sent was taken in when last looked.
+    caught_up: bool,
+    /// pgoutput sends values in binary (see `binary_mode`).
+    binary: bool,
+    /// When a batch was last written.
+    last_flush: Option<Instant>,
+    /// The position last written to the catalog.
+    recorded: Lsn,
     /// Whether the mirror is marked for retaining too much WAL.
     lag_marked: bool,
     /// When an idle advance was last recorded in the catalog.
@@ -202,6 +215,10 @@ impl Streamer {
             in_transaction: false,
             commit_lsn: start,
             restart_pending: false,
+            caught_up: false,
+            binary: false,
+            last_flush: None,
+            recorded: applied,
             lag_marked: false,
             catalog_written: None,
         })
@@ -235,17 +252,19 @@ impl Streamer {
             .confirm(self.ctx.mirror_id, self.applied, self.server_lsn, None)
             .await?;
         self.catalog_written = Some(Instant::now());
+        self.recorded = self.applied;
         Ok(())
     }
 
     async fn stream_changes(&mut self) -> Result<StreamEnd, FlowError> {
         let conn = ReplicationConnection::connect(&self.ctx.source).await?;
+        self.binary = self.binary_mode();
         let options = PgOutputOptions {
             publication_names: vec![self.ctx.publication.clone()],
             proto_version: 1,
             streaming: false,
             messages: false,
-            binary: self.ctx.destination.wire() == Wire::Native,
+            binary: self.binary,
         };
         let start = self.start();
         let mut stream = conn
@@ -274,37 +293,49 @@ impl Streamer {
             }
             tokio::select! {
                 msg = stream.next() => {
-                    let Some(msg) = msg.map_err(slot_trouble)? else {
-                        return Err(FlowError::transient("08006", "the source ended the replication stream"));
-                    };
-                    match msg {
-                        ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
-                            self.server_lsn = self.server_lsn.max(wal_end);
-                            let message = decoder.decode(data).map_err(SourceError::from)?;
-                            self.handle(wal_start, message, &mut stream).await?;
+                    // Everything the server has sent already is taken in one go (a bounded
+                    // number of messages, so the timers are still served under load).
+                    let mut msg = msg.map_err(slot_trouble)?;
+                    let mut taken = 0;
+                    loop {
+                        let Some(m) = msg else {
+                            return Err(FlowError::transient("08006", "the source ended the replication stream"));
+                        };
+                        self.on_message(m, &mut decoder, &mut stream).await?;
+                        taken += 1;
+                        if taken == DRAIN_MAX {
+                            self.caught_up = false;
+                            break;
                         }
-                        ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. } => {
-                            self.server_lsn = self.server_lsn.max(wal_end);
-                            if self.batch.rows == 0 && !self.in_transaction && wal_end > self.committed {
-                                // Nothing pending: everything the server sent is applied.
-                                self.advance_idle(wal_end, &mut stream).await?;
-                            }
-                            if reply_requested {
-                                self.report(&mut stream).await?;
+                        match stream.next().now_or_never() {
+                            Some(next) => msg = next.map_err(slot_trouble)?,
+                            None => {
+                                self.caught_up = true;
+                                break;
                             }
                         }
+                    }
+                    if self.flush_due() {
+                        self.flush(&mut stream).await?;
                     }
                 }
                 _ = tick.tick() => {
                     ticks += 1;
-                    let due = self.batch.opened.is_some_and(|t| t.elapsed() >= self.ctx.sync_interval);
-                    if due && !self.in_transaction {
+                    if self.flush_due() {
                         self.flush(&mut stream).await?;
                     }
-                    // Catching up: ask for a keepalive, which moves an idle position forward.
-                    if self.ctx.until.is_some() && ticks % 5 == 0 && self.batch.rows == 0 && !self.in_transaction {
+                    let idle = self.batch.rows == 0 && !self.in_transaction;
+                    // Caught up and idle: ask for a keepalive now and then, which says how far
+                    // the server has read, and moves an idle position forward promptly.
+                    if idle && (self.caught_up || self.ctx.until.is_some()) && ticks % 10 == 0 {
                         let at = self.slot_position();
                         stream.send_status(at, at, at, true).await?;
+                    }
+                    if idle
+                        && self.applied > self.recorded
+                        && self.catalog_written.is_none_or(|t| t.elapsed() >= IDLE_CATALOG_EVERY)
+                    {
+                        self.record_position().await?;
                     }
                 }
                 _ = status.tick() => {
@@ -331,6 +362,80 @@ impl Streamer {
                 }
             }
         }
+    }
+
+    /// Whether to ask pgoutput for binary values: always for a destination that takes each
+    /// column's own binary form; for one that takes the canonical form, when every column of
+    /// every table that streams is sent in it already (else text mode, re-encoded).
+    fn binary_mode(&self) -> bool {
+        match self.ctx.destination.wire() {
+            Wire::Native => true,
+            Wire::Canonical => self
+                .targets
+                .iter()
+                .filter(|t| t.row.state.streams())
+                .all(|t| {
+                    t.spec
+                        .columns
+                        .iter()
+                        .all(ferry_postgres::types::binary_is_canonical)
+                }),
+        }
+    }
+
+    /// Takes in one message of the stream.
+    async fn on_message(
+        &mut self,
+        msg: ReplicationMessage,
+        decoder: &mut PgOutputDecoder,
+        stream: &mut ReplicationStream,
+    ) -> Result<(), FlowError> {
+        match msg {
+            ReplicationMessage::XLogData {
+                wal_start,
+                wal_end,
+                data,
+                ..
+            } => {
+                self.server_lsn = self.server_lsn.max(wal_end);
+                let message = decoder.decode(data).map_err(SourceError::from)?;
+                self.handle(wal_start, message, stream).await
+            }
+            ReplicationMessage::PrimaryKeepalive {
+                wal_end,
+                reply_requested,
+                ..
+            } => {
+                self.server_lsn = self.server_lsn.max(wal_end);
+                if self.batch.rows == 0 && !self.in_transaction && wal_end > self.committed {
+                    // Nothing pending: everything the server sent is applied.
+                    self.advance_idle(wal_end, stream).await?;
+                }
+                if reply_requested {
+                    self.report(stream).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the batch is to be written now: at a transaction boundary, once it is
+    /// `sync_interval` old, or as soon as the stream has caught up with the server (nothing
+    /// more to read), but then not more often than every [`MIN_FLUSH_EVERY`], so that a busy
+    /// source does not turn into a stream of tiny inserts.
+    fn flush_due(&self) -> bool {
+        if self.in_transaction || self.batch.rows == 0 {
+            return false;
+        }
+        let old = self
+            .batch
+            .opened
+            .is_some_and(|t| t.elapsed() >= self.ctx.sync_interval);
+        let caught_up = self.caught_up
+            && self
+                .last_flush
+                .is_none_or(|t| t.elapsed() >= MIN_FLUSH_EVERY);
+        old || caught_up
     }
 
     async fn report(&mut self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
@@ -638,6 +743,7 @@ impl Streamer {
     async fn flush(&mut self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
         self.write_chunk().await?;
         let batch = std::mem::take(&mut self.batch);
+        self.last_flush = Some(Instant::now());
         let position = self.committed.max(self.applied);
         if batch.rows > 0 {
             if let Err(e) = self.apply.commit(position).await {
@@ -659,6 +765,7 @@ impl Streamer {
                 .confirm(self.ctx.mirror_id, position, self.server_lsn, Some(&record))
                 .await?;
             self.catalog_written = Some(Instant::now());
+            self.recorded = position;
             debug!(rows = batch.rows, lsn = %self.committed, "batch applied");
         }
         if self.committed > self.applied {

@@ -156,6 +156,20 @@ impl Streamer {
             }
             positions.push(Some(i));
         }
+        if self.binary && self.ctx.destination.wire() == ferry_core::destination::Wire::Canonical {
+            let spec = &self.targets[t].spec;
+            if !positions
+                .iter()
+                .flatten()
+                .all(|&i| ferry_postgres::types::binary_is_canonical(&spec.columns[i]))
+            {
+                // This table's values need pgoutput's text mode: start again in it.
+                return Err(FlowError::transient(
+                    "55000",
+                    format!("table {name} needs the stream's text mode; streaming again in it"),
+                ));
+            }
+        }
         let mut columns: Vec<usize> = positions.iter().flatten().copied().collect();
         columns.sort_unstable();
         let slots = positions

@@ -396,6 +396,65 @@ pub fn value_kind(ty: &PgTypeInfo, money_scale: u8) -> Mapping {
     }
 }
 
+/// Whether pgoutput's binary mode sends this column's values in the canonical binary form of
+/// its kind already (see [`ferry_core::canonical`]): the binary send format of its type is the
+/// kind's canonical one. Others (`money`'s cents, `jsonb`'s version byte, types carried as
+/// their text output …) need pgoutput's text mode. `column.type_oid` is the base type (domains
+/// resolved); arrays of these types qualify too.
+pub fn binary_is_canonical(column: &ferry_core::ColumnSchema) -> bool {
+    fn scalar(oid: u32, kind: &ValueKind) -> bool {
+        matches!(
+            (oid, kind),
+            (oid::BOOL, ValueKind::Bool)
+                | (oid::INT2, ValueKind::Int16)
+                | (oid::INT4, ValueKind::Int32)
+                | (oid::INT8, ValueKind::Int64)
+                | (oid::OID | oid::XID | oid::CID, ValueKind::UInt32)
+                | (oid::FLOAT4, ValueKind::Float32)
+                | (oid::FLOAT8, ValueKind::Float64)
+                | (oid::NUMERIC, ValueKind::Decimal { .. })
+                | (
+                    oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::JSON,
+                    ValueKind::Text
+                )
+                | (oid::BYTEA, ValueKind::Bytes)
+                | (oid::UUID, ValueKind::Uuid)
+                | (oid::DATE, ValueKind::Date)
+                | (oid::TIMESTAMP, ValueKind::Timestamp)
+                | (oid::TIMESTAMPTZ, ValueKind::TimestampTz)
+        )
+    }
+    /// The array types of the scalar types above.
+    fn element_of(array_oid: u32) -> Option<u32> {
+        Some(match array_oid {
+            1000 => oid::BOOL,
+            1005 => oid::INT2,
+            1007 => oid::INT4,
+            1016 => oid::INT8,
+            1028 => oid::OID,
+            1021 => oid::FLOAT4,
+            1022 => oid::FLOAT8,
+            1231 => oid::NUMERIC,
+            1009 => oid::TEXT,
+            1015 => oid::VARCHAR,
+            1014 => oid::BPCHAR,
+            1003 => oid::NAME,
+            1001 => oid::BYTEA,
+            2951 => oid::UUID,
+            1182 => oid::DATE,
+            1115 => oid::TIMESTAMP,
+            1185 => oid::TIMESTAMPTZ,
+            _ => return None,
+        })
+    }
+    match &column.kind {
+        ValueKind::Array { element, .. } => {
+            element_of(column.type_oid).is_some_and(|e| scalar(e, element))
+        }
+        kind => scalar(column.type_oid, kind),
+    }
+}
+
 /// Appends the canonical binary form ([`ferry_core::canonical`]) of a value of `kind` given in
 /// PostgreSQL's text output, as pgoutput's text mode sends it.
 pub fn text_to_canonical(
