@@ -3,13 +3,16 @@
 //! # Checkpoints
 //!
 //! Changes gather in a batch ([`batch`]). A batch closes at a transaction boundary once it
-//! holds `max_batch_size` rows or is `sync_interval` old; it is handed to the destination
-//! ([`Apply::write`]) and committed there ([`Apply::commit`]). Only after the destination has
-//! committed does the catalog record the commit LSN of the batch's last transaction, and only
-//! then is that LSN confirmed to PostgreSQL (the flush position of the standby status update),
-//! which lets the server discard the WAL before it. A restart resumes the slot from the
-//! catalog's LSN (or the destination's own, when it keeps one and is further); what was written
-//! after it is written again, and the destination contract makes that idempotent.
+//! holds `max_batch_size` rows, is `sync_interval` old, or the stream has caught up with the
+//! server (then not more often than every 100 ms); it is handed to the destination
+//! (`Apply::write`) and committed there (`Apply::commit`), in the background ([`writer`]): the
+//! stream receives and decodes the next changes meanwhile. Only after the destination has
+//! acknowledged the commit does the catalog record the commit LSN of the batch's last
+//! transaction, and only then is that LSN confirmed to PostgreSQL (the flush position of the
+//! standby status update), which lets the server discard the WAL before it. A restart resumes
+//! the slot from the catalog's LSN (or the destination's own, when it keeps one and is
+//! further); what was written after it is written again, and the destination contract makes
+//! that idempotent.
 //!
 //! A transaction too large for one batch is written in several chunks as it arrives (pgoutput
 //! protocol 1 sends a transaction only once it has committed, so nothing written can be rolled
@@ -27,20 +30,21 @@
 //! nothing. Its changes are skipped from then on, never applied half.
 //!
 //! The stream is split by concern: [`batch`] builds batches from row changes, [`relations`]
-//! maps pgoutput's relations onto the mirror's tables and follows schema changes, and this
-//! module runs the loop and moves positions.
+//! maps pgoutput's relations onto the mirror's tables and follows schema changes, [`writer`]
+//! hands them to the destination, and this module runs the loop and moves positions.
 
 mod batch;
 mod relations;
 mod scope;
+mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_catalog::{BatchRecord, Catalog, TableRow};
 use ferry_core::change::ChangeKind;
-use ferry_core::destination::{Apply, ApplyError, Destination, TableSpec, Wire};
+use ferry_core::destination::{ApplyError, Destination, TableSpec, Wire};
 use ferry_core::mirror::TableState;
 use ferry_core::peer::PostgresConfig;
 use ferry_core::value::PG_EPOCH_UNIX_MICROS;
@@ -57,6 +61,7 @@ use tracing::{debug, info, warn};
 use crate::FlowError;
 use batch::Batch;
 use relations::Relation;
+use writer::{Done, Writer};
 
 /// How often the position is reported to the source when nothing else happens.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -139,7 +144,10 @@ pub struct Streamer {
     targets: Vec<Target>,
     relations: HashMap<u32, Option<Arc<Relation>>>,
     batch: Batch,
-    apply: Box<dyn Apply>,
+    /// Writes to the destination, in the background (see [`writer`]).
+    writer: Writer,
+    /// What each commit sent to the writer and not yet acknowledged stands for.
+    committing: VecDeque<BatchRecord>,
     /// Everything up to here is in the destination and the catalog, for every table that
     /// streams (it never goes back, not even while the stream goes over WAL again).
     applied: Lsn,
@@ -167,6 +175,8 @@ pub struct Streamer {
     last_flush: Option<Instant>,
     /// The position last written to the catalog.
     recorded: Lsn,
+    /// The position last reported to the source.
+    reported: Lsn,
     /// Whether the mirror is marked for retaining too much WAL.
     lag_marked: bool,
     /// When an idle advance was last recorded in the catalog.
@@ -205,7 +215,8 @@ impl Streamer {
             targets,
             relations: HashMap::new(),
             batch: Batch::default(),
-            apply,
+            writer: Writer::new(apply),
+            committing: VecDeque::new(),
             applied,
             hold,
             skip_before: applied,
@@ -219,6 +230,7 @@ impl Streamer {
             binary: false,
             last_flush: None,
             recorded: applied,
+            reported: Lsn::ZERO,
             lag_marked: false,
             catalog_written: None,
         })
@@ -237,6 +249,7 @@ impl Streamer {
     /// Streams until stopped, caught up, woken, or an error.
     pub async fn run(mut self) -> Result<StreamEnd, FlowError> {
         let result = self.stream_changes().await;
+        self.writer.shut_down().await;
         if result.is_err() && self.server_lsn > self.applied {
             // The source got further than the destination: record that, so the mirror's lag
             // shows while it retries (best effort: the catalog may be what failed).
@@ -282,7 +295,9 @@ impl Streamer {
         let mut ticks = 0u64;
         loop {
             if self.restart_pending && !self.in_transaction {
-                self.flush(&mut stream).await?;
+                self.flush().await?;
+                self.drain().await?;
+                self.report(&mut stream).await?;
                 let _ = stream.stop().await;
                 return Ok(StreamEnd::Restart);
             }
@@ -291,7 +306,13 @@ impl Streamer {
                 let _ = stream.stop().await;
                 return Ok(StreamEnd::CaughtUp);
             }
+            if self.slot_position() > self.reported {
+                self.report(&mut stream).await?;
+            }
             tokio::select! {
+                done = self.writer.next(), if !self.writer.idle() => {
+                    self.on_done(done?).await?;
+                }
                 msg = stream.next() => {
                     // Everything the server has sent already is taken in one go (a bounded
                     // number of messages, so the timers are still served under load).
@@ -316,15 +337,15 @@ impl Streamer {
                         }
                     }
                     if self.flush_due() {
-                        self.flush(&mut stream).await?;
+                        self.flush().await?;
                     }
                 }
                 _ = tick.tick() => {
                     ticks += 1;
                     if self.flush_due() {
-                        self.flush(&mut stream).await?;
+                        self.flush().await?;
                     }
-                    let idle = self.batch.rows == 0 && !self.in_transaction;
+                    let idle = self.batch.rows == 0 && !self.in_transaction && self.writer.idle();
                     // Caught up and idle: ask for a keepalive now and then, which says how far
                     // the server has read, and moves an idle position forward promptly.
                     if idle && (self.caught_up || self.ctx.until.is_some()) && ticks % 10 == 0 {
@@ -354,8 +375,9 @@ impl Streamer {
                 }
                 _ = crate::stopped(&mut stop) => {
                     if !self.in_transaction && self.batch.rows > 0 {
-                        self.flush(&mut stream).await?;
+                        self.flush().await?;
                     }
+                    self.drain().await?;
                     self.record_position().await?;
                     let _ = stream.stop().await;
                     return Ok(StreamEnd::Stopped);
@@ -399,7 +421,7 @@ impl Streamer {
             } => {
                 self.server_lsn = self.server_lsn.max(wal_end);
                 let message = decoder.decode(data).map_err(SourceError::from)?;
-                self.handle(wal_start, message, stream).await
+                self.handle(wal_start, message).await
             }
             ReplicationMessage::PrimaryKeepalive {
                 wal_end,
@@ -407,7 +429,11 @@ impl Streamer {
                 ..
             } => {
                 self.server_lsn = self.server_lsn.max(wal_end);
-                if self.batch.rows == 0 && !self.in_transaction && wal_end > self.committed {
+                if self.batch.rows == 0
+                    && !self.in_transaction
+                    && self.writer.idle()
+                    && wal_end > self.committed
+                {
                     // Nothing pending: everything the server sent is applied.
                     self.advance_idle(wal_end, stream).await?;
                 }
@@ -441,6 +467,7 @@ impl Streamer {
     async fn report(&mut self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
         let at = self.slot_position();
         stream.send_status(at, at, at, false).await?;
+        self.reported = at;
         self.check_slot_lag().await
     }
 
@@ -489,8 +516,7 @@ impl Streamer {
     ) -> Result<(), FlowError> {
         self.committed = self.committed.max(to);
         self.applied = self.applied.max(to);
-        let at = self.slot_position();
-        stream.send_status(at, at, at, false).await?;
+        self.report(stream).await?;
         self.rejoin().await?;
         if self
             .catalog_written
@@ -508,7 +534,8 @@ impl Streamer {
         let Some(at) = self.rejoin_at else {
             return Ok(());
         };
-        if self.committed < at || self.batch.rows > 0 || self.in_transaction {
+        if self.committed < at || self.batch.rows > 0 || self.in_transaction || !self.writer.idle()
+        {
             return Ok(());
         }
         for t in 0..self.targets.len() {
@@ -551,17 +578,12 @@ impl Streamer {
         Ok(())
     }
 
-    async fn handle(
-        &mut self,
-        lsn: Lsn,
-        message: PgOutputMessage,
-        stream: &mut ReplicationStream,
-    ) -> Result<(), FlowError> {
+    async fn handle(&mut self, lsn: Lsn, message: PgOutputMessage) -> Result<(), FlowError> {
         match message {
             PgOutputMessage::Begin { final_lsn, .. } => {
                 // A full batch closes at this transaction boundary.
                 if self.batch.rows >= self.ctx.max_batch_size {
-                    self.flush(stream).await?;
+                    self.flush().await?;
                 }
                 self.in_transaction = true;
                 self.commit_lsn = final_lsn;
@@ -578,7 +600,11 @@ impl Streamer {
                 }
                 let rejoin_due = self.rejoin_at.is_some_and(|at| self.committed >= at);
                 if self.batch.rows >= self.ctx.max_batch_size || rejoin_due {
-                    self.flush(stream).await?;
+                    self.flush().await?;
+                }
+                if rejoin_due {
+                    // Everything before the rejoin point goes in before the tables join.
+                    self.drain().await?;
                 }
             }
             PgOutputMessage::Relation(body) => self.relation(body).await?,
@@ -683,14 +709,41 @@ impl Streamer {
         Ok(())
     }
 
-    /// Hands the chunk gathered so far to the destination, without committing.
+    /// Hands the chunk gathered so far to the destination, without committing. It is written
+    /// in the background once the chunk before it is in.
     async fn write_chunk(&mut self) -> Result<(), FlowError> {
         let chunk = self.batch.take_chunk();
         if chunk.is_empty() {
             return Ok(());
         }
-        match self.apply.write(chunk).await {
-            Ok(summary) => {
+        while !self.writer.ready_for_write() {
+            let done = self.writer.next().await?;
+            self.on_done(done).await?;
+        }
+        self.writer.write(chunk)
+    }
+
+    /// Writes the chunk gathered so far and waits until the destination has everything sent
+    /// to it: before the destination's tables change shape or a table leaves the stream.
+    async fn write_out(&mut self) -> Result<(), FlowError> {
+        self.write_chunk().await?;
+        self.drain().await
+    }
+
+    /// Waits until the destination has done everything sent to it.
+    async fn drain(&mut self) -> Result<(), FlowError> {
+        while !self.writer.idle() {
+            let done = self.writer.next().await?;
+            self.on_done(done).await?;
+        }
+        self.rejoin().await
+    }
+
+    /// Takes in what became of a job of the writer: a commit acknowledged moves the position
+    /// (the catalog's now; the source's at the top of the loop).
+    async fn on_done(&mut self, done: Done) -> Result<(), FlowError> {
+        match done {
+            Done::Written(summary) => {
                 for s in &summary.substitutions {
                     let name = self
                         .targets
@@ -701,10 +754,30 @@ impl Streamer {
                     crate::record_substitutions(&self.ctx.catalog, &name, std::slice::from_ref(s))
                         .await?;
                 }
-                Ok(())
             }
-            Err(e) => Err(self.apply_failed(e).await),
+            Done::Failed(e) => return Err(self.apply_failed(e).await),
+            Done::Committed(position) => {
+                let mut record = self
+                    .committing
+                    .pop_front()
+                    .ok_or_else(|| FlowError::internal("a commit acknowledged twice"))?;
+                record.finished_micros = now_pg_micros();
+                self.ctx
+                    .catalog
+                    .confirm(self.ctx.mirror_id, position, self.server_lsn, Some(&record))
+                    .await?;
+                self.catalog_written = Some(Instant::now());
+                self.recorded = position;
+                self.applied = self.applied.max(position);
+                debug!(rows = record.rows, lsn = %position, "batch applied");
+                if self.writer.idle() && self.batch.rows == 0 && !self.in_transaction {
+                    // Transactions since then had nothing for the mirror.
+                    self.applied = self.applied.max(self.committed);
+                }
+                self.rejoin().await?;
+            }
         }
+        Ok(())
     }
 
     /// A failed write: a table's own trouble fails that table (and the stream starts again
@@ -738,39 +811,29 @@ impl Streamer {
         Ok(())
     }
 
-    /// Writes the batch, commits it in the destination, then records and confirms the last
-    /// complete transaction.
-    async fn flush(&mut self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
+    /// Closes the batch: its last chunk is written and the destination commits it. Once the
+    /// commit is acknowledged ([`Streamer::on_done`]), the catalog records the last complete
+    /// transaction, then the source hears of it.
+    async fn flush(&mut self) -> Result<(), FlowError> {
         self.write_chunk().await?;
         let batch = std::mem::take(&mut self.batch);
         self.last_flush = Some(Instant::now());
         let position = self.committed.max(self.applied);
         if batch.rows > 0 {
-            if let Err(e) = self.apply.commit(position).await {
-                return Err(self.apply_failed(e).await);
-            }
-            let record = BatchRecord {
+            self.writer.commit(position)?;
+            self.committing.push_back(BatchRecord {
                 rows: batch.rows as i64,
                 first_lsn: batch.first_lsn.unwrap_or(self.committed),
                 last_lsn: self.committed,
                 started_micros: batch.started.map(pg_micros).unwrap_or_else(now_pg_micros),
-                finished_micros: now_pg_micros(),
+                finished_micros: 0,
                 inserted: batch.inserted,
                 updated: batch.updated,
                 deleted: batch.deleted,
                 last_commit_micros: batch.last_commit_micros,
-            };
-            self.ctx
-                .catalog
-                .confirm(self.ctx.mirror_id, position, self.server_lsn, Some(&record))
-                .await?;
-            self.catalog_written = Some(Instant::now());
-            self.recorded = position;
-            debug!(rows = batch.rows, lsn = %self.committed, "batch applied");
-        }
-        if self.committed > self.applied {
-            self.applied = self.committed;
-            self.report(stream).await?;
+            });
+        } else if self.writer.idle() {
+            self.applied = self.applied.max(self.committed);
         }
         self.rejoin().await
     }

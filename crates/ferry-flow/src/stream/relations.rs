@@ -74,7 +74,7 @@ impl Streamer {
         }
         // Rows gathered under the old shape go out first.
         if self.batch.chunk_has_rows_of(t) {
-            self.write_chunk().await?;
+            self.write_out().await?;
         }
         let excluded = self.ctx.excluded(&name);
         let missing: Vec<String> = body

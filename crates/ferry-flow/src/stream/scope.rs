@@ -172,7 +172,7 @@ impl Streamer {
     /// Loads a table again on its own.
     pub(super) async fn resync(&mut self, t: usize) -> Result<(), FlowError> {
         if self.batch.chunk_has_rows_of(t) {
-            self.write_chunk().await?;
+            self.write_out().await?;
         }
         self.ctx
             .catalog
@@ -194,7 +194,7 @@ impl Streamer {
     ) -> Result<(), FlowError> {
         // Changes gathered before it went are written first.
         if self.batch.chunk_has_rows_of(t) {
-            self.write_chunk().await?;
+            self.write_out().await?;
         }
         warn!(table = %self.targets[t].row.source, reason = %reason, "table left the mirror's scope at the source");
         let message = format!("{reason} ({hint})");
