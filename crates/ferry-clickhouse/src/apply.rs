@@ -251,13 +251,11 @@ impl ClickHouseApply {
                 if change.kind == ChangeKind::Delete
                     || key_moved(change, &old, tc, &key_slots, keyed)
                 {
-                    let fields: Vec<TField<'_>> = (0..columns.len())
-                        .map(|s| match old.get(s) {
-                            Field::Value(b) => TField::Binary(b),
-                            Field::Null if columns[s].nullable => TField::Null,
-                            _ => TField::Encoded(&stand_ins[s]),
-                        })
-                        .collect();
+                    let fields = (0..columns.len()).map(|s| match old.get(s) {
+                        Field::Value(b) => TField::Binary(b),
+                        Field::Null if columns[s].nullable => TField::Null,
+                        _ => TField::Encoded(&stand_ins[s]),
+                    });
                     transcoder
                         .append_row(fields, version, true, &mut buf)
                         .map_err(transcode)?;
@@ -266,56 +264,69 @@ impl ClickHouseApply {
             }
             let Some(new) = change.new else { continue };
             let new = tc.tuple(new);
-            let mut fields: Vec<TField<'_>> = Vec::with_capacity(columns.len());
-            for s in 0..columns.len() {
-                fields.push(match new.get(s) {
+            if !new.has_unchanged() && !sources.kept.contains(&i) {
+                // Every value is in the change: straight from the arena, nothing gathered.
+                let fields = (0..columns.len()).map(|s| match new.get(s) {
                     Field::Value(b) => TField::Binary(b),
-                    Field::Null => TField::Null,
-                    Field::Unchanged => {
-                        let bytes: &[u8] = match sources.earlier.get(&i) {
-                            Some(j) => kept.get(j).map(|cols| cols[s].as_slice()),
-                            None => sources
-                                .stored
-                                .get(&i)
-                                .and_then(|cols| cols.iter().find(|(slot, _)| *slot == s))
-                                .map(|(_, b)| b.as_slice()),
-                        }
-                        .ok_or_else(|| {
-                            Failure::Table(Error::internal("an unchanged value was not looked up"))
-                        })?;
-                        TField::Encoded(bytes)
-                    }
+                    _ => TField::Null,
                 });
-            }
-            let mut keep = None;
-            if sources.kept.contains(&i) {
-                // Later changes of the row take this row's values, column by column.
-                let mut cols = Vec::with_capacity(columns.len());
-                for (s, f) in fields.iter().enumerate() {
-                    let mut one = Vec::new();
-                    match f {
-                        TField::Encoded(b) => one.extend_from_slice(b),
-                        other => {
-                            let mut t =
-                                Transcoder::new(std::slice::from_ref(&columns[s]), self.policy)
-                                    .map_err(transcode)?;
-                            t.append_row([*other], 0, false, &mut one)
-                                .map_err(transcode)?;
-                            // Only the column's bytes: the version and deletion marker go.
-                            one.truncate(one.len() - 9);
+                transcoder
+                    .append_row(fields, version, false, &mut buf)
+                    .map_err(transcode)?;
+            } else {
+                let mut fields: Vec<TField<'_>> = Vec::with_capacity(columns.len());
+                for s in 0..columns.len() {
+                    fields.push(match new.get(s) {
+                        Field::Value(b) => TField::Binary(b),
+                        Field::Null => TField::Null,
+                        Field::Unchanged => {
+                            let bytes: &[u8] = match sources.earlier.get(&i) {
+                                Some(j) => kept.get(j).map(|cols| cols[s].as_slice()),
+                                None => sources
+                                    .stored
+                                    .get(&i)
+                                    .and_then(|cols| cols.iter().find(|(slot, _)| *slot == s))
+                                    .map(|(_, b)| b.as_slice()),
+                            }
+                            .ok_or_else(|| {
+                                Failure::Table(Error::internal(
+                                    "an unchanged value was not looked up",
+                                ))
+                            })?;
+                            TField::Encoded(bytes)
                         }
-                    }
-                    cols.push(one);
+                    });
                 }
-                keep = Some(cols);
+                let mut keep = None;
+                if sources.kept.contains(&i) {
+                    // Later changes of the row take this row's values, column by column.
+                    let mut cols = Vec::with_capacity(columns.len());
+                    for (s, f) in fields.iter().enumerate() {
+                        let mut one = Vec::new();
+                        match f {
+                            TField::Encoded(b) => one.extend_from_slice(b),
+                            other => {
+                                let mut t =
+                                    Transcoder::new(std::slice::from_ref(&columns[s]), self.policy)
+                                        .map_err(transcode)?;
+                                t.append_row([*other], 0, false, &mut one)
+                                    .map_err(transcode)?;
+                                // Only the column's bytes: the version and deletion marker go.
+                                one.truncate(one.len() - 9);
+                            }
+                        }
+                        cols.push(one);
+                    }
+                    keep = Some(cols);
+                }
+                transcoder
+                    .append_row(fields, version, false, &mut buf)
+                    .map_err(transcode)?;
+                if let Some(cols) = keep {
+                    kept.insert(i, cols);
+                }
             }
-            transcoder
-                .append_row(fields, version, false, &mut buf)
-                .map_err(transcode)?;
             pending += 1;
-            if let Some(cols) = keep {
-                kept.insert(i, cols);
-            }
             if buf.len() >= SEND_BYTES {
                 insert
                     .send_encoded(std::mem::take(&mut buf), pending)
@@ -345,6 +356,14 @@ impl ClickHouseApply {
         key_slots: &[usize],
     ) -> Result<Sources, Failure> {
         let mut sources = Sources::default();
+        let unchanged = tc.ops().iter().any(|op| match op {
+            Op::Row(c) => c.new.is_some_and(|n| tc.tuple(n).has_unchanged()),
+            Op::Truncate { .. } => false,
+        });
+        if !unchanged {
+            // The common case: every change carries all its values.
+            return Ok(sources);
+        }
         // Key (canonical bytes) → the op that last wrote a live row under it.
         let mut live: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut needy: Vec<(usize, Vec<Value>, u64, Vec<usize>)> = Vec::new();
