@@ -32,6 +32,7 @@ use ferry_core::change::{ChangeKind, Field, Op, Row, RowChange, TableChanges};
 use ferry_core::destination::{Apply, ApplyError, Summary};
 use ferry_core::ident::ch_qualified;
 use ferry_core::{canonical, ColumnSchema, Error, ErrorKind, Lsn, Numeric, Value, ValueKind};
+use futures::StreamExt;
 
 use crate::connect::DestinationError;
 use crate::load::column_error;
@@ -41,6 +42,11 @@ use crate::unrepresentable::UnrepresentablePolicy;
 
 /// Bytes of rows gathered before they are sent as one chunk of an insert.
 const SEND_BYTES: usize = 1 << 20;
+/// Rows a table's changes wrote, and the values replaced in them.
+type Written = (u64, Vec<ferry_core::destination::Substitution>);
+
+/// Tables whose changes are inserted at the same time.
+const TABLES_AT_ONCE: usize = 4;
 
 /// Applying changes to one ClickHouse.
 pub struct ClickHouseApply {
@@ -64,13 +70,28 @@ impl ClickHouseApply {
 
 #[async_trait]
 impl Apply for ClickHouseApply {
+    /// The tables' inserts run side by side (a few at a time): a table's changes are in one
+    /// entry, in order, and no order holds between tables, so a batch over several tables
+    /// takes as long as its largest insert rather than their sum.
     async fn write(&mut self, changes: Vec<TableChanges>) -> Result<Summary, ApplyError> {
+        type Insert<'a> = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Written, ApplyError>> + Send + 'a>,
+        >;
+        let this = &*self;
+        let inserts: Vec<Insert<'_>> = changes
+            .iter()
+            .map(|tc| -> Insert<'_> {
+                Box::pin(async move {
+                    this.write_table(tc)
+                        .await
+                        .map_err(|e| attribute(tc.table.id, e))
+                })
+            })
+            .collect();
+        let mut inserts = futures::stream::iter(inserts).buffer_unordered(TABLES_AT_ONCE);
         let mut summary = Summary::default();
-        for tc in &changes {
-            let (rows, substitutions) = self
-                .write_table(tc)
-                .await
-                .map_err(|e| attribute(tc.table.id, e))?;
+        while let Some(done) = inserts.next().await {
+            let (rows, substitutions) = done?;
             summary.rows += rows;
             summary.substitutions.extend(substitutions);
         }
@@ -172,10 +193,7 @@ struct Sources {
 
 impl ClickHouseApply {
     /// Writes one table's changes; returns the rows written.
-    async fn write_table(
-        &self,
-        tc: &TableChanges,
-    ) -> Result<(u64, Vec<ferry_core::destination::Substitution>), Failure> {
+    async fn write_table(&self, tc: &TableChanges) -> Result<Written, Failure> {
         let spec = &tc.table;
         if crate::identity::keyless(&spec.columns) {
             return self.write_multiset(tc).await;
