@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{
-    clickhouse_row_bytes, expected_rows, setup, sqlstate, wait_for_state, Kind, Setup,
+    clickhouse_row_bytes, expected_rows, setup, sqlstate, table_states, wait_for_state,
+    wait_table_state, Kind, Setup,
 };
 use tokio_postgres::Client;
 
@@ -62,44 +63,6 @@ async fn wait_converged(s: &Setup, tables: &[(&str, &str)], step: &str) {
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn table_states(client: &Client) -> Vec<(String, String, String)> {
-    client
-        .query(
-            "SELECT source_table, state, coalesce(error, '') FROM mirror_tables ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect()
-}
-
-/// Waits until `table` of the mirror is in `state`; returns its error text.
-async fn wait_table_state(client: &Client, table: &str, state: &str) -> String {
-    let started = Instant::now();
-    loop {
-        let rows = client
-            .query(
-                "SELECT state, coalesce(error, '') FROM mirror_tables WHERE source_table = $1",
-                &[&table],
-            )
-            .await
-            .unwrap();
-        if let Some(r) = rows.first() {
-            if r.get::<_, String>(0) == state {
-                return r.get(1);
-            }
-        }
-        assert!(
-            started.elapsed() < TIMEOUT,
-            "{table} did not become {state}: {:?}",
-            table_states(client).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

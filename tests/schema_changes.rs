@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{
-    converge, on_every_destination, setup, sqlstate, vals, wait_for_state, Kind, Setup, TestFerry,
-    View,
+    converge, on_every_destination, setup, sqlstate, vals, wait_for_state, wait_table_state, Kind,
+    Setup, TestFerry, View,
 };
 use tokio_postgres::Client;
 
@@ -22,30 +22,6 @@ on_every_destination!(attached_and_detached_partitions_are_followed);
 on_every_destination!(added_columns_show_their_defaults);
 on_every_destination!(a_publication_that_misses_a_table_is_refused);
 on_every_destination!(alter_mirror_adds_drops_and_sets_while_rows_are_written);
-
-/// Waits until `table` of the mirror is in `state`; returns its error text.
-async fn wait_table_state(client: &Client, table: &str, state: &str) -> String {
-    let started = Instant::now();
-    loop {
-        let rows = client
-            .query(
-                "SELECT state, coalesce(error, '') FROM mirror_tables WHERE source_table = $1",
-                &[&table],
-            )
-            .await
-            .unwrap();
-        if let Some(r) = rows.first() {
-            if r.get::<_, String>(0) == state {
-                return r.get(1);
-            }
-        }
-        assert!(
-            started.elapsed() < TIMEOUT,
-            "{table} did not become {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 async fn tables_entering_a_mapped_schema_bring_their_rows(kind: Kind) {
     let s = setup(kind).await;

@@ -22,8 +22,8 @@ use ferry_testkit::{PgServer, TempChDatabase, TempPgDatabase};
 use tokio_postgres::Client;
 
 pub use compare::{
-    assert_not_failed, converge, converge_exactly, mirror_state, output_rows, View,
-    CONVERGE_TIMEOUT,
+    assert_not_failed, converge, converge_exactly, mirror_state, output_rows, table_states,
+    wait_table_state, View, CONVERGE_TIMEOUT,
 };
 pub use daemon::{TestFerry, KEY, PASSWORD, USER};
 pub use dest::{source_digests, source_rows, vals, Col, Dest, Kind};

@@ -250,3 +250,42 @@ async fn exact_difference(
         }
     }
 }
+
+/// Every table of the mirrors: (source table, state, error).
+pub async fn table_states(client: &Client) -> Vec<(String, String, String)> {
+    client
+        .query(
+            "SELECT source_table, state, coalesce(error, '') FROM mirror_tables ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// Waits until `table` of the mirror is in `state`; returns its error text.
+pub async fn wait_table_state(client: &Client, table: &str, state: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let rows = client
+            .query(
+                "SELECT state, coalesce(error, '') FROM mirror_tables WHERE source_table = $1",
+                &[&table],
+            )
+            .await
+            .unwrap();
+        if let Some(r) = rows.first() {
+            if r.get::<_, String>(0) == state {
+                return r.get(1);
+            }
+        }
+        assert!(
+            started.elapsed() < CONVERGE_TIMEOUT,
+            "{table} did not become {state}: {:?}",
+            table_states(client).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
