@@ -3,7 +3,8 @@
 //! # Checkpoints
 //!
 //! Changes gather in a batch ([`batch`]). A batch closes at a transaction boundary once it
-//! holds `max_batch_size` rows or is `sync_interval` old; it is handed to the destination
+//! holds `max_batch_size` rows (or 64 MiB) or is `sync_interval` old, so it holds whole
+//! transactions and may pass `max_batch_size` by the rows of its last one; it is handed to the destination
 //! ([`Apply::write`]) and committed there ([`Apply::commit`]). Only after the destination has
 //! committed does the catalog record the commit LSN of the batch's last transaction, and only
 //! then is that LSN confirmed to PostgreSQL (the flush position of the standby status update),
@@ -11,10 +12,11 @@
 //! catalog's LSN (or the destination's own, when it keeps one and is further); what was written
 //! after it is written again, and the destination contract makes that idempotent.
 //!
-//! A transaction too large for one batch is written in several chunks as it arrives (pgoutput
-//! protocol 1 sends a transaction only once it has committed, so nothing written can be rolled
-//! back); it is committed to the destination and confirmed only at its commit. Memory stays
-//! bounded by the chunk size.
+//! Only a transaction that alone holds `max_batch_size` rows (or 64 MiB) is written before its
+//! commit: the batch so far, with that transaction's rows, goes out in several chunks as the
+//! rows arrive (pgoutput protocol 1 sends a transaction only once it has committed, so nothing
+//! written can be rolled back); it is committed to the destination and confirmed only at its
+//! commit. Memory stays bounded by the chunk size.
 //!
 //! When nothing is pending, keepalives move the confirmed LSN to the server's sent position,
 //! so an idle mirror, or one whose tables see no writes, does not hold WAL back.
@@ -455,11 +457,12 @@ impl Streamer {
         match message {
             PgOutputMessage::Begin { final_lsn, .. } => {
                 // A full batch closes at this transaction boundary.
-                if self.batch.rows >= self.ctx.max_batch_size {
+                if self.batch.full(self.ctx.max_batch_size) {
                     self.flush(stream).await?;
                 }
                 self.in_transaction = true;
                 self.commit_lsn = final_lsn;
+                self.batch.begin_transaction();
             }
             PgOutputMessage::Commit {
                 end_lsn,
@@ -472,7 +475,7 @@ impl Streamer {
                     self.batch.last_commit_micros = Some(commit_time_micros);
                 }
                 let rejoin_due = self.rejoin_at.is_some_and(|at| self.committed >= at);
-                if self.batch.rows >= self.ctx.max_batch_size || rejoin_due {
+                if self.batch.full(self.ctx.max_batch_size) || rejoin_due {
                     self.flush(stream).await?;
                 }
             }
@@ -572,7 +575,8 @@ impl Streamer {
                 .retain(|_, r| r.as_ref().is_none_or(|r| r.target != t));
             return Err(restart(&spec.source));
         }
-        if self.batch.chunk_full(self.ctx.max_batch_size) {
+        // Only a transaction too large for a batch on its own is written before its commit.
+        if self.batch.transaction_full(self.ctx.max_batch_size) {
             self.write_chunk().await?;
         }
         Ok(())
