@@ -590,28 +590,6 @@ impl Catalog {
 }
 
 impl Catalog {
-    /// Sets or clears a warning on a mirror (shown as its last error) without changing its state.
-    pub async fn set_mirror_warning(
-        &self,
-        mirror_id: i64,
-        warning: Option<(&str, &str)>,
-    ) -> Result<(), CatalogError> {
-        let client = self.client().await?;
-        let (message, hint) = match warning {
-            Some((m, h)) => (Some(m), Some(h)),
-            None => (None, None),
-        };
-        client
-            .execute(
-                "UPDATE ferry.mirrors SET error = $2, error_hint = $3 WHERE id = $1 AND error IS DISTINCT FROM $2",
-                &[&mirror_id, &message, &hint],
-            )
-            .await?;
-        Ok(())
-    }
-}
-
-impl Catalog {
     /// Whether some ranges of a mirror were read in a snapshot other than the slot's (after a
     /// restart or a pause), so that the slot's changes are needed to reconcile them.
     pub async fn has_fresh_snapshot_partitions(

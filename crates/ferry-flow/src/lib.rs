@@ -14,7 +14,9 @@
 mod error;
 pub mod load;
 mod mirror;
+pub mod monitor;
 mod peers;
+pub mod progress;
 pub mod setup;
 pub mod stream;
 pub mod sync;
@@ -60,14 +62,73 @@ struct Running {
 pub struct Engine {
     catalog: Catalog,
     running: Mutex<HashMap<String, Running>>,
+    /// Each mirror's progress, by id, for as long as the daemon runs ([`progress`]).
+    progress: monitor::Registry,
+    /// Stops the monitor ([`monitor`]); it also stops when the engine is dropped.
+    monitor_stop: watch::Sender<bool>,
+    monitor: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Engine {
+    /// The engine of a daemon; inside a Tokio runtime it starts the monitor.
     pub fn new(catalog: Catalog) -> Arc<Engine> {
-        Arc::new(Engine {
+        let (monitor_stop, stop) = watch::channel(false);
+        let engine = Arc::new(Engine {
             catalog,
             running: Mutex::new(HashMap::new()),
-        })
+            progress: Default::default(),
+            monitor_stop,
+            monitor: Mutex::new(None),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let task = tokio::spawn(
+                monitor::run(engine.catalog.clone(), engine.progress.clone(), stop)
+                    .instrument(tracing::info_span!("monitor")),
+            );
+            *engine.monitor.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
+        engine
+    }
+
+    /// A mirror's progress, kept across its task's restarts.
+    fn progress_of(&self, mirror_id: i64) -> Arc<progress::MirrorProgress> {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(mirror_id)
+            .or_default()
+            .clone()
+    }
+
+    /// What keeps this daemon from being ready, if anything: the monitor is not running, or
+    /// a mirror that should run has no live task.
+    pub async fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let monitor_alive = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|t| !t.is_finished());
+        if !monitor_alive {
+            problems.push("the monitor is not running".to_owned());
+        }
+        match self.catalog.mirrors_to_run().await {
+            Ok(names) => {
+                let running = self.lock();
+                for n in names {
+                    if running.get(&n).is_none_or(|r| r.task.is_finished()) {
+                        problems.push(format!("mirror \"{n}\" should run but has no task"));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("the catalog cannot be read: {e}")),
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// Picks up every mirror that has work to do (at daemon start).
@@ -169,6 +230,10 @@ impl Engine {
             .await?;
         dest.forget().await?;
         self.catalog.delete_mirror(row.id).await?;
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&row.id);
         info!(mirror = %name, "mirror dropped");
         Ok(true)
     }
@@ -312,7 +377,8 @@ impl Engine {
         if let Some(r) = self.lock().get(name) {
             r.wake.notify_one();
         }
-        info!(mirror = %name, tables = ?tables, "tables are loaded again on their own");
+        let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+        info!(mirror = %name, tables = %names.join(", "), "tables are loaded again on their own");
         Ok(())
     }
 
@@ -411,11 +477,20 @@ impl Engine {
         self.spawn(row, Some((repl, created.snapshot_name))).await
     }
 
-    /// Stops every mirror task, keeping their state for the next start.
+    /// Stops every mirror task, keeping their state for the next start, and the monitor.
     pub async fn shutdown(&self) {
         let names: Vec<String> = self.lock().keys().cloned().collect();
         for n in names {
             self.stop(&n).await;
+        }
+        self.monitor_stop.send_replace(true);
+        let monitor = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(m) = monitor {
+            let _ = tokio::time::timeout(STOP_GRACE, m).await;
         }
     }
 
@@ -465,6 +540,7 @@ impl Engine {
             destination,
             stop: stop_rx,
             wake: wake.clone(),
+            progress: self.progress_of(row.id),
         };
         let span = tracing::info_span!("mirror", mirror = %row.name);
         let handle = tokio::spawn(task.run(snapshot).instrument(span));

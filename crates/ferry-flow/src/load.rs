@@ -51,8 +51,8 @@ use crate::FlowError;
 
 /// Attempts at one range before its table is failed.
 pub const MAX_ATTEMPTS: i32 = 5;
-/// How often progress is written to the catalog and the log.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How often progress is written to the catalog (and every fifth time, to the log).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// What the load needs to know about its mirror.
 pub struct LoadContext {
@@ -187,6 +187,7 @@ pub async fn run(ctx: Arc<LoadContext>) -> Result<LoadOutcome, FlowError> {
     let mut stopped = false;
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     ticker.tick().await;
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             next = tasks.join_next() => {
@@ -202,10 +203,13 @@ pub async fn run(ctx: Arc<LoadContext>) -> Result<LoadOutcome, FlowError> {
                     }
                 }
             }
-            _ = ticker.tick() => report(&ctx, &jobs, total, started).await,
+            _ = ticker.tick() => {
+                ticks += 1;
+                report(&ctx, &jobs, total, started, ticks % 5 == 0).await;
+            }
         }
     }
-    report(&ctx, &jobs, total, started).await;
+    report(&ctx, &jobs, total, started, true).await;
     Ok(if stopped || *ctx.stop.borrow() {
         LoadOutcome::Stopped
     } else if failed.is_empty() {
@@ -220,6 +224,7 @@ async fn report(
     jobs: &[Arc<(TableJob, SourceTable)>],
     before: u64,
     started: Instant,
+    log: bool,
 ) {
     let mut rows = 0;
     for j in jobs {
@@ -229,6 +234,9 @@ async fn report(
         if let Err(e) = ctx.catalog.set_table_progress(t.row.id, n as i64).await {
             debug!(error = %e, "could not record progress");
         }
+    }
+    if !log {
+        return;
     }
     let secs = started.elapsed().as_secs_f64().max(0.001);
     info!(
@@ -312,6 +320,10 @@ async fn copy_table(
                     .await?;
                 table.inflight.fetch_sub(rows, Ordering::Relaxed);
                 table.done.fetch_add(rows, Ordering::Relaxed);
+                // The count never trails the ranges done, whenever the next report comes.
+                catalog
+                    .set_table_progress(table.row.id, table.rows() as i64)
+                    .await?;
             }
             Ok(None) => stopped = true,
             Err(e) => {

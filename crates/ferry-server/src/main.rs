@@ -53,7 +53,8 @@ struct ServerArgs {
     /// Password clients log in with (SCRAM-SHA-256).
     #[arg(long, env = "FERRY_PASSWORD", hide_env_values = true)]
     password: String,
-    /// Address for the Prometheus endpoint (/metrics); off when not given.
+    /// Address for the Prometheus endpoint (/metrics) and the health checks (/healthz,
+    /// /readyz); off when not given.
     #[arg(long, env = "FERRY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// File with the 64-hex-character key that seals peer passwords in the catalog.
@@ -224,8 +225,11 @@ async fn serve(args: ServerArgs) -> Result<()> {
             .with_context(|| format!("listening on {addr} for metrics"))?;
         tokio::spawn(metrics::serve(
             l,
-            shared.metrics.clone(),
-            shared.catalog.clone(),
+            metrics::Endpoints {
+                metrics: shared.metrics.clone(),
+                catalog: shared.catalog.clone(),
+                engine: shared.engine.clone(),
+            },
             shutdown.subscribe(),
         ));
     }

@@ -80,8 +80,6 @@ pub struct StreamContext {
     pub hold: Option<Lsn>,
     pub sync_interval: Duration,
     pub max_batch_size: usize,
-    /// Warn and mark the mirror when the slot retains more WAL than this.
-    pub max_slot_lag_bytes: Option<u64>,
     /// Stop once everything up to here is applied (catching up after a load); `None`: never.
     pub until: Option<Lsn>,
     /// For a schema mapping: source schema → destination namespace, where new tables are
@@ -93,6 +91,8 @@ pub struct StreamContext {
     /// Asks the stream to end at the next transaction boundary, so that it starts again with
     /// the tables' new states (a table's own load began or ended).
     pub wake: Arc<Notify>,
+    /// What the monitor reads: pending changes, what is applied, rows per table.
+    pub progress: Arc<crate::progress::MirrorProgress>,
 }
 
 /// Why the stream ended without an error.
@@ -154,10 +154,10 @@ pub struct Streamer {
     in_transaction: bool,
     /// The commit position of the transaction being received (its commit record's LSN).
     commit_lsn: Lsn,
+    /// And its commit time (microseconds since 2000-01-01 UTC).
+    commit_micros: i64,
     /// A wake-up came in the middle of a transaction: end at its commit.
     restart_pending: bool,
-    /// Whether the mirror is marked for retaining too much WAL.
-    lag_marked: bool,
     /// When an idle advance was last recorded in the catalog.
     catalog_written: Option<Instant>,
 }
@@ -203,8 +203,8 @@ impl Streamer {
             server_lsn: start,
             in_transaction: false,
             commit_lsn: start,
+            commit_micros: 0,
             restart_pending: false,
-            lag_marked: false,
             catalog_written: None,
         })
     }
@@ -221,6 +221,7 @@ impl Streamer {
 
     /// Streams until stopped, caught up, woken, or an error.
     pub async fn run(mut self) -> Result<StreamEnd, FlowError> {
+        let _reading = self.ctx.progress.reading(self.applied);
         let result = self.stream_changes().await;
         if result.is_err() && self.server_lsn > self.applied {
             // The source got further than the destination: record that, so the mirror's lag
@@ -338,39 +339,6 @@ impl Streamer {
     async fn report(&mut self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
         let at = self.slot_position();
         stream.send_status(at, at, at, false).await?;
-        self.check_slot_lag().await
-    }
-
-    /// Warns, and marks the mirror, while the slot retains more WAL than allowed.
-    async fn check_slot_lag(&mut self) -> Result<(), FlowError> {
-        let Some(limit) = self.ctx.max_slot_lag_bytes else {
-            return Ok(());
-        };
-        let lag = self.server_lsn.0.saturating_sub(self.slot_position().0);
-        if lag > limit && !self.lag_marked {
-            warn!(
-                lag_bytes = lag,
-                limit_bytes = limit,
-                "the slot retains more WAL than max_slot_lag_bytes"
-            );
-            let message = format!("the replication slot retains {lag} bytes of WAL, more than max_slot_lag_bytes ({limit})");
-            let hint = "The destination may be slow or unreachable; see the daemon's log. The source keeps WAL until Ferry catches up.";
-            self.ctx
-                .catalog
-                .set_mirror_warning(self.ctx.mirror_id, Some((&message, hint)))
-                .await?;
-            self.lag_marked = true;
-        } else if lag <= limit && self.lag_marked {
-            info!(
-                lag_bytes = lag,
-                "the slot's WAL is back under max_slot_lag_bytes"
-            );
-            self.ctx
-                .catalog
-                .set_mirror_warning(self.ctx.mirror_id, None)
-                .await?;
-            self.lag_marked = false;
-        }
         Ok(())
     }
 
@@ -386,6 +354,7 @@ impl Streamer {
     ) -> Result<(), FlowError> {
         self.committed = self.committed.max(to);
         self.applied = self.applied.max(to);
+        self.ctx.progress.caught_up(self.applied);
         let at = self.slot_position();
         stream.send_status(at, at, at, false).await?;
         self.rejoin().await?;
@@ -455,13 +424,18 @@ impl Streamer {
         stream: &mut ReplicationStream,
     ) -> Result<(), FlowError> {
         match message {
-            PgOutputMessage::Begin { final_lsn, .. } => {
+            PgOutputMessage::Begin {
+                final_lsn,
+                commit_time_micros,
+                ..
+            } => {
                 // A full batch closes at this transaction boundary.
                 if self.batch.full(self.ctx.max_batch_size) {
                     self.flush(stream).await?;
                 }
                 self.in_transaction = true;
                 self.commit_lsn = final_lsn;
+                self.commit_micros = commit_time_micros;
                 self.batch.begin_transaction();
             }
             PgOutputMessage::Commit {
@@ -575,6 +549,9 @@ impl Streamer {
                 .retain(|_, r| r.as_ref().is_none_or(|r| r.target != t));
             return Err(restart(&spec.source));
         }
+        self.ctx
+            .progress
+            .pending(self.targets[t].row.id, self.commit_lsn, self.commit_micros);
         // Only a transaction too large for a batch on its own is written before its commit.
         if self.batch.transaction_full(self.ctx.max_batch_size) {
             self.write_chunk().await?;
@@ -663,6 +640,9 @@ impl Streamer {
                 .confirm(self.ctx.mirror_id, position, self.server_lsn, Some(&record))
                 .await?;
             self.catalog_written = Some(Instant::now());
+            self.ctx
+                .progress
+                .applied(position, batch.last_commit_micros);
             debug!(rows = batch.rows, lsn = %self.committed, "batch applied");
         }
         if self.committed > self.applied {
