@@ -8,6 +8,7 @@
 
 mod connect;
 mod error;
+mod lease;
 pub mod migrate;
 mod mirrors;
 mod monitor;
@@ -17,6 +18,7 @@ pub mod reader;
 pub mod secret;
 
 pub use error::CatalogError;
+pub use lease::Lease;
 pub use migrate::{migrate, MigrationReport};
 pub use mirrors::{BatchRecord, MirrorRow, NewTable, PartitionRow, TableRow};
 pub use monitor::{MonitoredMirror, SlotSample, StreamFigures, TableFigures, Warning};
