@@ -352,3 +352,16 @@ fn deep_nesting_is_an_error_not_a_crash() {
     assert!(error.message.contains("nested too deeply"), "{error:?}");
     assert_eq!(error.position, 1);
 }
+
+#[test]
+fn sqlparser_keyword_lists_are_not_shown() {
+    // sqlparser's lists of alternatives name other dialects' objects (ICEBERG, CONNECTOR,
+    // STAGE …): PostgreSQL says only where the error is.
+    for (sql, at) in [
+        ("ALTER MIRROR m SET (a = 1)", "MIRROR"),
+        ("ALTER FOO x", "FOO"),
+        ("DROP THING x", "THING"),
+    ] {
+        check(sql, &format!("syntax error at or near \"{at}\""), Some(at));
+    }
+}
