@@ -31,6 +31,8 @@ use async_trait::async_trait;
 use ferry_core::change::{ChangeKind, Field, Op, Row, RowChange, TableChanges};
 use ferry_core::destination::{Apply, ApplyError, Summary};
 use ferry_core::ident::ch_qualified;
+use ferry_core::layout::Layouts;
+use ferry_core::TableName;
 use ferry_core::{canonical, ColumnSchema, Error, ErrorKind, Lsn, Numeric, Value, ValueKind};
 
 use crate::connect::DestinationError;
@@ -42,15 +44,36 @@ use crate::unrepresentable::{Substitutions, UnrepresentablePolicy};
 pub struct ClickHouseApply {
     ch: ClickHouse,
     policy: UnrepresentablePolicy,
+    /// The mirror's tables' layouts: a column whose type was chosen is converted on insert.
+    layouts: Layouts,
 }
 
 impl ClickHouseApply {
-    pub(crate) fn new(ch: ClickHouse, policy: UnrepresentablePolicy) -> ClickHouseApply {
-        ClickHouseApply { ch, policy }
+    pub(crate) fn new(
+        ch: ClickHouse,
+        policy: UnrepresentablePolicy,
+        layouts: Layouts,
+    ) -> ClickHouseApply {
+        ClickHouseApply {
+            ch,
+            policy,
+            layouts,
+        }
     }
 
-    fn insert(&self, db: &str, table: &str, columns: &[ColumnSchema]) -> RowInsert {
-        self.ch.insert(db, table, columns).with_policy(self.policy)
+    fn insert(&self, db: &str, table: &str, columns: &[ColumnSchema], converts: bool) -> RowInsert {
+        self.ch
+            .insert_for(db, table, columns, false, converts)
+            .with_policy(self.policy)
+    }
+
+    /// Per column of `columns`, whether its type was chosen in place of the mapped one.
+    fn converted(&self, table: &TableName, columns: &[ColumnSchema]) -> Vec<bool> {
+        let chosen = self.layouts.of(table).column_types;
+        columns
+            .iter()
+            .map(|c| chosen.iter().any(|(n, _)| *n == c.name))
+            .collect()
     }
 }
 
@@ -185,7 +208,13 @@ impl ClickHouseApply {
         };
         let sources = self.unchanged_sources(tc, &columns, &key_slots).await?;
         let (db, table) = (&spec.target.namespace, &spec.target.table);
-        let mut insert = self.insert(db, table, &columns);
+        let converts = self.converted(&spec.source, &columns).contains(&true);
+        // Columns the table is sorted by beyond its key: a row moves when one changes, and a
+        // deletion must carry them (ClickHouse keeps one row per ORDER BY value).
+        let extras = sort_extras(&self.layouts.of(&spec.source), &columns);
+        let mut moved_slots = key_slots.clone();
+        moved_slots.extend(&extras);
+        let mut insert = self.insert(db, table, &columns, converts);
         let mut substituted = Substitutions::new(columns.len());
         let mut written = 0u64;
         let mut values = Vec::with_capacity(columns.len());
@@ -195,7 +224,8 @@ impl ClickHouseApply {
             let change = match op {
                 Op::Truncate { .. } => {
                     // The rows before the TRUNCATE land first.
-                    let done = std::mem::replace(&mut insert, self.insert(db, table, &columns));
+                    let done =
+                        std::mem::replace(&mut insert, self.insert(db, table, &columns, converts));
                     substituted.merge(done.substitutions());
                     written += done.finish().await?;
                     self.ch
@@ -209,8 +239,11 @@ impl ClickHouseApply {
             if let Some(old) = change.old {
                 let old = tc.tuple(old);
                 if change.kind == ChangeKind::Delete
-                    || key_moved(change, &old, tc, &key_slots, keyed)
+                    || key_moved(change, &old, tc, &moved_slots, keyed)
                 {
+                    if !extras.is_empty() && !change.old_is_full {
+                        return Err(Failure::Table(sorted_beyond_key(spec, &columns, &extras)));
+                    }
                     deletion_row(&columns, &old, &mut values)?;
                     insert
                         .push(&values, version, true)
@@ -384,6 +417,7 @@ impl ClickHouseApply {
         let keys: Vec<(Vec<Value>, u64)> =
             needy.iter().map(|(_, k, b, _)| (k.clone(), *b)).collect();
         let spec = &tc.table;
+        let converted = self.converted(&spec.source, &value_columns);
         let found = self
             .ch
             .stored_values(
@@ -391,6 +425,7 @@ impl ClickHouseApply {
                 &spec.target.table,
                 &key_columns,
                 &value_columns,
+                &converted,
                 &keys,
             )
             .await?;
@@ -424,8 +459,48 @@ impl ClickHouseApply {
     }
 }
 
+/// The positions in `columns` of the columns `layout` sorts by that are not key columns.
+fn sort_extras(layout: &ferry_core::layout::TableLayout, columns: &[ColumnSchema]) -> Vec<usize> {
+    let Some(order) = &layout.order_by else {
+        return Vec::new();
+    };
+    order
+        .iter()
+        .filter_map(|n| {
+            columns
+                .iter()
+                .position(|c| &c.name == n)
+                .or_else(|| columns.iter().position(|c| c.name.eq_ignore_ascii_case(n)))
+        })
+        .filter(|&s| columns[s].key_position.is_none())
+        .collect()
+}
+
+fn sorted_beyond_key(
+    spec: &ferry_core::destination::TableSpec,
+    columns: &[ColumnSchema],
+    extras: &[usize],
+) -> Error {
+    let names: Vec<&str> = extras.iter().map(|&s| columns[s].name.as_str()).collect();
+    Error::new(
+        ErrorKind::Misconfigured,
+        "55000",
+        format!(
+            "table {} is sorted by {} beyond its key (order_by), and a deletion or key change arrived without the row's old values of them",
+            spec.source,
+            names.join(", ")
+        ),
+    )
+    .with_hint(format!(
+        "Run ALTER TABLE {} REPLICA IDENTITY FULL at the source, then RESYNC MIRROR … TABLE {}.",
+        spec.source.quoted(),
+        spec.source
+    ))
+}
+
 /// Whether an update moved the row: its key (for a table without a key, any column) differs
-/// between the old and the new row.
+/// between the old and the new row; `key_slots` holds too the columns the table is sorted by
+/// beyond its key.
 fn key_moved(
     change: &RowChange,
     old: &Row<'_>,

@@ -2,6 +2,7 @@
 //!
 //! - [`destination`]: the engine's destination contract, kept by ClickHouse's means;
 //! - [`table`]: the tables' layout, DDL and streamed inserts; [`types`]: column types;
+//!   [`layout`]: the sort key, partitioning, settings and column types a mirror chooses;
 //! - [`load`]: one range of the initial load; [`apply`]: streamed changes as versioned rows;
 //! - [`lookup`]: reading back stored values (unchanged TOAST columns);
 //! - [`transcode`]: canonical binary fields straight into ClickHouse's formats;
@@ -15,6 +16,7 @@ mod cell;
 pub mod connect;
 pub mod decimal;
 pub mod destination;
+pub mod layout;
 pub mod load;
 pub mod lookup;
 pub mod native;

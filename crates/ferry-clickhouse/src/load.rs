@@ -65,18 +65,22 @@ pub struct RangeSink {
 }
 
 impl RangeSink {
+    /// `converts`: some of the table's column types were chosen in place of the mapped ones,
+    /// and ClickHouse converts the rows as they arrive.
     pub(crate) fn new(
         ch: &ClickHouse,
         table: &TableSpec,
         into: &TargetName,
         policy: UnrepresentablePolicy,
+        converts: bool,
     ) -> Result<RangeSink, Error> {
+        let meta = [ch.meta().version.as_str(), ch.meta().is_deleted.as_str()];
         Ok(RangeSink {
             framer: CopyFramer::new(table.columns.len(), DEFAULT_MAX_ROW_BYTES),
             transcoder: Transcoder::new(&table.columns, policy).map_err(transcode_error)?,
-            block: NativeBlock::new(&table.columns, BLOCK_ROWS, BLOCK_BYTES),
+            block: NativeBlock::named(&table.columns, meta, BLOCK_ROWS, BLOCK_BYTES),
             out: Vec::new(),
-            insert: ch.insert_native(&into.namespace, &into.table, &table.columns),
+            insert: ch.insert_for(&into.namespace, &into.table, &table.columns, true, converts),
             columns: table.columns.clone(),
             table: table.id,
             rows: 0,

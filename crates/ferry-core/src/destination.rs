@@ -50,6 +50,11 @@ pub struct MirrorContext {
     pub mirror: String,
     /// What a value the destination cannot hold does.
     pub unrepresentable: crate::mirror::Unrepresentable,
+    /// How each table is laid out ([`crate::layout`]); a destination refuses in
+    /// [`Destination::check`] what it cannot honour.
+    pub layouts: crate::layout::Layouts,
+    /// Its own columns' names and whether deleted rows stay visible; likewise checked.
+    pub meta_columns: crate::layout::MetaColumns,
 }
 
 /// Where a table lives in the destination: a namespace (a ClickHouse database, a PostgreSQL

@@ -22,6 +22,7 @@ pub mod change;
 pub mod destination;
 pub mod error;
 pub mod ident;
+pub mod layout;
 pub mod lsn;
 pub mod mirror;
 pub mod peer;

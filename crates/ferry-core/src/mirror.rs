@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::layout::{parse_column_list, parse_settings, MetaColumns, TableLayout};
 use crate::peer::{OptionError, OptionReader, OptionValue};
 use crate::schema::TableName;
 
@@ -32,6 +33,14 @@ pub struct MirrorOptions {
     /// or failing its table.
     #[serde(default)]
     pub unrepresentable_values: Unrepresentable,
+    /// The layout of every destination table unless its mapping says otherwise (`order_by`,
+    /// `partition_by`, `table_settings`).
+    #[serde(default, skip_serializing_if = "TableLayout::is_default")]
+    pub table_defaults: TableLayout,
+    /// Ferry's own columns and what a deletion does (`soft_delete`, `soft_delete_col_name`,
+    /// `synced_at_col_name`).
+    #[serde(default)]
+    pub meta_columns: MetaColumns,
 }
 
 /// The policy for values a destination column cannot hold (see the README's type mapping).
@@ -87,6 +96,26 @@ impl MirrorOptions {
                     })
                 }
             },
+            table_defaults: TableLayout {
+                order_by: r
+                    .string("order_by")?
+                    .map(|t| parse_column_list(&t))
+                    .transpose()
+                    .map_err(|e| layout_error("order_by", "a list of column names", e))?,
+                partition_by: r.string("partition_by")?.filter(|s| !s.trim().is_empty()),
+                settings: r
+                    .string("table_settings")?
+                    .map(|t| parse_settings(&t))
+                    .transpose()
+                    .map_err(|e| layout_error("table_settings", "a list of name = value", e))?
+                    .unwrap_or_default(),
+                column_types: Vec::new(),
+            },
+            meta_columns: MetaColumns {
+                soft_delete: r.boolean("soft_delete")?.unwrap_or(false),
+                is_deleted: column_name(&mut r, "soft_delete_col_name")?,
+                synced_at: column_name(&mut r, "synced_at_col_name")?,
+            },
         };
         r.finish()?;
         if o.initial_copy_only && !o.do_initial_copy {
@@ -97,6 +126,30 @@ impl MirrorOptions {
             });
         }
         Ok(o)
+    }
+}
+
+fn layout_error(name: &str, expected: &'static str, e: crate::layout::LayoutError) -> OptionError {
+    OptionError::WrongType {
+        name: name.into(),
+        expected,
+        got: format!("text where {e}"),
+    }
+}
+
+/// A column name option: not empty, and no longer than a PostgreSQL name.
+fn column_name(
+    r: &mut OptionReader<'_>,
+    name: &'static str,
+) -> Result<Option<String>, OptionError> {
+    match r.string(name)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() || s.len() > 63 => Err(OptionError::WrongType {
+            name: name.into(),
+            expected: "a column name of 1 to 63 bytes",
+            got: format!("{} bytes", s.len()),
+        }),
+        Some(s) => Ok(Some(s)),
     }
 }
 
@@ -114,6 +167,9 @@ pub struct TableMapping {
     pub destination: Destination,
     /// Source columns not copied.
     pub exclude: Vec<String>,
+    /// The destination table's layout, over the mirror's `table_defaults`.
+    #[serde(default, skip_serializing_if = "TableLayout::is_default")]
+    pub layout: TableLayout,
 }
 
 /// Which tables a mirror copies.
@@ -307,6 +363,11 @@ mod tests {
                     table: "t".into(),
                 },
                 exclude: vec!["x".into()],
+                layout: TableLayout {
+                    order_by: Some(vec!["a".into(), "id".into()]),
+                    column_types: vec![("n".into(), "Float64".into())],
+                    ..Default::default()
+                },
             }]),
             options: MirrorOptions::from_options(&opts(&[(
                 "do_initial_copy",

@@ -175,7 +175,7 @@ impl Engine {
             };
         }
         let src_cfg = peers::source_config(&req.source)?;
-        let dest = peers::destination(&req.destination, &req.name, &req.spec.options)?;
+        let dest = peers::destination(&req.destination, &req.name, &req.spec)?;
         let plan = setup::plan(&req.name, &src_cfg, dest.as_ref(), &req.spec).await?;
         let set_up = setup::create(
             &self.catalog,
@@ -219,7 +219,7 @@ impl Engine {
         let dest = peers::destination(
             &self.peer_by_id(row.destination_peer).await?,
             &row.name,
-            &spec.options,
+            &spec,
         )?;
         let created_publication = if row.created_publication {
             row.publication_name.as_deref()
@@ -411,7 +411,7 @@ impl Engine {
         let dest = peers::destination(
             &self.peer_by_id(row.destination_peer).await?,
             &row.name,
-            &spec.options,
+            &spec,
         )?;
         self.stop(name).await;
 
@@ -528,7 +528,7 @@ impl Engine {
         let destination = peers::destination(
             &self.peer_by_id(row.destination_peer).await?,
             &row.name,
-            &spec.options,
+            &spec,
         )?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());

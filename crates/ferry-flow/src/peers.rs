@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use ferry_catalog::StoredPeer;
 use ferry_core::destination::{Destination, MirrorContext};
-use ferry_core::mirror::MirrorOptions;
+use ferry_core::layout::Layouts;
+use ferry_core::mirror::{Mapping, MirrorSpec};
 use ferry_core::peer::{PeerConfig, PostgresConfig};
 
 use crate::FlowError;
@@ -25,15 +26,22 @@ pub fn source_config(peer: &StoredPeer) -> Result<PostgresConfig, FlowError> {
     }
 }
 
-/// The destination a peer stands for, for one mirror.
+/// The destination a peer stands for, for one mirror: with its statement's table layouts.
 pub fn destination(
     peer: &StoredPeer,
     mirror: &str,
-    options: &MirrorOptions,
+    spec: &MirrorSpec,
 ) -> Result<Arc<dyn Destination>, FlowError> {
+    let options = &spec.options;
+    let mapped = match &spec.mapping {
+        Mapping::Tables(t) => t.as_slice(),
+        Mapping::Schemas(_) => &[],
+    };
     let context = MirrorContext {
         mirror: mirror.to_owned(),
         unrepresentable: options.unrepresentable_values,
+        layouts: Layouts::new(&options.table_defaults, mapped),
+        meta_columns: options.meta_columns.clone(),
     };
     match &peer.config {
         PeerConfig::Clickhouse(c) => Ok(Arc::new(ferry_clickhouse::ClickHouseDestination::new(

@@ -120,6 +120,13 @@ pub async fn plan(
     let money_scale = source::money_scale(&client, src_cfg).await?;
     let entries =
         resolve_mapping(&client, src_cfg, &spec.mapping, dest.default_namespace()).await?;
+    let layouts = ferry_core::layout::Layouts::new(
+        &spec.options.table_defaults,
+        match &spec.mapping {
+            Mapping::Tables(t) => t.as_slice(),
+            Mapping::Schemas(_) => &[],
+        },
+    );
     let mut tables = Vec::with_capacity(entries.len());
     for (name, target, exclude) in entries {
         let Some(t) =
@@ -147,6 +154,33 @@ pub async fn plan(
                 "22023",
                 format!("table {name} has no columns to copy"),
             ));
+        }
+        // A table sorted by columns beyond its key (order_by) keeps one row per sort value: a
+        // deletion or a change of those columns must carry the row's old values of them, which
+        // the source sends only with REPLICA IDENTITY FULL.
+        if let Some(order) = &layouts.of(&name).order_by {
+            let beyond: Vec<&str> = order
+                .iter()
+                .filter(|o| {
+                    t.columns
+                        .iter()
+                        .any(|c| c.key_position.is_none() && c.name.eq_ignore_ascii_case(o))
+                })
+                .map(String::as_str)
+                .collect();
+            if !beyond.is_empty() && t.replica_identity != 'f' {
+                return Err(FlowError::invalid(
+                    "55000",
+                    format!(
+                        "order_by of table {name} sorts by {} beyond its key, which deletions carry only with REPLICA IDENTITY FULL",
+                        beyond.join(", ")
+                    ),
+                )
+                .with_hint(format!(
+                    "Run ALTER TABLE {} REPLICA IDENTITY FULL at the source, or sort by the key columns alone.",
+                    name.quoted()
+                )));
+            }
         }
         let spec = TableSpec {
             id: 0,

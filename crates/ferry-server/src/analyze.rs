@@ -4,9 +4,11 @@
 //! what the peer kind accepts, names are checked, and every statement becomes a [`Command`]
 //! that the executor runs. Nothing here does I/O.
 
+use ferry_core::layout::{parse_settings, TableLayout};
 use ferry_core::mirror::{Destination, Mapping, MirrorOptions, MirrorSpec, TableMapping};
 use ferry_core::peer::{OptionValue, PeerConfig, PeerKind};
 use ferry_core::TableName;
+use ferry_sql::MappingValue;
 use ferry_sql::{Parsed, PassThrough, PeerType, SqlOption, Statement};
 
 use crate::error::{code, ClientError};
@@ -143,22 +145,25 @@ fn analyze_create_mirror(m: &ferry_sql::CreateMirror) -> Result<Command, ClientE
         ferry_sql::Mapping::Tables(entries) => Mapping::Tables(
             entries
                 .iter()
-                .map(|e| TableMapping {
-                    // An unqualified source table is in public, as PostgreSQL's search path has it.
-                    source: TableName::new(
-                        e.source
-                            .schema
-                            .as_ref()
-                            .map_or("public", |s| s.value.as_str()),
-                        e.source.name.value.clone(),
-                    ),
-                    destination: Destination {
-                        database: e.destination.schema.as_ref().map(|s| s.value.clone()),
-                        table: e.destination.name.value.clone(),
-                    },
-                    exclude: e.exclude.iter().map(|c| c.value.clone()).collect(),
+                .map(|e| {
+                    Ok(TableMapping {
+                        // An unqualified source table is in public, as PostgreSQL's search path has it.
+                        source: TableName::new(
+                            e.source
+                                .schema
+                                .as_ref()
+                                .map_or("public", |s| s.value.as_str()),
+                            e.source.name.value.clone(),
+                        ),
+                        destination: Destination {
+                            database: e.destination.schema.as_ref().map(|s| s.value.clone()),
+                            table: e.destination.name.value.clone(),
+                        },
+                        exclude: e.exclude.iter().map(|c| c.value.clone()).collect(),
+                        layout: table_layout(e)?,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, ClientError>>()?,
         ),
         ferry_sql::Mapping::Schemas(pairs) => Mapping::Schemas(
             pairs
@@ -174,6 +179,43 @@ fn analyze_create_mirror(m: &ferry_sql::CreateMirror) -> Result<Command, ClientE
         destination: m.destination.value.clone(),
         spec: MirrorSpec { mapping, options },
     })
+}
+
+/// A mapping entry's layout keys, typed; a settings text that cannot be read is an error at
+/// its key.
+fn table_layout(e: &ferry_sql::TableMapping) -> Result<TableLayout, ClientError> {
+    let mut layout = TableLayout::default();
+    for o in &e.options {
+        match (o.key.as_str(), &o.value) {
+            ("order_by", MappingValue::Columns(c)) => {
+                layout.order_by = Some(c.iter().map(|c| c.value.clone()).collect());
+            }
+            ("partition_by", MappingValue::Text(t)) => layout.partition_by = Some(t.clone()),
+            ("settings", MappingValue::Text(t)) => {
+                layout.settings = parse_settings(t).map_err(|err| {
+                    let mut c = ClientError::new(
+                        "22023",
+                        format!("settings of the mapping of {}: {err}", e.source),
+                    );
+                    c.position = Some(o.position).filter(|p| *p > 0);
+                    c
+                })?;
+            }
+            ("column_types", MappingValue::Types(t)) => {
+                layout.column_types = t
+                    .iter()
+                    .map(|(c, ty)| (c.value.clone(), ty.clone()))
+                    .collect();
+            }
+            (key, _) => {
+                return Err(ClientError::new(
+                    code::SYNTAX_ERROR,
+                    format!("unexpected value for {key} in a table mapping"),
+                ))
+            }
+        }
+    }
+    Ok(layout)
 }
 
 fn check_name(what: &str, name: &str) -> Result<String, ClientError> {

@@ -241,7 +241,7 @@ impl fmt::Display for Mapping {
 }
 
 /// One table of a table mapping: `source:destination`, or
-/// `{ from: source, to: destination, exclude: [column, …] }`.
+/// `{ from: source, to: destination, exclude: [column, …], layout keys… }`.
 #[derive(Debug, Clone, Eq)]
 pub struct TableMapping {
     /// The source table; without a schema when none was written.
@@ -250,6 +250,9 @@ pub struct TableMapping {
     pub destination: QualifiedName,
     /// Source columns not to replicate.
     pub exclude: Vec<Ident>,
+    /// How the destination table is laid out (`order_by`, `partition_by`, `settings`,
+    /// `column_types`), in the order written.
+    pub options: Vec<MappingOption>,
     /// 1-based character offset of the entry in the input (0 if built in code).
     pub position: usize,
 }
@@ -260,21 +263,85 @@ impl PartialEq for TableMapping {
         self.source == other.source
             && self.destination == other.destination
             && self.exclude == other.exclude
+            && self.options == other.options
     }
 }
 
 impl fmt::Display for TableMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.exclude.is_empty() {
+        if self.exclude.is_empty() && self.options.is_empty() {
             return write!(f, "{}:{}", self.source, self.destination);
         }
-        write!(
-            f,
-            "{{from: {}, to: {}, exclude: [",
-            self.source, self.destination
-        )?;
-        write_list(f, &self.exclude)?;
-        f.write_str("]}")
+        write!(f, "{{from: {}, to: {}", self.source, self.destination)?;
+        if !self.exclude.is_empty() {
+            f.write_str(", exclude: [")?;
+            write_list(f, &self.exclude)?;
+            f.write_str("]")?;
+        }
+        for o in &self.options {
+            write!(f, ", {o}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+/// A layout key of a table mapping entry.
+#[derive(Debug, Clone, Eq)]
+pub struct MappingOption {
+    /// `order_by`, `partition_by`, `settings` or `column_types`.
+    pub key: String,
+    /// What follows the colon.
+    pub value: MappingValue,
+    /// 1-based character offset of the key in the input (0 if built in code).
+    pub position: usize,
+}
+
+/// Ignores `position`.
+impl PartialEq for MappingOption {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.value == other.value
+    }
+}
+
+/// The value of a mapping's layout key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MappingValue {
+    /// `[a, b]`
+    Columns(Vec<Ident>),
+    /// `'text'`
+    Text(String),
+    /// `{column: 'Type', …}`
+    Types(Vec<(Ident, String)>),
+}
+
+fn write_text(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    f.write_str("'")?;
+    f.write_str(&s.replace('\'', "''"))?;
+    f.write_str("'")
+}
+
+impl fmt::Display for MappingOption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.key)?;
+        match &self.value {
+            MappingValue::Columns(c) => {
+                f.write_str("[")?;
+                write_list(f, c)?;
+                f.write_str("]")
+            }
+            MappingValue::Text(s) => write_text(f, s),
+            MappingValue::Types(types) => {
+                f.write_str("{")?;
+                for (i, (c, t)) in types.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{c}: ")?;
+                    write_text(f, t)?;
+                }
+                f.write_str("}")
+            }
+        }
     }
 }
 

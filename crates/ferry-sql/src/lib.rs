@@ -55,9 +55,9 @@ mod parser;
 mod tests;
 
 pub use ast::{
-    CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MirrorName, OptionValue,
-    PeerType, QualifiedName, Reset, ResyncMirror, SchemaMapping, SqlOption, Statement,
-    TableMapping,
+    CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MappingOption, MappingValue,
+    MirrorName, OptionValue, PeerType, QualifiedName, Reset, ResyncMirror, SchemaMapping,
+    SqlOption, Statement, TableMapping,
 };
 pub use error::ParseError;
 pub use fallthrough::{pass_through, PassThrough, Refusal, RefusalKind, DENIED_FUNCTIONS};

@@ -162,7 +162,7 @@ fn mapping_errors() {
         ),
         (
             "({from: a, to: b, tag: x})",
-            "unknown key \"tag\" in table mapping; expected from, to or exclude",
+            "unknown key \"tag\" in table mapping; expected from, to, exclude, order_by, partition_by, settings or column_types",
             Some("tag"),
         ),
         (
@@ -188,7 +188,7 @@ fn mapping_errors() {
         ),
         (
             "({})",
-            "syntax error at or near \"}\": expected from, to or exclude",
+            "syntax error at or near \"}\": expected from, to, exclude, order_by, partition_by, settings or column_types",
             Some("}"),
         ),
         (

@@ -7,8 +7,9 @@
 
 use super::{parse, parse_one};
 use crate::{
-    CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MirrorName, OptionValue,
-    PeerType, QualifiedName, ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
+    CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MappingOption, MappingValue,
+    MirrorName, OptionValue, PeerType, QualifiedName, ResyncMirror, SchemaMapping, SqlOption,
+    Statement, TableMapping,
 };
 
 const NAMES: &[&str] = &[
@@ -154,6 +155,37 @@ impl Rng {
         options
     }
 
+    fn mapping_options(&mut self) -> Vec<MappingOption> {
+        let mut options = Vec::new();
+        if self.chance() {
+            options.push(MappingOption {
+                key: "order_by".into(),
+                value: MappingValue::Columns(
+                    (0..1 + self.below(3)).map(|_| self.ident()).collect(),
+                ),
+                position: 0,
+            });
+        }
+        for key in ["partition_by", "settings"] {
+            if self.chance() {
+                options.push(MappingOption {
+                    key: key.into(),
+                    value: MappingValue::Text(self.pick(STRINGS).to_owned()),
+                    position: 0,
+                });
+            }
+        }
+        if self.chance() {
+            let column = self.ident();
+            options.push(MappingOption {
+                key: "column_types".into(),
+                value: MappingValue::Types(vec![(column, self.pick(STRINGS).to_owned())]),
+                position: 0,
+            });
+        }
+        options
+    }
+
     fn mapping(&mut self) -> Mapping {
         let count = 1 + self.below(3);
         if self.chance() {
@@ -162,6 +194,7 @@ impl Rng {
                     source: self.table(),
                     destination: self.table(),
                     exclude: (0..self.below(3)).map(|_| self.ident()).collect(),
+                    options: self.mapping_options(),
                     position: 0,
                 })
                 .collect();
