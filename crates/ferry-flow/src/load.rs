@@ -310,6 +310,11 @@ async fn copy_table(
             joined.map_err(|e| FlowError::internal(format!("copy task failed: {e}")))?;
         match result {
             Ok(Some(rows)) => {
+                // The count (which holds the range's rows, sent) is recorded first, so that it
+                // never trails the ranges recorded done.
+                catalog
+                    .set_table_progress(table.row.id, table.rows() as i64)
+                    .await?;
                 catalog
                     .finish_partition(
                         p.table_id,
@@ -320,10 +325,6 @@ async fn copy_table(
                     .await?;
                 table.inflight.fetch_sub(rows, Ordering::Relaxed);
                 table.done.fetch_add(rows, Ordering::Relaxed);
-                // The count never trails the ranges done, whenever the next report comes.
-                catalog
-                    .set_table_progress(table.row.id, table.rows() as i64)
-                    .await?;
             }
             Ok(None) => stopped = true,
             Err(e) => {

@@ -192,13 +192,19 @@ impl MirrorProgress {
         s.retrying = None;
     }
 
-    /// The source has sent everything up to `position` and nothing is pending.
+    /// The source has sent everything up to `position`, and the stream holds nothing it has
+    /// not applied. Changes an earlier run received past `position` (not sent again yet)
+    /// stay pending.
     pub fn caught_up(&self, position: Lsn) {
         let mut s = self.lock();
         s.applied = Some(s.applied.map_or(position, |a| a.max(position)));
-        s.caught_up_at = Some(SystemTime::now());
         for t in s.tables.values_mut() {
-            t.pending = None;
+            if t.pending.is_some_and(|p| p.commit_lsn < position) {
+                t.pending = None;
+            }
+        }
+        if s.tables.values().all(|t| t.pending.is_none()) {
+            s.caught_up_at = Some(SystemTime::now());
         }
     }
 
@@ -303,5 +309,24 @@ mod tests {
         let (f, _) = p.figures();
         assert_eq!(f.pending_since, None);
         assert_eq!(f.caught_up_at, Some(from_pg_micros(2_000)));
+    }
+
+    #[test]
+    fn a_keepalive_does_not_clear_what_was_not_sent_again() {
+        let p = Arc::new(MirrorProgress::default());
+        {
+            let _run = p.reading(Lsn(100));
+            p.pending(1, Lsn(500), 5_000);
+        }
+        // Run 2 starts again at 100; the server says it has sent up to 150 only.
+        let _run = p.reading(Lsn(100));
+        p.caught_up(Lsn(150));
+        let (f, _) = p.figures();
+        assert_eq!(f.pending_since, Some(from_pg_micros(5_000)));
+        assert_eq!(f.caught_up_at, None);
+        p.caught_up(Lsn(600));
+        let (f, _) = p.figures();
+        assert_eq!(f.pending_since, None);
+        assert!(f.caught_up_at.is_some());
     }
 }
