@@ -286,6 +286,17 @@ enum Tok {
     Punct(char),
 }
 
+impl std::fmt::Display for Tok {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tok::Word(w) | Tok::Number(w) => write!(f, "\"{w}\""),
+            Tok::Quoted(w) => write!(f, "the name \"{w}\""),
+            Tok::Str(s) => write!(f, "the string '{s}'"),
+            Tok::Punct(c) => write!(f, "'{c}'"),
+        }
+    }
+}
+
 fn tokenize(text: &str) -> Result<Vec<Tok>, String> {
     if text.len() > MAX_TEXT {
         return Err(format!("longer than {MAX_TEXT} bytes"));
@@ -461,7 +472,7 @@ pub fn parse_expression(text: &str, columns: &[&str]) -> Result<String, String> 
     let out = p.expr()?;
     match p.peek() {
         None => Ok(out),
-        Some(t) => Err(format!("unexpected {t:?} after the expression")),
+        Some(t) => Err(format!("unexpected {t} after the expression")),
     }
 }
 
@@ -516,7 +527,7 @@ pub fn parse_type(text: &str) -> Result<TypeExpr, String> {
     let t = type_expr(&mut p)?;
     match p.peek() {
         None => Ok(t),
-        Some(t) => Err(format!("unexpected {t:?} after the type")),
+        Some(t) => Err(format!("unexpected {t} after the type")),
     }
 }
 
@@ -527,7 +538,8 @@ fn type_expr(p: &mut Parser<'_>) -> Result<TypeExpr, String> {
             p.at += 1;
             w
         }
-        other => return Err(format!("expected a type name, found {other:?}")),
+        Some(other) => return Err(format!("expected a type name, found {other}")),
+        None => return Err("expected a type name".into()),
     };
     let mut t = TypeExpr {
         name,

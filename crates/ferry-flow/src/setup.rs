@@ -128,6 +128,7 @@ pub async fn plan(
         },
     );
     let mut tables = Vec::with_capacity(entries.len());
+    let mut sorted_beyond_key: Vec<(TableName, Vec<String>)> = Vec::new();
     for (name, target, exclude) in entries {
         let Some(t) =
             source::describe_table(&client, src_cfg, &name, &exclude, money_scale).await?
@@ -155,31 +156,19 @@ pub async fn plan(
                 format!("table {name} has no columns to copy"),
             ));
         }
-        // A table sorted by columns beyond its key (order_by) keeps one row per sort value: a
-        // deletion or a change of those columns must carry the row's old values of them, which
-        // the source sends only with REPLICA IDENTITY FULL.
+        // Sorting by columns beyond the key needs whole old rows (checked below).
         if let Some(order) = &layouts.of(&name).order_by {
-            let beyond: Vec<&str> = order
+            let beyond: Vec<String> = order
                 .iter()
                 .filter(|o| {
                     t.columns
                         .iter()
                         .any(|c| c.key_position.is_none() && c.name.eq_ignore_ascii_case(o))
                 })
-                .map(String::as_str)
+                .cloned()
                 .collect();
             if !beyond.is_empty() && t.replica_identity != 'f' {
-                return Err(FlowError::invalid(
-                    "55000",
-                    format!(
-                        "order_by of table {name} sorts by {} beyond its key, which deletions carry only with REPLICA IDENTITY FULL",
-                        beyond.join(", ")
-                    ),
-                )
-                .with_hint(format!(
-                    "Run ALTER TABLE {} REPLICA IDENTITY FULL at the source, or sort by the key columns alone.",
-                    name.quoted()
-                )));
+                sorted_beyond_key.push((name.clone(), beyond));
             }
         }
         let spec = TableSpec {
@@ -192,6 +181,22 @@ pub async fn plan(
     }
     let specs: Vec<TableSpec> = tables.iter().map(|t| t.spec.clone()).collect();
     dest.check(&specs).await?;
+    // A table sorted by columns beyond its key (order_by) keeps one row per sort value: a
+    // deletion or a change of those columns must carry the row's old values of them, which
+    // the source sends only with REPLICA IDENTITY FULL.
+    if let Some((name, beyond)) = sorted_beyond_key.first() {
+        return Err(FlowError::invalid(
+            "55000",
+            format!(
+                "order_by of table {name} sorts by {} beyond its key, which deletions carry only with REPLICA IDENTITY FULL",
+                beyond.join(", ")
+            ),
+        )
+        .with_hint(format!(
+            "Run ALTER TABLE {} REPLICA IDENTITY FULL at the source, or sort by the key columns alone.",
+            name.quoted()
+        )));
+    }
     Ok(Plan { tables })
 }
 
