@@ -414,7 +414,7 @@ async fn copy_partition_with_retries(
                     return Err(e.context(format!("partition {} ({range})", p.partition_no)));
                 }
                 let delay = backoff.next_delay();
-                warn!(partition = p.partition_no, attempt, error = %e, retry_in = ?delay, "partition failed; trying it again");
+                warn!(partition = p.partition_no, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "partition failed; trying it again");
                 tokio::time::sleep(delay).await;
             }
         }
