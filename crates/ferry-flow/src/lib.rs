@@ -10,6 +10,9 @@
 //!                   │  └─paused◄─┘        initial_copy_only: snapshot ──► completed
 //!                   └──► failed (a table failed; RESUME MIRROR tries it again)
 //! ```
+//!
+//! Beside the mirrors' tasks, one [`monitor`] per daemon samples every mirror's figures from
+//! the source and from each stream's [`progress`], on a timer of its own, in every state.
 
 mod error;
 pub mod load;
