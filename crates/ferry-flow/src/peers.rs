@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ferry_catalog::StoredPeer;
 use ferry_core::destination::{Destination, MirrorContext};
-use ferry_core::mirror::MirrorOptions;
+use ferry_core::mirror::{MirrorOptions, Unrepresentable};
 use ferry_core::peer::{PeerConfig, PostgresConfig};
 
 use crate::FlowError;
@@ -31,9 +31,18 @@ pub fn destination(
     mirror: &str,
     options: &MirrorOptions,
 ) -> Result<Arc<dyn Destination>, FlowError> {
+    destination_for(peer, mirror, options.unrepresentable_values)
+}
+
+/// [`destination`], for a mirror whose options are not a [`MirrorOptions`] (a query mirror's).
+pub fn destination_for(
+    peer: &StoredPeer,
+    mirror: &str,
+    unrepresentable: Unrepresentable,
+) -> Result<Arc<dyn Destination>, FlowError> {
     let context = MirrorContext {
         mirror: mirror.to_owned(),
-        unrepresentable: options.unrepresentable_values,
+        unrepresentable,
     };
     match &peer.config {
         PeerConfig::Clickhouse(c) => Ok(Arc::new(ferry_clickhouse::ClickHouseDestination::new(

@@ -7,8 +7,9 @@
 
 use super::{parse, parse_one};
 use crate::{
-    CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MirrorName, OptionValue,
-    PeerType, QualifiedName, ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
+    CreateMirror, CreatePeer, CreateQueryMirror, DropMirror, DropPeer, Ident, Mapping, MirrorName,
+    OptionValue, PeerType, QualifiedName, ResyncMirror, SchemaMapping, SqlOption, Statement,
+    TableMapping,
 };
 
 const NAMES: &[&str] = &[
@@ -178,8 +179,26 @@ impl Rng {
         }
     }
 
+    /// Query text with the characters dollar quoting must get around.
+    fn query(&mut self) -> String {
+        let parts = [
+            "SELECT ",
+            "$",
+            "$$",
+            "$q$",
+            "'x'",
+            " {{.start}}",
+            "\n",
+            "é",
+            "--c\n",
+        ];
+        (0..self.below(6))
+            .map(|_| self.pick(&parts))
+            .collect::<String>()
+    }
+
     fn statement(&mut self) -> Statement {
-        match self.below(7) {
+        match self.below(9) {
             0 => Statement::CreatePeer(CreatePeer {
                 if_not_exists: self.chance(),
                 name: self.ident(),
@@ -204,6 +223,15 @@ impl Rng {
             }),
             4 => Statement::PauseMirror(MirrorName { name: self.ident() }),
             5 => Statement::ResumeMirror(MirrorName { name: self.ident() }),
+            6 => Statement::ExecuteMirror(MirrorName { name: self.ident() }),
+            7 => Statement::CreateQueryMirror(CreateQueryMirror {
+                if_not_exists: self.chance(),
+                name: self.ident(),
+                source: self.ident(),
+                destination: self.ident(),
+                query: self.query(),
+                options: self.options(),
+            }),
             _ => Statement::ResyncMirror(ResyncMirror {
                 name: self.ident(),
                 tables: (0..self.below(3)).map(|_| self.table()).collect(),
