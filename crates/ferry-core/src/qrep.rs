@@ -262,23 +262,21 @@ impl QueryOptions {
     }
 }
 
-/// The value of a string option as given (for messages and names with a dot).
-fn r_name(options: &[(String, OptionValue)], name: &str) -> String {
-    options
-        .iter()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, v)| match v {
-            OptionValue::String(s) | OptionValue::Ident(s) => Some(s.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
+/// An option's value as written, for a message.
+fn given(options: &[(String, OptionValue)], name: &str) -> String {
+    match options.iter().find(|(n, _)| n == name).map(|(_, v)| v) {
+        Some(OptionValue::String(s) | OptionValue::Ident(s)) => format!("'{s}'"),
+        Some(OptionValue::Number(n)) => n.clone(),
+        Some(OptionValue::Bool(b)) => b.to_string(),
+        None => "nothing".to_owned(),
+    }
 }
 
 fn wrong(name: &str, expected: &'static str, options: &[(String, OptionValue)]) -> OptionError {
     OptionError::WrongType {
         name: name.to_owned(),
         expected,
-        got: format!("'{}'", r_name(options, name)),
+        got: given(options, name),
     }
 }
 

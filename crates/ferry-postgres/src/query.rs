@@ -149,6 +149,13 @@ impl SourceQuery {
                 if e.kind != ErrorKind::Transient {
                     e.kind = ErrorKind::InvalidInput;
                     e.message = format!("the query: {}", e.message);
+                    if e.sqlstate == "42601" && e.hint.is_none() {
+                        e.hint = Some(
+                            "A query mirror's query is one SELECT (or VALUES, or WITH … SELECT): \
+                             each partition runs it as a subquery."
+                                .into(),
+                        );
+                    }
                 }
                 e
             })?;

@@ -423,6 +423,35 @@ mod tests {
     }
 
     #[test]
+    fn query_mirrors_are_typed_and_checked() {
+        let c = one(
+            "CREATE MIRROR q FROM s TO d FOR $$SELECT * FROM public.ev WHERE at BETWEEN {{.start}} AND {{.end}}$$
+             WITH (destination_table_name = 'dw.ev', watermark_column = 'at', watermark_table_name = 'ev',
+                   mode = 'upsert', unique_key_columns = 'id')",
+        )
+        .unwrap();
+        let Command::CreateQueryMirror { spec, .. } = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(spec.options.mode.unique_key(), ["id"]);
+        assert_eq!(
+            spec.options.watermark,
+            Some(WatermarkSource::Column {
+                table: TableName::new("public", "ev"),
+                column: "at".into()
+            })
+        );
+        let sql = "CREATE MIRROR q FROM s TO d FOR $$SELECT 1$$ WITH (initial_copy_only = true, \
+                   destination_table_name = 't', sideways = 1)";
+        let e = one(sql).unwrap_err();
+        assert_eq!(e.position, Some(sql.find("sideways").unwrap() + 1));
+        assert_eq!(
+            one("EXECUTE MIRROR q").unwrap(),
+            Command::ExecuteMirror { name: "q".into() }
+        );
+    }
+
+    #[test]
     fn long_names_are_refused() {
         let sql = format!(
             "DROP PEER x; CREATE PEER {} FROM CLICKHOUSE WITH (host='h')",
