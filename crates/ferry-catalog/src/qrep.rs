@@ -375,11 +375,15 @@ impl Catalog {
             )
             .await?
             .get(0);
+        // A run asked for while this one ran (EXECUTE MIRROR) stays due.
         tx.execute(
             "UPDATE ferry.qrep_mirror SET
                  watermark = coalesce($2, watermark), watermark_text = coalesce($3, watermark_text),
                  last_run_at = now(), last_run_rows = $4,
-                 next_run_at = now() + $5 * interval '1 second'
+                 next_run_at = CASE
+                     WHEN next_run_at > (SELECT started_at FROM ferry.qrep_run WHERE id = $6)
+                          AND next_run_at <= now() THEN next_run_at
+                     ELSE now() + $5 * interval '1 second' END
              WHERE mirror_id = $1",
             &[
                 &mirror.mirror_id,
@@ -387,6 +391,7 @@ impl Catalog {
                 &run.through_text,
                 &rows,
                 &next_in,
+                &run.id,
             ],
         )
         .await?;

@@ -327,13 +327,21 @@ pub struct RunSnapshot {
     pub exported: Option<String>,
 }
 
-/// What a watermark column holds after a value: the smallest and largest values and how many
-/// rows have one.
+/// What a watermark column holds after a value: the smallest and largest values, and about how
+/// many rows (the planner's estimate: it only sizes the partitions, and counting would read the
+/// whole range once more).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ColumnRange {
     pub min: i64,
     pub max: i64,
     pub rows: i64,
+}
+
+/// The row estimate of the top node of an `EXPLAIN`'s first line (`… rows=N width=…`).
+fn estimated_rows(line: &str) -> Option<i64> {
+    let rest = &line[line.find(" rows=")? + 6..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 impl RunSnapshot {
@@ -377,25 +385,46 @@ impl RunSnapshot {
     ) -> Result<Option<ColumnRange>, SourceError> {
         let c = pg_ident(column);
         let t = pg_qualified(&table.schema, &table.name);
-        let select = format!("SELECT min({c}), max({c}), count({c}) FROM {t}");
-        let row = match after {
-            None => self.client.query_one(&select, &[]).await,
-            Some(a) => {
-                let sql = format!("{select} WHERE {c} > $1::{}", kind.pg_type());
-                self.client.query_one(&sql, &[&WatermarkParam(a)]).await
-            }
-        }
-        .map_err(self.err())?;
-        let min: Option<WatermarkParam> = row.get(0);
-        let max: Option<WatermarkParam> = row.get(1);
-        Ok(match (min, max) {
-            (Some(min), Some(max)) => Some(ColumnRange {
-                min: min.0,
-                max: max.0,
-                rows: row.get(2),
-            }),
-            _ => None,
-        })
+        let condition = match after {
+            None => format!("{c} IS NOT NULL"),
+            Some(_) => format!("{c} > $1::{}", kind.pg_type()),
+        };
+        let param = after.map(WatermarkParam);
+        let params: Vec<&(dyn ToSql + Sync)> = match &param {
+            Some(p) => vec![p],
+            None => Vec::new(),
+        };
+        let row = self
+            .client
+            .query_one(
+                &format!("SELECT min({c}), max({c}) FROM {t} WHERE {condition}"),
+                &params,
+            )
+            .await
+            .map_err(self.err())?;
+        let (Some(min), Some(max)) = (
+            row.get::<_, Option<WatermarkParam>>(0),
+            row.get::<_, Option<WatermarkParam>>(1),
+        ) else {
+            return Ok(None);
+        };
+        let plan = self
+            .client
+            .query(
+                &format!("EXPLAIN SELECT 1 FROM {t} WHERE {condition}"),
+                &params,
+            )
+            .await
+            .map_err(self.err())?;
+        let rows = plan
+            .first()
+            .and_then(|r| estimated_rows(r.get::<_, &str>(0)))
+            .unwrap_or(1);
+        Ok(Some(ColumnRange {
+            min: min.0,
+            max: max.0,
+            rows,
+        }))
     }
 
     /// The snapshot's transaction id horizon: `(xmin, xmax)` — every id below `xmin` had
@@ -496,6 +525,19 @@ pub fn watermark_text(kind: WatermarkKind, value: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn estimates_are_read_from_the_plan() {
+        assert_eq!(
+            estimated_rows("Seq Scan on t  (cost=0.00..1.01 rows=5000000 width=0)"),
+            Some(5_000_000)
+        );
+        assert_eq!(
+            estimated_rows("Result  (cost=0.00..0.01 rows=1 width=4)"),
+            Some(1)
+        );
+        assert_eq!(estimated_rows("nothing here"), None);
+    }
 
     #[test]
     fn placeholders_become_settings_of_the_watermark_type() {

@@ -157,7 +157,15 @@ async fn copy_one(
         Load::Sink(sink) => sink,
         Load::Done { rows } => return Ok(rows),
     };
-    let reader = RangeReader::open(&run.source, run.snapshot.as_deref()).await?;
+    let reader = match RangeReader::open(&run.source, run.snapshot.as_deref()).await {
+        // The run snapshot's transaction ended (a source's idle_in_transaction_session_timeout):
+        // a fresh snapshot reads the same range (see the module doc).
+        Err(e) if run.snapshot.is_some() && e.sqlstate == "22023" => {
+            warn!(partition, error = %e, "the run snapshot is gone; reading in a fresh one");
+            RangeReader::open(&run.source, None).await?
+        }
+        r => r?,
+    };
     let stream = ferry_postgres::query::copy_partition(
         &reader,
         &run.source,

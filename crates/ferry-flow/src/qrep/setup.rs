@@ -254,9 +254,12 @@ pub(crate) async fn create(
             Err(exists())
         };
     };
-    if let Err(e) = qdest.create_query_table(&prepared.table, &target).await {
-        let _ = catalog.delete_mirror(id).await;
-        return Err(e.context(format!("creating destination table {target}")));
+    // Overwrite's first run creates the table as it swaps its result in: never empty.
+    if o.mode != QueryMode::Overwrite {
+        if let Err(e) = qdest.create_query_table(&prepared.table, &target).await {
+            let _ = catalog.delete_mirror(id).await;
+            return Err(e.context(format!("creating destination table {target}")));
+        }
     }
     catalog
         .set_mirror_state(id, MirrorState::Running, None)
