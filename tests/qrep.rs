@@ -242,7 +242,7 @@ async fn every_type_arrives_exactly_through_a_query() {
              $$SELECT * FROM all_types WHERE id BETWEEN {{.start}} AND {{.end}}$$
              WITH (destination_table_name = 'all_types', watermark_column = 'id',
                    watermark_table_name = 'all_types', num_rows_per_partition = 1,
-                   initial_copy_only = true)",
+                   mode = 'upsert', unique_key_columns = 'id', initial_copy_only = true)",
         )
         .await
         .unwrap();
@@ -562,7 +562,7 @@ async fn a_partition_written_again_replaces_what_an_earlier_attempt_left() {
     };
     q.check_query_table(&table, true).await.unwrap();
     q.create_query_table(&table, &table.target).await.unwrap();
-    let write = |partition: i32, attempt: i32, rows: Vec<(i64, &'static str)>| {
+    let open = |partition: i32, attempt: i32| {
         let (q, table) = (q, &table);
         async move {
             let p = QueryPartition {
@@ -571,21 +571,31 @@ async fn a_partition_written_again_replaces_what_an_earlier_attempt_left() {
                 attempt,
                 version: 0,
             };
-            let Load::Sink(mut sink) = q.load_partition(table, &table.target, &p).await.unwrap()
-            else {
-                panic!("ClickHouse recognises no partition")
-            };
-            sink.write(copy_stream(&rows)).await.unwrap();
-            sink.finish().await.unwrap().rows
+            match q.load_partition(table, &table.target, &p).await.unwrap() {
+                Load::Sink(sink) => sink,
+                Load::Done { .. } => panic!("ClickHouse recognises no partition"),
+            }
         }
+    };
+    let write = |partition: i32, attempt: i32, rows: Vec<(i64, &'static str)>| async move {
+        let mut sink = open(partition, attempt).await;
+        sink.write(copy_stream(&rows)).await.unwrap();
+        sink.finish().await.unwrap().rows
     };
     assert_eq!(
         write(0, 0, vec![(1, "a"), (2, "b"), (3, "c"), (4, "d")]).await,
         4
     );
     assert_eq!(write(1, 0, vec![(10, "x"), (11, "y")]).await, 2);
-    // Attempt 1 of partition 0: by now row 4 has left its range, row 2 changed.
-    assert_eq!(write(0, 1, vec![(1, "a"), (2, "B"), (3, "c")]).await, 3);
+    // Attempt 1 of partition 0: by now row 4 has left its range, row 2 changed. While it
+    // writes, an insert of the interrupted attempt 0 lands late.
+    let mut retry = open(0, 1).await;
+    retry
+        .write(copy_stream(&[(1, "a"), (2, "B"), (3, "c")]))
+        .await
+        .unwrap();
+    assert_eq!(write(0, 0, vec![(4, "late")]).await, 1);
+    assert_eq!(retry.finish().await.unwrap().rows, 3);
     let sql = format!(
         "SELECT toString(count()) || ' ' || toString(sum(id)) || ' ' || arrayStringConcat(arraySort(groupArray(note)), '')
          FROM `{}`.t",
