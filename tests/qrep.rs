@@ -441,12 +441,12 @@ async fn watermark_lag_picks_up_a_late_commit() {
         .batch_execute(
             "CREATE MIRROR fd FROM src TO dst FOR
              $$SELECT * FROM feed WHERE at BETWEEN {{.start}} AND {{.end}}$$
-             WITH (destination_table_name = 'feed', watermark_column = 'at',
-                   watermark_table_name = 'feed', mode = 'upsert', unique_key_columns = 'id',
-                   refresh_interval = 1, watermark_lag = 600)",
+             WITH (destination_table_name = 'feed', watermark_column = 'at', mode = 'upsert',
+                   unique_key_columns = 'id', refresh_interval = 1, watermark_lag = 600)",
         )
         .await
         .unwrap();
+    // (watermark_table_name left out: the table the query reads.)
     wait_watermark(&s.client, "fd", "2024-05-01 10:00:00+00").await;
     // A transaction stamps its row early and commits late: meanwhile a later row commits and
     // the watermark passes the early stamp.

@@ -49,7 +49,7 @@ async fn every_wrong_query_mirror_is_refused_by_name() {
         (mirror("m", OK_QUERY, &format!("{OK_OPTIONS}, colour = 'red'")), "42601", "colour"),
         (mirror("m", OK_QUERY, &format!("{OK_OPTIONS}, parallelism = 0")), "22023", "parallelism"),
         (mirror("m", OK_QUERY, &format!("{OK_OPTIONS}, watermark_lag = 5")), "22023", "upsert"),
-        (mirror("m", OK_QUERY, "destination_table_name = 't', watermark_column = 'id'"), "42601", "watermark_table_name"),
+        (mirror("m", "SELECT * FROM t JOIN t u USING (id) WHERE t.id BETWEEN {{.start}} AND {{.end}}", "destination_table_name = 't', watermark_column = 'id'"), "42601", "watermark_table_name"),
         (mirror("m", OK_QUERY, "watermark_column = 'id', watermark_table_name = 't'"), "42601", "destination_table_name"),
         // The query, against the options.
         (mirror("m", "SELECT * FROM t WHERE id >= {{.start}}", OK_OPTIONS), "22023", "{{.end}}"),

@@ -100,9 +100,14 @@ pub struct QuerySpec {
 pub const MAX_PARALLELISM: i64 = 64;
 
 impl QueryOptions {
-    /// Types and checks a query mirror's `WITH (…)` list. What needs the query or the servers
-    /// (placeholders, the watermark column's type) is checked later.
-    pub fn from_options(options: &[(String, OptionValue)]) -> Result<QueryOptions, OptionError> {
+    /// Types and checks a query mirror's `WITH (…)` list. What needs the servers (the watermark
+    /// column's type, the destination) is checked later. `query_table` is the one table the
+    /// query reads, when it reads one (`SELECT … FROM table [WHERE …]`): the watermark table
+    /// when `watermark_table_name` is not given.
+    pub fn from_options(
+        options: &[(String, OptionValue)],
+        query_table: Option<TableName>,
+    ) -> Result<QueryOptions, OptionError> {
         let mut r = OptionReader::new("a query mirror", options)?;
         let dest = r.required_string("destination_table_name")?;
         let destination = match dest.split_once('.') {
@@ -151,6 +156,7 @@ impl QueryOptions {
             Some(t) => Some(parse_table_name(&t).ok_or_else(|| {
                 wrong("watermark_table_name", "'table' or 'schema.table'", options)
             })?),
+            None if column.is_some() => query_table,
             None => None,
         };
         let watermark = match (column, table) {
@@ -158,7 +164,7 @@ impl QueryOptions {
             (Some(_), None) => {
                 return Err(OptionError::Missing {
                     name: "watermark_table_name",
-                    context: "a query mirror with a watermark_column".into(),
+                    context: "a query mirror whose query reads more than one table".into(),
                 })
             }
             (None, Some(_)) => {
@@ -513,7 +519,7 @@ mod tests {
 
     #[test]
     fn defaults_and_peerdb_options() {
-        let o = QueryOptions::from_options(&opts(&base())).unwrap();
+        let o = QueryOptions::from_options(&opts(&base()), None).unwrap();
         assert_eq!(o.mode, QueryMode::Append);
         assert_eq!(
             (o.parallelism, o.refresh_interval_secs, o.rows_per_partition),
@@ -529,10 +535,23 @@ mod tests {
             ("destination_table_name", s("dw.events")),
         ]);
         l.remove(0);
-        let o = QueryOptions::from_options(&opts(&l)).unwrap();
+        let o = QueryOptions::from_options(&opts(&l), None).unwrap();
         assert_eq!(o.mode.unique_key(), ["id", "region"]);
         assert_eq!(o.destination.database.as_deref(), Some("dw"));
         assert_eq!(o.watermark_lag, Some(30));
+        // The table the query reads is the watermark table when none is named.
+        let l = [
+            ("destination_table_name", s("t")),
+            ("watermark_column", s("at")),
+        ];
+        let read = TableName::new("sales", "orders");
+        let o = QueryOptions::from_options(&opts(&l), Some(read.clone())).unwrap();
+        assert_eq!(
+            o.watermark.as_ref().map(WatermarkSource::table),
+            Some(&read)
+        );
+        let e = QueryOptions::from_options(&opts(&l), None).unwrap_err();
+        assert!(e.to_string().contains("watermark_table_name"), "{e}");
     }
 
     #[test]
@@ -566,18 +585,21 @@ mod tests {
                 .filter(|(n, _)| !extra.iter().any(|(e, _)| e == n))
                 .collect();
             l.extend(extra);
-            let e = QueryOptions::from_options(&opts(&l)).unwrap_err();
+            let e = QueryOptions::from_options(&opts(&l), None).unwrap_err();
             assert!(e.to_string().contains(named), "{named}: {e}");
         }
         // Without a watermark a query mirror runs once only.
-        let e =
-            QueryOptions::from_options(&opts(&[("destination_table_name", s("t"))])).unwrap_err();
+        let e = QueryOptions::from_options(&opts(&[("destination_table_name", s("t"))]), None)
+            .unwrap_err();
         assert!(e.to_string().contains("watermark_column"), "{e}");
-        let o = QueryOptions::from_options(&opts(&[
-            ("destination_table_name", s("t")),
-            ("initial_copy_only", OptionValue::Bool(true)),
-            ("mode", s("overwrite")),
-        ]))
+        let o = QueryOptions::from_options(
+            &opts(&[
+                ("destination_table_name", s("t")),
+                ("initial_copy_only", OptionValue::Bool(true)),
+                ("mode", s("overwrite")),
+            ]),
+            None,
+        )
         .unwrap();
         assert_eq!((o.watermark, o.mode), (None, QueryMode::Overwrite));
         // xmin takes no lag.
@@ -588,7 +610,7 @@ mod tests {
             ("unique_key_columns", s("id")),
             ("watermark_lag", OptionValue::Number("5".into())),
         ]);
-        let e = QueryOptions::from_options(&opts(&l)).unwrap_err();
+        let e = QueryOptions::from_options(&opts(&l), None).unwrap_err();
         assert!(e.to_string().contains("xmin"), "{e}");
     }
 

@@ -199,19 +199,23 @@ fn analyze_create_mirror(m: &ferry_sql::CreateMirror) -> Result<Command, ClientE
 /// the engine before anything is created.
 fn analyze_create_query_mirror(m: &ferry_sql::CreateQueryMirror) -> Result<Command, ClientError> {
     let name = check_name("mirror", &m.name.value)?;
-    let options = typed_options(&m.options);
-    let options = QueryOptions::from_options(&options).map_err(|e| {
-        let position = option_position(&e, &m.options);
-        let mut c = ClientError::from(e);
-        c.position = position;
-        c
-    })?;
     let query = parse_query(&m.query).map_err(|e| {
         let mut c = ClientError::new(
             code::SYNTAX_ERROR,
             format!("the query of mirror \"{name}\": {}", e.message),
         );
         c.hint = e.hint;
+        c
+    })?;
+    // PeerDB's scripts often leave watermark_table_name out: it is the table the query reads.
+    let read = query
+        .single_table()
+        .map(|(schema, table)| TableName::new(schema.unwrap_or("public"), table));
+    let options = typed_options(&m.options);
+    let options = QueryOptions::from_options(&options, read).map_err(|e| {
+        let position = option_position(&e, &m.options);
+        let mut c = ClientError::from(e);
+        c.position = position;
         c
     })?;
     let invalid = |message: String, hint: &str| {
