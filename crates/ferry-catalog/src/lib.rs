@@ -12,6 +12,7 @@ pub mod migrate;
 mod mirrors;
 mod peers;
 mod pool;
+mod qrep;
 pub mod reader;
 pub mod secret;
 
@@ -20,5 +21,6 @@ pub use migrate::{migrate, MigrationReport};
 pub use mirrors::{BatchRecord, MirrorRow, NewTable, PartitionRow, TableRow};
 pub use peers::StoredPeer;
 pub use pool::{Catalog, CatalogOptions};
+pub use qrep::{NewRun, QueryMirrorRow, QueryPartitionRow, QueryRunRow};
 pub use reader::{ReadTransaction, ReaderError, ReaderPool, ReaderSettings};
 pub use secret::SecretKey;

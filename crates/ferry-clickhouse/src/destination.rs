@@ -9,12 +9,14 @@
 //!   values are read back from ClickHouse ([`crate::lookup`]).
 //! - ClickHouse keeps no position of its own: the engine's catalog is the position, and
 //!   replaying WAL after a crash writes rows identical to those written before.
+//! - A query mirror's table and partitions: [`crate::qrep`].
 //! - Destination databases are never created: a mirror's databases must exist, so that a typo
 //!   in a mapping is an error, not a stray database.
 
 use async_trait::async_trait;
 use ferry_core::destination::{
-    Apply, Destination, Load, MirrorContext, TableSpec, TableToken, TargetName, Wire,
+    Apply, Destination, Load, MirrorContext, QueryDestination, TableSpec, TableToken, TargetName,
+    Wire,
 };
 use ferry_core::ident::{ch_ident, ch_qualified};
 use ferry_core::peer::ClickhouseConfig;
@@ -37,7 +39,7 @@ pub const RESERVED_COLUMNS: [&str; 5] = [
 pub struct ClickHouseDestination {
     pub(crate) ch: ClickHouse,
     cfg: ClickhouseConfig,
-    mirror: MirrorContext,
+    pub(crate) mirror: MirrorContext,
 }
 
 impl ClickHouseDestination {
@@ -208,5 +210,10 @@ impl Destination for ClickHouseDestination {
             self.ch.clone(),
             crate::load::policy(self.mirror.unrepresentable),
         )))
+    }
+
+    /// Query mirrors: [`crate::qrep`].
+    fn query(&self) -> Option<&dyn QueryDestination> {
+        Some(self)
     }
 }

@@ -3,6 +3,7 @@
 //! - [`destination`]: the engine's destination contract, kept by ClickHouse's means;
 //! - [`table`]: the tables' layout, DDL and streamed inserts; [`types`]: column types;
 //! - [`load`]: one range of the initial load; [`apply`]: streamed changes as versioned rows;
+//! - [`qrep`]: query mirrors' tables and partitions;
 //! - [`lookup`]: reading back stored values (unchanged TOAST columns);
 //! - [`identity`]: tables without a key, as multisets;
 //! - [`transcode`]: canonical binary fields straight into ClickHouse's formats;
@@ -21,6 +22,7 @@ pub mod load;
 pub mod lookup;
 mod multiset;
 pub mod native;
+pub mod qrep;
 pub mod rowbinary;
 pub mod table;
 pub mod transcode;

@@ -22,8 +22,8 @@ use crate::transcode::{TranscodeError, Transcoder};
 use crate::unrepresentable::{Substitutions, UnrepresentablePolicy};
 
 /// Rows of a `Native` block, and its bytes, at most: memory is bounded by workers × block.
-const BLOCK_ROWS: usize = 65_536;
-const BLOCK_BYTES: usize = 1 << 20;
+pub(crate) const BLOCK_ROWS: usize = 65_536;
+pub(crate) const BLOCK_BYTES: usize = 1 << 20;
 
 /// The mirror's policy, as this crate names it.
 pub(crate) fn policy(p: Unrepresentable) -> UnrepresentablePolicy {
@@ -91,23 +91,30 @@ impl RangeSink {
 
     /// Sends the block's rows.
     async fn send_block(&mut self) -> Result<(), Error> {
-        let n = self.block.rows() as u64;
-        if n == 0 {
-            return Ok(());
-        }
-        self.block.finish(&mut self.out);
-        self.insert
-            .send_encoded(std::mem::take(&mut self.out), n)
-            .await?;
-        Ok(())
+        send_block(&mut self.block, &mut self.out, &mut self.insert).await
     }
 }
 
-fn frame_error(e: FrameError) -> Error {
+/// Sends a block's rows as the next piece of `insert` (`out` is scratch space).
+pub(crate) async fn send_block(
+    block: &mut NativeBlock,
+    out: &mut Vec<u8>,
+    insert: &mut RowInsert,
+) -> Result<(), Error> {
+    let n = block.rows() as u64;
+    if n == 0 {
+        return Ok(());
+    }
+    block.finish(out);
+    insert.send_encoded(std::mem::take(out), n).await?;
+    Ok(())
+}
+
+pub(crate) fn frame_error(e: FrameError) -> Error {
     Error::new(e.kind(), "XX000", format!("reading the COPY stream: {e}"))
 }
 
-fn transcode_error(e: TranscodeError) -> Error {
+pub(crate) fn transcode_error(e: TranscodeError) -> Error {
     Error::new(e.kind(), "22000", e.to_string())
 }
 

@@ -317,6 +317,16 @@ impl TableState {
 }
 
 catalog_state! {
+    /// What a mirror copies, as `mirror_status.kind` shows it.
+    MirrorKind {
+        /// Tables, loaded and then followed through logical replication.
+        Cdc = "cdc",
+        /// A query's result, run over the next range of a watermark again and again.
+        Query = "query",
+    }
+}
+
+catalog_state! {
     /// A CTID range's state in the initial load.
     PartitionState {
         Pending = "pending",

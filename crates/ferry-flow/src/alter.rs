@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use ferry_catalog::NewTable;
 use ferry_core::destination::TargetName;
-use ferry_core::mirror::{Mapping, MirrorChange, MirrorOptions, MirrorState};
+use ferry_core::mirror::{Mapping, MirrorChange, MirrorKind, MirrorOptions, MirrorState};
 use ferry_core::peer::OptionValue;
 use ferry_core::{ErrorKind, TableName};
 use ferry_postgres::connect::connect;
@@ -41,6 +41,9 @@ impl Engine {
             .mirror(name)
             .await?
             .ok_or_else(|| not_found(name))?;
+        if row.kind == MirrorKind::Query {
+            return Err(crate::qrep::tables_only(name, "ALTER MIRROR"));
+        }
         if matches!(row.state, MirrorState::SettingUp | MirrorState::Completed) {
             return Err(FlowError::invalid(
                 "55000",

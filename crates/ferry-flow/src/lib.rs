@@ -10,12 +10,17 @@
 //!                   │  └─paused◄─┘        initial_copy_only: snapshot ──► completed
 //!                   └──► failed (a table failed; RESUME MIRROR tries it again)
 //! ```
+//!
+//! A query mirror (`CREATE MIRROR … FOR $$query$$`) is a task of its own too: `setting_up ──►
+//! running` (a run now and then, see [`qrep`]) `──► completed` after its one run with
+//! `initial_copy_only`; paused, failed and resumed as a mirror of tables.
 
 mod alter;
 mod error;
 pub mod load;
 mod mirror;
 mod peers;
+pub mod qrep;
 pub mod setup;
 pub mod stream;
 pub mod sync;
@@ -26,7 +31,7 @@ use std::time::Duration;
 
 use ferry_catalog::{Catalog, MirrorRow, StoredPeer, TableRow};
 use ferry_core::destination::{Destination, TableSpec, TargetName};
-use ferry_core::mirror::{Mapping, MirrorSpec, MirrorState, TableState};
+use ferry_core::mirror::{Mapping, MirrorKind, MirrorSpec, MirrorState, TableState};
 use ferry_core::ErrorKind;
 use ferry_postgres::publication;
 use ferry_postgres::replication::ReplicationConnection;
@@ -37,6 +42,7 @@ use tracing::{error, info, warn, Instrument};
 use mirror::MirrorTask;
 
 pub use error::FlowError;
+pub use qrep::CreateQueryMirror;
 
 /// How long a stopping mirror task gets before it is aborted.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -161,6 +167,10 @@ impl Engine {
             return Err(not_found(name));
         };
         self.stop(name).await;
+        if row.kind == MirrorKind::Query {
+            self.drop_query_mirror(&row).await?;
+            return Ok(true);
+        }
         let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
         let dest = self.destination_of(&row, &stored_spec(&row)?).await?;
         let created_publication = if row.created_publication {
@@ -213,6 +223,9 @@ impl Engine {
                 "55000",
                 format!("mirror \"{name}\" is {} and not paused", row.state),
             ));
+        }
+        if row.kind == MirrorKind::Query {
+            return self.resume_query_mirror(row).await;
         }
         let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
         if let Some(slot) = &row.slot_name {
@@ -270,6 +283,9 @@ impl Engine {
             .mirror(name)
             .await?
             .ok_or_else(|| not_found(name))?;
+        if row.kind == MirrorKind::Query {
+            return Err(qrep::tables_only(name, "RESYNC MIRROR … TABLE"));
+        }
         match row.state {
             MirrorState::Running | MirrorState::Snapshot => {}
             MirrorState::Paused => {
@@ -327,6 +343,9 @@ impl Engine {
             .mirror(name)
             .await?
             .ok_or_else(|| not_found(name))?;
+        if row.kind == MirrorKind::Query {
+            return Err(qrep::tables_only(name, "RESYNC MIRROR"));
+        }
         if row.state == MirrorState::SettingUp {
             return Err(FlowError::invalid(
                 "55000",
@@ -459,6 +478,9 @@ impl Engine {
         row: MirrorRow,
         snapshot: Option<(ReplicationConnection, Option<String>)>,
     ) -> Result<(), FlowError> {
+        if row.kind == MirrorKind::Query {
+            return self.spawn_query(row).await;
+        }
         let spec = stored_spec(&row)?;
         let source = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
         let destination = self.destination_of(&row, &spec).await?;
@@ -473,19 +495,24 @@ impl Engine {
             stop: stop_rx,
             wake: wake.clone(),
         };
-        let span = tracing::info_span!("mirror", mirror = %row.name);
-        let handle = tokio::spawn(task.run(snapshot).instrument(span));
-        if let Some(old) = self.lock().insert(
-            row.name.clone(),
-            Running {
-                stop: stop_tx,
-                wake,
-                task: handle,
-            },
-        ) {
+        self.register(&row.name, stop_tx, wake, task.run(snapshot));
+        Ok(())
+    }
+
+    /// Runs a mirror's task, under the mirror's name (a task already there is told to stop).
+    fn register(
+        &self,
+        name: &str,
+        stop: watch::Sender<bool>,
+        wake: Arc<Notify>,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let span = tracing::info_span!("mirror", mirror = %name);
+        let task = tokio::spawn(task.instrument(span));
+        let running = Running { stop, wake, task };
+        if let Some(old) = self.lock().insert(name.to_owned(), running) {
             old.stop.send_replace(true);
         }
-        Ok(())
     }
 }
 

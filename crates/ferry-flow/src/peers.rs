@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ferry_catalog::StoredPeer;
 use ferry_core::destination::{Destination, MirrorContext};
-use ferry_core::mirror::MirrorOptions;
+use ferry_core::mirror::{MirrorOptions, Unrepresentable};
 use ferry_core::peer::{PeerConfig, PostgresConfig};
 
 use crate::FlowError;
@@ -39,24 +39,59 @@ pub fn destination(
     peer: &StoredPeer,
     mirror: &MirrorRef<'_>,
 ) -> Result<Arc<dyn Destination>, FlowError> {
+    build(
+        peer,
+        mirror.name,
+        mirror.id,
+        mirror.options.unrepresentable_values,
+        ferry_pgdest::PgOptions {
+            initial_load: mirror.options.do_initial_copy,
+            key_during_load: mirror.options.primary_key_during_load,
+        },
+    )
+}
+
+/// [`destination`], for a query mirror (whose options are not a [`MirrorOptions`]).
+pub fn destination_for(
+    peer: &StoredPeer,
+    mirror: &str,
+    id: Option<i64>,
+    unrepresentable: Unrepresentable,
+) -> Result<Arc<dyn Destination>, FlowError> {
+    build(
+        peer,
+        mirror,
+        id,
+        unrepresentable,
+        ferry_pgdest::PgOptions {
+            initial_load: true,
+            key_during_load: false,
+        },
+    )
+}
+
+fn build(
+    peer: &StoredPeer,
+    mirror: &str,
+    id: Option<i64>,
+    unrepresentable: Unrepresentable,
+    pg: ferry_pgdest::PgOptions,
+) -> Result<Arc<dyn Destination>, FlowError> {
     match &peer.config {
         PeerConfig::Clickhouse(c) => Ok(Arc::new(ferry_clickhouse::ClickHouseDestination::new(
             c,
             MirrorContext {
-                mirror: mirror.name.to_owned(),
-                unrepresentable: mirror.options.unrepresentable_values,
+                mirror: mirror.to_owned(),
+                unrepresentable,
             },
         )?)),
         PeerConfig::Postgres(c) => Ok(Arc::new(ferry_pgdest::PgDestination::new(
             c,
             ferry_pgdest::MirrorId {
-                name: mirror.name.to_owned(),
-                id: mirror.id,
+                name: mirror.to_owned(),
+                id,
             },
-            ferry_pgdest::PgOptions {
-                initial_load: mirror.options.do_initial_copy,
-                key_during_load: mirror.options.primary_key_during_load,
-            },
+            pg,
         ))),
     }
 }

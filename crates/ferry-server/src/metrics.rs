@@ -274,8 +274,7 @@ async fn mirror_metrics(catalog: &Catalog) -> Result<String, ferry_catalog::Cata
     for (name, kind, help, col) in &series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for r in &rows {
-            let mirror: String = r.get(0);
-            let mirror = mirror.replace('\\', "\\\\").replace('"', "\\\"");
+            let mirror = label(r.get(0));
             match *col {
                 usize::MAX => {
                     let state: String = r.get(1);
@@ -294,5 +293,68 @@ async fn mirror_metrics(catalog: &Catalog) -> Result<String, ferry_catalog::Cata
             }
         }
     }
+    query_mirror_metrics(&client, &mut out).await?;
     Ok(out)
+}
+
+/// A label's value in Prometheus' text format.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Query mirrors' runs: how many, the last one's rows, duration and time, and when the next
+/// is due.
+async fn query_mirror_metrics(
+    client: &tokio_postgres::Client,
+    out: &mut String,
+) -> Result<(), ferry_catalog::CatalogError> {
+    let rows = client
+        .query(
+            "SELECT m.name, q.runs::float8, coalesce(q.last_run_rows, 0)::float8,
+                    coalesce((SELECT extract(epoch FROM r.finished_at - r.started_at)
+                              FROM ferry.qrep_run r WHERE r.mirror_id = m.id AND r.state = 'done'
+                              ORDER BY r.run_no DESC LIMIT 1), 0)::float8,
+                    coalesce(extract(epoch FROM q.last_run_at), 0)::float8,
+                    coalesce(extract(epoch FROM q.next_run_at), 0)::float8
+             FROM ferry.mirrors m JOIN ferry.qrep_mirror q ON q.mirror_id = m.id
+             ORDER BY m.name",
+            &[],
+        )
+        .await?;
+    let series: [(&str, &str, &str); 5] = [
+        (
+            "ferry_mirror_query_runs_total",
+            "counter",
+            "Runs a query mirror started.",
+        ),
+        (
+            "ferry_mirror_query_last_run_rows",
+            "gauge",
+            "Rows the last finished run copied.",
+        ),
+        (
+            "ferry_mirror_query_last_run_duration_seconds",
+            "gauge",
+            "How long the last finished run took.",
+        ),
+        (
+            "ferry_mirror_query_last_run_timestamp_seconds",
+            "gauge",
+            "When the last run finished.",
+        ),
+        (
+            "ferry_mirror_query_next_run_timestamp_seconds",
+            "gauge",
+            "When the next run is due (0: now).",
+        ),
+    ];
+    for (i, (name, kind, help)) in series.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for r in &rows {
+            let mirror = label(r.get(0));
+            let v: f64 = r.get(i + 1);
+            let _ = writeln!(out, "{name}{{mirror=\"{mirror}\"}} {v}");
+        }
+    }
+    Ok(())
 }

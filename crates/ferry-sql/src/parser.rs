@@ -7,9 +7,9 @@
 use sqlparser::tokenizer::{Location, Token};
 
 use crate::ast::{
-    AlterMirror, AlterMirrorAction, CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping,
-    MirrorName, OptionValue, PeerType, QualifiedName, Reset, ResyncMirror, SchemaMapping,
-    SqlOption, Statement, TableMapping,
+    AlterMirror, AlterMirrorAction, CreateMirror, CreatePeer, CreateQueryMirror, DropMirror,
+    DropPeer, Ident, Mapping, MirrorName, OptionValue, PeerType, QualifiedName, Reset,
+    ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
 };
 use crate::error::ParseError;
 use crate::ident::{fold_case, is_reserved};
@@ -25,6 +25,10 @@ pub(crate) fn is_ferry_statement(chunk: &Chunk) -> bool {
         || word_is(first, "RESYNC")
         || word_is(first, "RESET")
     {
+        return true;
+    }
+    // PostgreSQL's EXECUTE of a prepared statement named `mirror` is not Ferry's.
+    if word_is(first, "EXECUTE") && word_is(second, "MIRROR") && words.next().is_some() {
         return true;
     }
     (word_is(first, "CREATE") || word_is(first, "DROP"))
@@ -85,7 +89,7 @@ impl<'a> FerryParser<'a> {
                 return self.create_peer().map(Statement::CreatePeer);
             }
             self.expect_keyword("MIRROR", "expected PEER or MIRROR after CREATE")?;
-            return self.create_mirror().map(Statement::CreateMirror);
+            return self.create_mirror();
         }
         if self.consume_keyword("DROP") {
             if self.consume_keyword("PEER") {
@@ -109,6 +113,8 @@ impl<'a> FerryParser<'a> {
             Statement::PauseMirror
         } else if self.consume_keyword("RESUME") {
             Statement::ResumeMirror
+        } else if self.consume_keyword("EXECUTE") {
+            Statement::ExecuteMirror
         } else {
             self.expect_keyword("RESYNC", "expected a Ferry statement")?;
             self.expect_keyword("MIRROR", "expected MIRROR")?;
@@ -233,24 +239,50 @@ impl<'a> FerryParser<'a> {
         Ok(peer_type)
     }
 
-    /// After `CREATE MIRROR`.
-    fn create_mirror(&mut self) -> Result<CreateMirror> {
+    /// After `CREATE MIRROR`: a mirror of tables, or of a query (`FOR $$…$$`).
+    fn create_mirror(&mut self) -> Result<Statement> {
         let if_not_exists = self.if_not_exists()?;
         let name = self.ident("mirror name")?;
         self.expect_keyword("FROM", "expected FROM after mirror name")?;
         let source = self.ident("source peer name")?;
         self.expect_keyword("TO", "expected TO after source peer name")?;
         let destination = self.ident("destination peer name")?;
+        if self.consume_keyword("FOR") {
+            let query = self.query_string()?;
+            let options = self.opt_with_options()?;
+            return Ok(Statement::CreateQueryMirror(CreateQueryMirror {
+                if_not_exists,
+                name,
+                source,
+                destination,
+                query,
+                options,
+            }));
+        }
         let mapping = self.mapping()?;
         let options = self.opt_with_options()?;
-        Ok(CreateMirror {
+        Ok(Statement::CreateMirror(CreateMirror {
             if_not_exists,
             name,
             source,
             destination,
             mapping,
             options,
-        })
+        }))
+    }
+
+    /// The query of `FOR`: a string, dollar-quoted as PeerDB writes it (`$$SELECT …$$`), or
+    /// single-quoted.
+    fn query_string(&mut self) -> Result<String> {
+        let expected = "expected the query as a dollar-quoted string after FOR ($$SELECT …$$)";
+        let tok = self.peek().ok_or_else(|| self.error_here(Some(expected)))?;
+        let query = match tok.token {
+            Token::DollarQuotedString(s) => s.value.clone(),
+            Token::SingleQuotedString(s) | Token::EscapedStringLiteral(s) => s.clone(),
+            _ => return Err(self.error_at(tok, Some(expected))),
+        };
+        self.index += 1;
+        Ok(query)
     }
 
     // ---- mappings ---------------------------------------------------------

@@ -7,9 +7,9 @@
 
 use super::{parse, parse_one};
 use crate::{
-    AlterMirror, AlterMirrorAction, CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping,
-    MirrorName, OptionValue, PeerType, QualifiedName, ResyncMirror, SchemaMapping, SqlOption,
-    Statement, TableMapping,
+    AlterMirror, AlterMirrorAction, CreateMirror, CreatePeer, CreateQueryMirror, DropMirror,
+    DropPeer, Ident, Mapping, MirrorName, OptionValue, PeerType, QualifiedName, ResyncMirror,
+    SchemaMapping, SqlOption, Statement, TableMapping,
 };
 
 const NAMES: &[&str] = &[
@@ -184,8 +184,26 @@ impl Rng {
         Mapping::Schemas(schemas)
     }
 
+    /// Query text with the characters dollar quoting must get around.
+    fn query(&mut self) -> String {
+        let parts = [
+            "SELECT ",
+            "$",
+            "$$",
+            "$q$",
+            "'x'",
+            " {{.start}}",
+            "\n",
+            "é",
+            "--c\n",
+        ];
+        (0..self.below(6))
+            .map(|_| self.pick(&parts))
+            .collect::<String>()
+    }
+
     fn statement(&mut self) -> Statement {
-        match self.below(8) {
+        match self.below(10) {
             0 => Statement::CreatePeer(CreatePeer {
                 if_not_exists: self.chance(),
                 name: self.ident(),
@@ -232,6 +250,15 @@ impl Rng {
                         AlterMirrorAction::Set(o)
                     }
                 },
+            }),
+            7 => Statement::ExecuteMirror(MirrorName { name: self.ident() }),
+            8 => Statement::CreateQueryMirror(CreateQueryMirror {
+                if_not_exists: self.chance(),
+                name: self.ident(),
+                source: self.ident(),
+                destination: self.ident(),
+                query: self.query(),
+                options: self.options(),
             }),
             _ => Statement::ResyncMirror(ResyncMirror {
                 name: self.ident(),
