@@ -99,7 +99,9 @@ struct TableJob {
 
 impl TableJob {
     fn rows(&self) -> u64 {
-        self.done.load(Ordering::Relaxed) + self.inflight.load(Ordering::Relaxed)
+        self.done
+            .load(Ordering::Relaxed)
+            .saturating_add(self.inflight.load(Ordering::Relaxed))
     }
 }
 
@@ -317,7 +319,6 @@ async fn copy_table(
                         ctx.snapshot.as_deref(),
                     )
                     .await?;
-                table.inflight.fetch_sub(rows, Ordering::Relaxed);
                 table.done.fetch_add(rows, Ordering::Relaxed);
             }
             Ok(None) => stopped = true,
@@ -389,11 +390,12 @@ async fn copy_partition_with_retries(
                 .fetch_sub(sent.load(Ordering::Relaxed), Ordering::Relaxed);
             return Ok(None);
         };
-        if result.is_err() {
-            table
-                .inflight
-                .fetch_sub(sent.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
+        // What this attempt counted as in flight leaves it whatever the outcome: on success
+        // the caller counts the range's rows as done (a range the destination held already
+        // was never in flight, and a sink's final count may differ from its running one).
+        table
+            .inflight
+            .fetch_sub(sent.load(Ordering::Relaxed), Ordering::Relaxed);
         match result {
             Ok(rows) => {
                 debug!(partition = p.partition_no, %range, rows, secs = started.elapsed().as_secs_f64(), "partition copied");
