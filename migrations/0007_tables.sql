@@ -90,3 +90,32 @@ SELECT m.name AS mirror,
 FROM ferry.substitution s
 JOIN ferry.mirror_table t ON t.id = s.table_id
 JOIN ferry.mirrors m ON m.id = t.mirror_id;
+
+-- ALTER MIRROR: every change to a mirror is recorded, and each mirror's current mapping and
+-- options are shown.
+CREATE TABLE ferry.mirror_change (
+    mirror_id  bigint NOT NULL REFERENCES ferry.mirrors (id) ON DELETE CASCADE,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    change     text NOT NULL
+);
+
+CREATE VIEW public.mirror_changes AS
+SELECT m.name AS mirror, c.changed_at, c.change
+FROM ferry.mirror_change c JOIN ferry.mirrors m ON m.id = c.mirror_id;
+
+CREATE VIEW public.mirrors AS
+SELECT m.name AS mirror,
+       s.name AS source,
+       d.name AS destination,
+       m.state,
+       m.spec -> 'mapping' AS mapping,
+       m.spec -> 'options' AS options,
+       m.created_at,
+       m.updated_at
+FROM ferry.mirrors m
+JOIN ferry.peers s ON s.id = m.source_peer
+JOIN ferry.peers d ON d.id = m.destination_peer;
+
+-- The leaves of a partitioned table as last loaded: a partition attached or detached since
+-- makes the table load again.
+ALTER TABLE ferry.mirror_table ADD COLUMN leaves text[];

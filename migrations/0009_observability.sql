@@ -87,10 +87,10 @@ SELECT m.id AS mirror_id,
             ELSE greatest(mon.source_lsn - mon.slot_restart_lsn, 0)::int8 END AS wal_held_bytes,
        CASE WHEN m.state = 'completed' THEN NULL
             ELSE greatest(mon.source_lsn - mon.slot_confirmed_lsn, 0)::int8 END AS slot_lag_bytes,
-       CASE WHEN m.state IN ('setting_up', 'completed') THEN NULL
+       CASE WHEN m.state IN ('setting_up', 'completed') OR m.kind = 'query' THEN NULL
             ELSE greatest(mon.source_lsn - greatest(mon.applied_lsn, m.confirmed_lsn, m.snapshot_lsn), 0)::int8
        END AS lag_bytes,
-       CASE WHEN m.state IN ('setting_up', 'completed') OR mon.mirror_id IS NULL THEN NULL
+       CASE WHEN m.state IN ('setting_up', 'completed') OR m.kind = 'query' OR mon.mirror_id IS NULL THEN NULL
             -- A change received and not yet applied: how long ago it committed.
             WHEN mon.pending_since IS NOT NULL THEN
                  round(greatest(extract(epoch FROM r.as_of - mon.pending_since), 0)::numeric, 3)
@@ -109,8 +109,9 @@ CROSS JOIN LATERAL (
     SELECT CASE WHEN mon.sampled_at > now() - interval '15 seconds' THEN mon.sampled_at ELSE now() END AS as_of
 ) r;
 
--- mirror_status as in 0007; source_lsn, slot_lag_bytes and lag_seconds now come from the
--- monitor, slot and publication are NULL once dropped, and the new figures follow at the end.
+-- mirror_status as in 0008; source_lsn, slot_lag_bytes and lag_seconds now come from the
+-- monitor, slot and publication are NULL once dropped, and the new figures follow at the end
+-- (after the query mirrors' columns). A query mirror has no slot: its figures are NULL.
 DROP VIEW public.mirror_status;
 CREATE VIEW public.mirror_status AS
 SELECT m.name AS mirror,
@@ -146,6 +147,12 @@ SELECT m.name AS mirror,
        m.finished_at,
        m.error AS last_error,
        m.error_hint,
+       -- 'cdc' (tables) or 'query'; then a query mirror's watermark and runs (NULL for others)
+       m.kind,
+       q.watermark_text AS last_watermark,
+       q.last_run_at,
+       q.last_run_rows AS rows_last_run,
+       q.next_run_at,
        -- figures of the monitor (see the README's "Monitoring")
        f.applied_lsn,
        f.lag_bytes,
@@ -169,6 +176,7 @@ FROM ferry.mirrors m
 JOIN ferry.peers s ON s.id = m.source_peer
 JOIN ferry.peers d ON d.id = m.destination_peer
 JOIN ferry.mirror_figures f ON f.mirror_id = m.id
+LEFT JOIN ferry.qrep_mirror q ON q.mirror_id = m.id
 LEFT JOIN LATERAL (
     SELECT sum(t.rows_copied) AS rows_copied, sum(t.rows_estimated) AS rows_estimated
     FROM ferry.mirror_table t WHERE t.mirror_id = m.id

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{setup, sqlstate, wait_for_state};
+use ferry_e2e::{setup, sqlstate, wait_for_state, Kind};
 use ferry_testkit::random_name;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,7 +25,7 @@ async fn stats_reset(catalog: &tokio_postgres::Client) -> String {
 
 #[tokio::test]
 async fn the_pass_through_reads_views_and_nothing_more() {
-    let s = setup().await;
+    let s = setup(Kind::ClickHouse).await;
     s.src
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')")
         .await
@@ -183,7 +183,7 @@ async fn the_pass_through_reads_views_and_nothing_more() {
         .batch_execute("INSERT INTO t VALUES (2, 'b')")
         .await
         .unwrap();
-    let ch = s.dest.client();
+    let ch = s.dest.ch().client();
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let n: u64 = ch

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{clickhouse_row_bytes, expected_rows, setup, sqlstate, wait_for_state, Setup};
+use ferry_e2e::{
+    clickhouse_row_bytes, expected_rows, setup, sqlstate, wait_for_state, Kind, Setup,
+};
 use tokio_postgres::Client;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -16,7 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 async fn converged(s: &Setup, table: &str, key: &str) -> bool {
     let want = expected_rows(&s.source, table, key).await;
     let names: Vec<&str> = want.columns.iter().map(|c| c.name.as_str()).collect();
-    let got = clickhouse_row_bytes(&s.dest, table, &names, key).await;
+    let got = clickhouse_row_bytes(s.dest.ch(), table, &names, key).await;
     got == want.rows_bytes
 }
 
@@ -44,6 +46,7 @@ async fn wait_converged(s: &Setup, tables: &[(&str, &str)], step: &str) {
                     .get(0);
                 let dst: u64 = s
                     .dest
+                    .ch()
                     .client()
                     .query(&format!(
                         "SELECT count() FROM {t} FINAL WHERE _ferry_is_deleted = 0"
@@ -141,7 +144,7 @@ async fn wait_rounds(rounds: &AtomicU64, more: u64) {
 
 #[tokio::test]
 async fn a_failed_table_is_loaded_again_while_written_and_joins_exactly() {
-    let s = setup().await;
+    let s = setup(Kind::ClickHouse).await;
     s.src
         .batch_execute(
             "CREATE TABLE a (id int PRIMARY KEY, amount numeric(10, 2), note text);
@@ -242,7 +245,7 @@ async fn a_failed_table_is_loaded_again_while_written_and_joins_exactly() {
 
 #[tokio::test]
 async fn a_table_that_fails_its_load_does_not_stop_the_others() {
-    let s = setup().await;
+    let s = setup(Kind::ClickHouse).await;
     s.src
         .batch_execute(
             "CREATE TABLE good (id int PRIMARY KEY, v text);
@@ -292,7 +295,7 @@ async fn a_table_that_fails_its_load_does_not_stop_the_others() {
 
 #[tokio::test]
 async fn tables_dropped_at_the_source_are_marked_and_followed_again() {
-    let s = setup().await;
+    let s = setup(Kind::ClickHouse).await;
     s.src
         .batch_execute(
             "CREATE TABLE t (id int PRIMARY KEY, v text);
@@ -321,6 +324,7 @@ async fn tables_dropped_at_the_source_are_marked_and_followed_again() {
     );
     let n: u64 = s
         .dest
+        .ch()
         .client()
         .query("SELECT count() FROM t FINAL WHERE _ferry_is_deleted = 0")
         .fetch_one()
@@ -351,7 +355,7 @@ async fn tables_dropped_at_the_source_are_marked_and_followed_again() {
 
 #[tokio::test]
 async fn a_table_created_again_in_a_mapped_schema_joins_by_itself() {
-    let s = setup().await;
+    let s = setup(Kind::ClickHouse).await;
     s.src
         .batch_execute(
             "CREATE SCHEMA app;
@@ -364,7 +368,7 @@ async fn a_table_created_again_in_a_mapped_schema_joins_by_itself() {
         .batch_execute(&format!(
             "CREATE MIRROR schemas FROM src TO dst WITH SCHEMA MAPPING (app:{})
              WITH (do_initial_copy = true)",
-            s.dest.name
+            s.dest.ch().name
         ))
         .await
         .unwrap();
@@ -383,6 +387,7 @@ async fn a_table_created_again_in_a_mapped_schema_joins_by_itself() {
     loop {
         let rows: Vec<String> = s
             .dest
+            .ch()
             .client()
             .query("SELECT ifNull(v, '') FROM t FINAL WHERE _ferry_is_deleted = 0 ORDER BY id")
             .fetch_all()
@@ -399,7 +404,7 @@ async fn a_table_created_again_in_a_mapped_schema_joins_by_itself() {
 
 #[tokio::test]
 async fn a_slot_lost_behind_ferrys_back_says_what_to_do() {
-    let s = setup().await;
+    let s = setup(Kind::ClickHouse).await;
     s.src
         .batch_execute(
             "CREATE TABLE t (id int PRIMARY KEY);
@@ -489,7 +494,7 @@ async fn a_slot_lost_behind_ferrys_back_says_what_to_do() {
 
 #[tokio::test]
 async fn a_source_column_named_like_ferrys_own_is_refused() {
-    let s = setup().await;
+    let s = setup(Kind::ClickHouse).await;
     s.src
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY, _ferry_version int)")
         .await
@@ -513,5 +518,115 @@ async fn a_source_column_named_like_ferrys_own_is_refused() {
         .await
         .unwrap();
     wait_for_state(&s.client, "own", "running", TIMEOUT).await;
+    s.ferry.stop().await;
+}
+
+/// The multiset of (a, b) rows, as text, in order.
+async fn multiset_source(src: &Client) -> Vec<String> {
+    src.query("SELECT concat_ws('|', a, b) FROM bag ORDER BY a, b", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn multiset_destination(s: &Setup) -> Vec<String> {
+    s.dest
+        .ch()
+        .client()
+        .query(
+            "SELECT assumeNotNull(concat(toString(a), '|', b)) FROM bag FINAL
+             WHERE _ferry_is_deleted = 0 ORDER BY a, b",
+        )
+        .fetch_all()
+        .await
+        .unwrap()
+}
+
+async fn wait_multiset(s: &Setup, step: &str) {
+    let started = Instant::now();
+    loop {
+        let want = multiset_source(&s.src).await;
+        let got = multiset_destination(s).await;
+        if want == got {
+            println!("{step}: converged in {:?}", started.elapsed());
+            return;
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "{step}: source {want:?}, ClickHouse {got:?}; tables {:?}",
+            table_states(&s.client).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_table_without_a_key_stays_a_multiset() {
+    let s = setup(Kind::ClickHouse).await;
+    s.src
+        .batch_execute(
+            "CREATE TABLE bag (a int, b text);
+             ALTER TABLE bag REPLICA IDENTITY FULL;
+             INSERT INTO bag VALUES (1, 'x'), (1, 'x'), (2, 'y'), (3, 'z'), (3, 'z'), (3, 'z');",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute(
+            "CREATE MIRROR bag FROM src TO dst WITH TABLE MAPPING (bag:bag) WITH (do_initial_copy = true)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&s.client, "bag", "running", TIMEOUT).await;
+    wait_multiset(&s, "duplicates survive the load").await;
+
+    // One of two identical rows deleted (by ctid): one is left.
+    s.src
+        .batch_execute("DELETE FROM bag WHERE ctid = (SELECT min(ctid) FROM bag WHERE a = 1)")
+        .await
+        .unwrap();
+    wait_multiset(&s, "one duplicate deleted").await;
+    // One of three identical rows updated: two stay as they were.
+    s.src
+        .batch_execute(
+            "UPDATE bag SET b = 'w' WHERE ctid = (SELECT max(ctid) FROM bag WHERE a = 3)",
+        )
+        .await
+        .unwrap();
+    wait_multiset(&s, "one duplicate updated").await;
+    // More duplicates, some deleted in the same transaction as they came.
+    s.src
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO bag VALUES (2, 'y'), (2, 'y'), (4, 'v');
+             DELETE FROM bag WHERE ctid = (SELECT max(ctid) FROM bag WHERE a = 2);
+             UPDATE bag SET a = 5 WHERE a = 4;
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    wait_multiset(&s, "duplicates inserted and deleted together").await;
+    // Deleting every copy, then TRUNCATE and rows after it.
+    s.src
+        .batch_execute("DELETE FROM bag WHERE a = 3 AND b = 'z'")
+        .await
+        .unwrap();
+    wait_multiset(&s, "every copy deleted").await;
+    s.src
+        .batch_execute("TRUNCATE bag; INSERT INTO bag VALUES (9, 'q'), (9, 'q');")
+        .await
+        .unwrap();
+    wait_multiset(&s, "after TRUNCATE").await;
+
+    // A restart replays from the confirmed position: still the same multiset.
+    s.client.batch_execute("PAUSE MIRROR bag").await.unwrap();
+    s.src
+        .batch_execute("DELETE FROM bag WHERE ctid = (SELECT min(ctid) FROM bag); INSERT INTO bag VALUES (9, 'q');")
+        .await
+        .unwrap();
+    s.client.batch_execute("RESUME MIRROR bag").await.unwrap();
+    wait_multiset(&s, "after a pause").await;
     s.ferry.stop().await;
 }

@@ -1,18 +1,24 @@
-//! CDC mirrors' initial load against the real PostgreSQL and ClickHouse: every type value for
-//! value, validation errors that create nothing, and values ClickHouse cannot hold.
+//! CDC mirrors' initial load against the real PostgreSQL and every destination: every type
+//! value for value, validation errors that create nothing, a table that fails alone, and a
+//! resync.
 
 use std::time::Duration;
 
 use ferry_e2e::{
-    clickhouse_row_bytes, expected_rows, setup, sqlstate, wait_for_state, ALL_TYPES_ROWS,
-    ALL_TYPES_TABLE,
+    converge, converge_exactly, on_every_destination, setup, sqlstate, vals, wait_for_state, Dest,
+    Kind, View, ALL_TYPES_EXTENSIONS, ALL_TYPES_ROWS, ALL_TYPES_TABLE,
 };
 
 const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
-#[tokio::test]
-async fn every_type_loads_value_for_value() {
-    let s = setup().await;
+on_every_destination!(every_type_loads_value_for_value);
+on_every_destination!(bad_mirrors_are_refused_and_create_nothing);
+on_every_destination!(a_failing_table_does_not_stop_the_others_and_drop_cleans_up);
+on_every_destination!(resync_reloads_into_fresh_tables_and_swaps_them_in);
+
+async fn every_type_loads_value_for_value(kind: Kind) {
+    let s = setup(kind).await;
+    s.dest.install_extensions(&ALL_TYPES_EXTENSIONS).await;
     s.src.batch_execute(ALL_TYPES_TABLE).await.unwrap();
     s.src.batch_execute(ALL_TYPES_ROWS).await.unwrap();
     s.client
@@ -23,40 +29,50 @@ async fn every_type_loads_value_for_value() {
         .await
         .unwrap();
     wait_for_state(&s.client, "types", "completed", LOAD_TIMEOUT).await;
+    converge_exactly(&s.client, &s.source, &s.dest, "all_types", "id", "load").await;
 
-    let expected = expected_rows(&s.source, "all_types", "id").await;
-    let columns: Vec<&str> = expected.columns.iter().map(|c| c.name.as_str()).collect();
-    let actual = clickhouse_row_bytes(&s.dest, "all_types", &columns, "id").await;
-    let expected = expected.rows_bytes;
-    assert_eq!(actual.len(), expected.len(), "row bytes differ in length");
-    assert!(
-        actual == expected,
-        "ClickHouse's rows differ from the source's"
-    );
-
-    // Spot checks in ClickHouse's own words, independent of Ferry's encoder.
-    let ch = s.dest.client();
-    let big: String = ch
-        .query("SELECT assumeNotNull(c_numeric) FROM all_types FINAL WHERE id = 1")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(
-        big,
-        "123456789012345678901234567890.123456789012345678901234567890"
-    );
-    let ts: String = ch
-        .query("SELECT toString(assumeNotNull(c_ts)) FROM all_types FINAL WHERE id = 1")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(ts, "2024-01-02 03:04:05.678901");
-    let nulls: u64 = ch
-        .query("SELECT count() FROM all_types FINAL WHERE id = 2 AND c_int4 IS NULL AND c_text IS NULL AND c_uuid IS NULL")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(nulls, 1);
+    match &s.dest {
+        // Spot checks in ClickHouse's own words, independent of Ferry's encoder.
+        Dest::ClickHouse(d) => {
+            let ch = d.client();
+            let big: String = ch
+                .query("SELECT assumeNotNull(c_numeric) FROM all_types FINAL WHERE id = 1")
+                .fetch_one()
+                .await
+                .unwrap();
+            assert_eq!(
+                big,
+                "123456789012345678901234567890.123456789012345678901234567890"
+            );
+            let ts: String = ch
+                .query("SELECT toString(assumeNotNull(c_ts)) FROM all_types FINAL WHERE id = 1")
+                .fetch_one()
+                .await
+                .unwrap();
+            assert_eq!(ts, "2024-01-02 03:04:05.678901");
+            let nulls: u64 = ch
+                .query("SELECT count() FROM all_types FINAL WHERE id = 2 AND c_int4 IS NULL AND c_text IS NULL AND c_uuid IS NULL")
+                .fetch_one()
+                .await
+                .unwrap();
+            assert_eq!(nulls, 1);
+        }
+        // The destination's columns have the source's exact types, NOT NULL and key.
+        Dest::Postgres(d) => {
+            let shape = "SELECT string_agg(format('%s %s %s', attname, format_type(atttypid, atttypmod), attnotnull), ', ' ORDER BY attnum)
+                         || ' key ' || (SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'all_types'::regclass AND contype = 'p')
+                         FROM pg_attribute WHERE attrelid = 'all_types'::regclass AND attnum > 0 AND NOT attisdropped";
+            let want: String = s.src.query_one(shape, &[]).await.unwrap().get(0);
+            let got: String = d
+                .connect()
+                .await
+                .query_one(shape, &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(got, want);
+        }
+    }
 
     // The slot and publication of an initial_copy_only mirror are gone once it completes.
     let slots: i64 = s
@@ -72,9 +88,8 @@ async fn every_type_loads_value_for_value() {
     s.ferry.stop().await;
 }
 
-#[tokio::test]
-async fn bad_mirrors_are_refused_and_create_nothing() {
-    let s = setup().await;
+async fn bad_mirrors_are_refused_and_create_nothing(kind: Kind) {
+    let s = setup(kind).await;
     s.src
         .batch_execute(
             "CREATE TABLE keyed (id int PRIMARY KEY, v text);
@@ -91,10 +106,18 @@ async fn bad_mirrors_are_refused_and_create_nothing() {
         ("CREATE MIRROR m FROM src TO dst WITH TABLE MAPPING (keyed:k, public.keyed:k2) WITH (do_initial_copy = true)", "42710", "public.keyed"),
         ("CREATE MIRROR m FROM src TO dst WITH TABLE MAPPING (keyed:k, full_identity:k) WITH (do_initial_copy = true)", "42710", ".k"),
         ("CREATE MIRROR m FROM nosuch TO dst WITH TABLE MAPPING (keyed:k) WITH (do_initial_copy = true)", "42704", "nosuch"),
-        ("CREATE MIRROR m FROM dst TO src WITH TABLE MAPPING (keyed:k) WITH (do_initial_copy = true)", "42809", "POSTGRES"),
         ("CREATE MIRROR m FROM src TO dst WITH TABLE MAPPING ({from: keyed, to: k, exclude: [id]}) WITH (do_initial_copy = true)", "22023", "key"),
         ("CREATE MIRROR m FROM src TO dst WITH SCHEMA MAPPING (nope:x) WITH (do_initial_copy = true)", "3F000", "nope"),
     ];
+    // A ClickHouse peer is no source.
+    let wrong_way = (
+        "CREATE MIRROR m FROM dst TO src WITH TABLE MAPPING (keyed:k) WITH (do_initial_copy = true)",
+        "42809",
+        "POSTGRES",
+    );
+    let cases = cases
+        .into_iter()
+        .chain((kind == Kind::ClickHouse).then_some(wrong_way));
     for (sql, code, text) in cases {
         let e = s.client.batch_execute(sql).await.expect_err(sql);
         assert_eq!(sqlstate(&e), code, "{sql}: {e:?}");
@@ -130,22 +153,24 @@ async fn bad_mirrors_are_refused_and_create_nothing() {
         .unwrap()
         .get(0);
     assert_eq!((pubs, slots), (0, 0));
-    let tables: u64 = s
-        .dest
-        .client()
-        .query("SELECT count() FROM system.tables WHERE database = currentDatabase()")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(tables, 0);
+    assert!(s.dest.tables(s.dest.namespace()).await.is_empty());
 
-    // A destination table that exists already is refused too.
-    s.dest
-        .client()
-        .query("CREATE TABLE k (x Int32) ENGINE = MergeTree ORDER BY x")
-        .execute()
-        .await
-        .unwrap();
+    // A destination table in the way is refused: any table in ClickHouse, one that cannot
+    // take the source's rows in PostgreSQL.
+    match &s.dest {
+        Dest::ClickHouse(d) => d
+            .client()
+            .query("CREATE TABLE k (x Int32) ENGINE = MergeTree ORDER BY x")
+            .execute()
+            .await
+            .unwrap(),
+        Dest::Postgres(d) => d
+            .connect()
+            .await
+            .batch_execute("CREATE TABLE k (x int)")
+            .await
+            .unwrap(),
+    }
     let e = s
         .client
         .batch_execute("CREATE MIRROR m FROM src TO dst WITH TABLE MAPPING (keyed:k) WITH (do_initial_copy = true)")
@@ -155,11 +180,168 @@ async fn bad_mirrors_are_refused_and_create_nothing() {
     s.ferry.stop().await;
 }
 
+/// A value the destination cannot hold fails its table: ClickHouse's decimals hold no NaN;
+/// a PostgreSQL destination's own table (used as it is, compatible) has a constraint the row
+/// breaks.
+async fn a_failing_table_does_not_stop_the_others_and_drop_cleans_up(kind: Kind) {
+    let s = setup(kind).await;
+    s.src
+        .batch_execute(
+            "CREATE TABLE good (id int PRIMARY KEY, v text);
+             INSERT INTO good SELECT g, 'v' || g FROM generate_series(1, 5000) g;
+             CREATE TABLE bad (id int PRIMARY KEY, amount numeric(10, 2));
+             INSERT INTO bad VALUES (1, 1.5), (2, 'NaN');",
+        )
+        .await
+        .unwrap();
+    if let Dest::Postgres(d) = &s.dest {
+        d.connect()
+            .await
+            .batch_execute("CREATE TABLE bad (id int PRIMARY KEY, amount numeric(10, 2) CHECK (amount < 'NaN'))")
+            .await
+            .unwrap();
+    }
+    s.client
+        .batch_execute(
+            "CREATE MIRROR two FROM src TO dst WITH TABLE MAPPING (good:good, bad:bad)
+             WITH (do_initial_copy = true, snapshot_num_rows_per_partition = 1000,
+                   snapshot_num_tables_in_parallel = 2, unrepresentable_values = 'fail')",
+        )
+        .await
+        .unwrap();
+    // The mirror goes on with the good table, and says which table failed.
+    let deadline = std::time::Instant::now() + LOAD_TIMEOUT;
+    let (error, failed): (String, i64) = loop {
+        let r = s
+            .client
+            .query_one(
+                "SELECT state, coalesce(last_error, ''), tables_failed FROM mirror_status WHERE mirror = 'two'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let state: String = r.get(0);
+        assert_ne!(state, "failed", "{}", r.get::<_, String>(1));
+        if state == "running" {
+            break (r.get(1), r.get(2));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mirror did not start streaming"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(failed, 1);
+    assert!(error.contains("public.bad"), "{error}");
+    let tables = s
+        .client
+        .query("SELECT source_table, state, coalesce(error, '') FROM mirror_tables WHERE mirror = 'two' ORDER BY 1", &[])
+        .await
+        .unwrap();
+    let states: Vec<(String, String)> = tables.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        states,
+        [
+            ("public.bad".into(), "failed".into()),
+            ("public.good".into(), "done".into())
+        ]
+    );
+    let bad_error: String = tables[0].get(2);
+    let names_it = match kind {
+        Kind::ClickHouse => bad_error.contains("amount") && bad_error.contains("NaN"),
+        Kind::Postgres => bad_error.contains("bad_amount_check"),
+    };
+    assert!(names_it, "{bad_error}");
+    assert_eq!(s.dest.count("good").await, 5000);
+
+    // DROP MIRROR removes the slot and publication, keeps the destination tables.
+    s.client.batch_execute("DROP MIRROR two").await.unwrap();
+    let slots: i64 = s
+        .src
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let pubs: i64 = s
+        .src
+        .query_one("SELECT count(*) FROM pg_publication", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((slots, pubs), (0, 0));
+    assert_eq!(s.dest.count("good").await, 5000);
+    let e = s.client.batch_execute("DROP MIRROR two").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42704");
+    s.ferry.stop().await;
+}
+
+async fn resync_reloads_into_fresh_tables_and_swaps_them_in(kind: Kind) {
+    let s = setup(kind).await;
+    s.src
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, name text, qty int);
+             INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 2000) g;",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute(
+            "CREATE MIRROR inv FROM src TO dst WITH TABLE MAPPING (items:items)
+             WITH (do_initial_copy = true, initial_copy_only = true, snapshot_num_rows_per_partition = 1000)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&s.client, "inv", "completed", LOAD_TIMEOUT).await;
+
+    // The source changes behind the completed mirror; a resync brings the destination up to
+    // date.
+    s.src
+        .batch_execute(
+            "DELETE FROM items WHERE id <= 500;
+             UPDATE items SET qty = -qty WHERE id % 2 = 0;
+             INSERT INTO items SELECT g, 'new ' || g, 0 FROM generate_series(3000, 3099) g;",
+        )
+        .await
+        .unwrap();
+    s.client.batch_execute("RESYNC MIRROR inv").await.unwrap();
+    wait_for_state(&s.client, "inv", "completed", LOAD_TIMEOUT).await;
+    let view = View::new("items", &vals(&["id", "name", "qty"]), "id");
+    converge(&s.client, &s.src, &s.dest, &view, "resync").await;
+    let leftovers: Vec<String> = s
+        .dest
+        .tables(s.dest.namespace())
+        .await
+        .into_iter()
+        .filter(|t| t.contains("ferry_resync"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let slots: i64 = s
+        .src
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        slots, 0,
+        "the resync's slot is dropped when an initial_copy_only mirror completes"
+    );
+    s.ferry.stop().await;
+}
+
 /// Values ClickHouse cannot hold are replaced as the README's type mapping says, the table goes
 /// on loading, and the mirror runs.
 #[tokio::test]
-async fn unrepresentable_values_are_substituted_and_drop_cleans_up() {
-    let s = setup().await;
+async fn unrepresentable_values_are_substituted() {
+    let s = setup(Kind::ClickHouse).await;
+    let Dest::ClickHouse(ch) = &s.dest else {
+        unreachable!()
+    };
     s.src
         .batch_execute(
             "CREATE TABLE good (id int PRIMARY KEY, v text);
@@ -198,8 +380,7 @@ async fn unrepresentable_values_are_substituted_and_drop_cleans_up() {
             ("public.odd".into(), "done".into(), String::new())
         ]
     );
-    let odd = s
-        .dest
+    let odd = ch
         .client()
         .query(
             "SELECT concat(toString(amount), ' ', ifNull(toString(maybe), 'NULL'), ' ',
@@ -262,8 +443,7 @@ async fn unrepresentable_values_are_substituted_and_drop_cleans_up() {
     );
     assert!(counts.iter().all(|(c, ..)| c != "id"), "{counts:?}");
 
-    let n: u64 = s
-        .dest
+    let n: u64 = ch
         .client()
         .query("SELECT count() FROM good FINAL")
         .fetch_one()
@@ -271,101 +451,5 @@ async fn unrepresentable_values_are_substituted_and_drop_cleans_up() {
         .unwrap();
     assert_eq!(n, 5000);
 
-    // DROP MIRROR removes the slot and publication, keeps the destination tables.
-    s.client.batch_execute("DROP MIRROR two").await.unwrap();
-    let slots: i64 = s
-        .src
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let pubs: i64 = s
-        .src
-        .query_one("SELECT count(*) FROM pg_publication", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!((slots, pubs), (0, 0));
-    let n: u64 = s
-        .dest
-        .client()
-        .query("SELECT count() FROM good FINAL")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(n, 5000);
-    let e = s.client.batch_execute("DROP MIRROR two").await.unwrap_err();
-    assert_eq!(sqlstate(&e), "42704");
-    s.ferry.stop().await;
-}
-
-#[tokio::test]
-async fn resync_reloads_into_fresh_tables_and_swaps_them_in() {
-    let s = setup().await;
-    s.src
-        .batch_execute(
-            "CREATE TABLE items (id int PRIMARY KEY, name text, qty int);
-             INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 2000) g;",
-        )
-        .await
-        .unwrap();
-    s.client
-        .batch_execute(
-            "CREATE MIRROR inv FROM src TO dst WITH TABLE MAPPING (items:items)
-             WITH (do_initial_copy = true, initial_copy_only = true, snapshot_num_rows_per_partition = 1000)",
-        )
-        .await
-        .unwrap();
-    wait_for_state(&s.client, "inv", "completed", LOAD_TIMEOUT).await;
-
-    // The source changes behind the completed mirror; a resync brings ClickHouse up to date.
-    s.src
-        .batch_execute(
-            "DELETE FROM items WHERE id <= 500;
-             UPDATE items SET qty = -qty WHERE id % 2 = 0;
-             INSERT INTO items SELECT g, 'new ' || g, 0 FROM generate_series(3000, 3099) g;",
-        )
-        .await
-        .unwrap();
-    s.client.batch_execute("RESYNC MIRROR inv").await.unwrap();
-    wait_for_state(&s.client, "inv", "completed", LOAD_TIMEOUT).await;
-
-    let ch = s.dest.client();
-    let (count, sum_qty, min_id): (u64, i64, i32) = ch
-        .query("SELECT count(), sum(assumeNotNull(qty)), min(id) FROM items FINAL WHERE _ferry_is_deleted = 0")
-        .fetch_one()
-        .await
-        .unwrap();
-    let r = s
-        .src
-        .query_one("SELECT count(*), sum(qty)::int8, min(id) FROM items", &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        (count as i64, sum_qty, min_id),
-        (r.get(0), r.get(1), r.get(2))
-    );
-    let leftovers: u64 = ch
-        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name LIKE '%ferry_resync%'")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(leftovers, 0);
-    let slots: i64 = s
-        .src
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        slots, 0,
-        "the resync's slot is dropped when an initial_copy_only mirror completes"
-    );
     s.ferry.stop().await;
 }

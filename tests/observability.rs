@@ -1,18 +1,33 @@
 //! The figures an operator alerts on, checked against the source's own view of the slot
-//! (`pg_current_wal_lsn()`, `pg_replication_slots`) in every state: under pgbench, with
-//! ClickHouse (a private one) stopped for 30 s, paused and failed; live progress during a
-//! 1 M-row load; states for a mirror without an initial copy and a completed one; batches of
-//! whole transactions.
+//! (`pg_current_wal_lsn()`, `pg_replication_slots`) in every state, against every destination:
+//! under pgbench, with the destination (a private one) stopped for 30 s while Prometheus'
+//! endpoint is scraped, paused and failed; live progress during a 1 M-row load; states for a
+//! mirror without an initial copy and a completed one; batches of whole transactions.
 #![allow(clippy::print_stdout)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{setup, wait_for_state, TestFerry};
-use ferry_testkit::private::{PrivateClickHouse, PrivatePostgres};
+use ferry_e2e::{on_every_destination, setup, wait_for_state, Kind, TestFerry};
+use ferry_testkit::private::{PrivateClickHouse, PrivatePostgres, StopMode};
 use ferry_testkit::TempPgDatabase;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
+
+on_every_destination!(figures_track_the_slot_under_load_outage_pause_and_failure(
+    flavor = "multi_thread",
+    worker_threads = 2
+));
+on_every_destination!(load_progress_is_live_and_states_stay_truthful(
+    flavor = "multi_thread",
+    worker_threads = 2
+));
+on_every_destination!(batches_hold_whole_transactions(
+    flavor = "multi_thread",
+    worker_threads = 2
+));
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// Longer than two turns of the monitor (every 5 s).
@@ -231,6 +246,98 @@ impl Drop for Pgbench {
     }
 }
 
+/// A destination server of the test's own, to be stopped and started again.
+enum PrivateDest {
+    ClickHouse(PrivateClickHouse),
+    Postgres(PrivatePostgres),
+}
+
+impl PrivateDest {
+    async fn start(kind: Kind) -> PrivateDest {
+        match kind {
+            Kind::ClickHouse => PrivateDest::ClickHouse(PrivateClickHouse::start().await),
+            Kind::Postgres => PrivateDest::Postgres(PrivatePostgres::start().await),
+        }
+    }
+
+    /// Creates a database and returns `CREATE PEER name …` for it.
+    async fn peer_sql(&self, name: &str) -> String {
+        match self {
+            PrivateDest::ClickHouse(c) => {
+                let ch = c.server();
+                let db = ch.temp_database("ferry_dst").await;
+                let sql = format!(
+                    "CREATE PEER {name} FROM CLICKHOUSE WITH (host = '{}', port = {}, database = '{}', disable_tls = true)",
+                    ch.host, ch.http_port, db.name
+                );
+                // The server and its data go with the test.
+                std::mem::forget(db);
+                sql
+            }
+            PrivateDest::Postgres(p) => {
+                let pg = p.server();
+                let db = pg.temp_database("ferry_dst").await;
+                let sql = format!(
+                    "CREATE PEER {name} FROM POSTGRES WITH (host = '{}', port = {}, user = '{}', password = '{}', database = '{}')",
+                    pg.host, pg.port, pg.user, pg.password, db.name
+                );
+                std::mem::forget(db);
+                sql
+            }
+        }
+    }
+
+    async fn stop(&mut self) {
+        match self {
+            PrivateDest::ClickHouse(c) => c.stop().await,
+            PrivateDest::Postgres(p) => p.stop(StopMode::Fast).await,
+        }
+    }
+
+    async fn start_again(&mut self) {
+        match self {
+            PrivateDest::ClickHouse(c) => c.start_again().await,
+            PrivateDest::Postgres(p) => p.start_again().await,
+        }
+    }
+}
+
+/// `GET /metrics` from the daemon, as Prometheus scrapes it: each sample of `mirror`, by its
+/// series' name (and `kind` label, where there is one).
+async fn scrape(addr: SocketAddr, mirror: &str) -> Vec<(String, f64)> {
+    let mut socket = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics listener");
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ferry\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let label = format!("mirror=\"{mirror}\"");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&label))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("a sample");
+            let name = series.split('{').next().unwrap().to_owned();
+            (name, value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// The one sample of `name` among `samples`.
+fn sample(samples: &[(String, f64)], name: &str) -> f64 {
+    let found: Vec<f64> = samples
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(found.len(), 1, "{name} in {samples:?}");
+    found[0]
+}
+
 async fn warnings(client: &Client, mirror: &str) -> Vec<(String, bool)> {
     client
         .query(
@@ -244,17 +351,14 @@ async fn warnings(client: &Client, mirror: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn figures_track_the_slot_under_load_outage_pause_and_failure() {
-    // Servers of the test's own: ClickHouse is stopped, and the source's WAL is the workload's
-    // alone (the shared server's other tests write plenty).
-    let mut clickhouse = PrivateClickHouse::start().await;
-    let ch = clickhouse.server();
+async fn figures_track_the_slot_under_load_outage_pause_and_failure(kind: Kind) {
+    // Servers of the test's own: the destination is stopped, and the source's WAL is the
+    // workload's alone (the shared server's other tests write plenty).
+    let mut destination = PrivateDest::start(kind).await;
     let postgres = PrivatePostgres::start().await;
     let private = postgres.server();
     let ferry = TestFerry::start().await;
     let source = private.temp_database("ferry_src").await;
-    let dest = ch.temp_database("ferry_dst").await;
     let client = ferry.connect().await;
     client
         .batch_execute(&format!(
@@ -264,10 +368,7 @@ async fn figures_track_the_slot_under_load_outage_pause_and_failure() {
         .await
         .unwrap();
     client
-        .batch_execute(&format!(
-            "CREATE PEER dst FROM CLICKHOUSE WITH (host = '{}', port = {}, database = '{}', disable_tls = true)",
-            ch.host, ch.http_port, dest.name
-        ))
+        .batch_execute(&destination.peer_sql("dst").await)
         .await
         .unwrap();
     let src = source.connect().await;
@@ -311,41 +412,62 @@ async fn figures_track_the_slot_under_load_outage_pause_and_failure() {
     let rate: f64 = rate.expect("a streaming rate").parse().unwrap();
     assert!(rate > 0.0, "no streaming throughput shown under pgbench");
 
-    // ClickHouse away for 30 s: the lag rises at every sample, the slot-lag warning appears.
-    clickhouse.stop().await;
+    // The destination away for 30 s, with Prometheus watching: the lag rises at every sample
+    // in the view and at every scrape, the slot-lag warning appears.
+    destination.stop().await;
     let down = Instant::now();
     let mut lags: Vec<(f64, i64)> = Vec::new();
+    let mut scraped: Vec<(f64, f64, f64)> = Vec::new();
     let mut f = next_samples(&client, "obs", 1).await;
     while down.elapsed() < Duration::from_secs(30) {
         f = next_samples(&client, "obs", 1).await;
         assert_eq!(f.state, "running", "{f:?}");
         lags.push((
-            f.lag_seconds.expect("lag while ClickHouse is down"),
+            f.lag_seconds.expect("lag while the destination is down"),
             f.lag_bytes,
         ));
+        let m = scrape(ferry.metrics_addr, "obs").await;
+        scraped.push((
+            sample(&m, "ferry_mirror_lag_seconds"),
+            sample(&m, "ferry_mirror_lag_bytes"),
+            sample(&m, "ferry_mirror_wal_held_bytes"),
+        ));
     }
-    println!("while ClickHouse was down (lag_seconds, lag_bytes): {lags:?}");
+    println!("while the destination was down (lag_seconds, lag_bytes): {lags:?}");
+    println!("scraped meanwhile (lag_seconds, lag_bytes, wal_held_bytes): {scraped:?}");
     // The first sample may still show the last moments before the outage.
     for w in lags[1..].windows(2) {
         assert!(
             w[1].0 >= w[0].0,
-            "lag_seconds fell while ClickHouse was down: {lags:?}"
+            "lag_seconds fell while the destination was down: {lags:?}"
         );
         assert!(
             w[1].1 >= w[0].1,
-            "lag_bytes fell while ClickHouse was down: {lags:?}"
+            "lag_bytes fell while the destination was down: {lags:?}"
+        );
+    }
+    for w in scraped[1..].windows(2) {
+        assert!(
+            w[1].0 >= w[0].0 && w[1].1 >= w[0].1 && w[1].2 >= w[0].2,
+            "a scraped figure fell while the destination was down: {scraped:?}"
         );
     }
     assert!(lags.last().unwrap().0 >= 20.0, "{lags:?}");
+    assert!(scraped.last().unwrap().0 >= 20.0, "{scraped:?}");
+    assert!(scraped.last().unwrap().2 > 100_000.0, "{scraped:?}");
     let open = warnings(&client, "obs").await;
     assert!(open.contains(&("slot_lag".into(), true)), "{open:?}");
     assert!(open.contains(&("retrying".into(), true)), "{open:?}");
     assert!(f.warnings >= 2, "{f:?}");
-    let during = assert_tracks_source(&client, &src, "obs", &slot, "ClickHouse down").await;
+    let m = scrape(ferry.metrics_addr, "obs").await;
+    assert!(sample(&m, "ferry_mirror_warnings") >= 2.0, "{m:?}");
+    assert_eq!(sample(&m, "ferry_mirror_streaming"), 0.0, "{m:?}");
+    let during = assert_tracks_source(&client, &src, "obs", &slot, "destination down").await;
     assert!(during.lag_bytes > 0);
 
-    // Back: the lag goes back down and the warnings end, each kept with its end.
-    clickhouse.start_again().await;
+    // Back: the lag goes back down and the warnings end, each kept with its end; so do the
+    // scraped figures.
+    destination.start_again().await;
     let back = Instant::now();
     loop {
         let f = next_samples(&client, "obs", 1).await;
@@ -357,6 +479,15 @@ async fn figures_track_the_slot_under_load_outage_pause_and_failure() {
             "the mirror did not catch up: {f:?}"
         );
     }
+    let m = scrape(ferry.metrics_addr, "obs").await;
+    assert!(sample(&m, "ferry_mirror_lag_seconds") < 10.0, "{m:?}");
+    assert_eq!(sample(&m, "ferry_mirror_warnings"), 0.0, "{m:?}");
+    // The slot confirms again (its restart_lsn, hence the WAL held, moves on only once the
+    // source has a newer point to restart decoding from).
+    assert!(
+        sample(&m, "ferry_mirror_slot_lag_bytes") < 100_000.0,
+        "{m:?}"
+    );
     let all = warnings(&client, "obs").await;
     assert!(all.contains(&("slot_lag".into(), false)), "{all:?}");
     assert!(all.contains(&("retrying".into(), false)), "{all:?}");
@@ -406,15 +537,13 @@ async fn figures_track_the_slot_under_load_outage_pause_and_failure() {
     drop(bench);
     client.batch_execute("DROP MIRROR obs").await.unwrap();
     ferry.stop().await;
-    drop(dest);
     drop(source);
-    clickhouse.stop().await;
+    destination.stop().await;
     drop(postgres);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_progress_is_live_and_states_stay_truthful() {
-    let s = setup().await;
+async fn load_progress_is_live_and_states_stay_truthful(kind: Kind) {
+    let s = setup(kind).await;
     s.src
         .batch_execute(
             "CREATE TABLE big (id int8 PRIMARY KEY, pad text NOT NULL);
@@ -546,9 +675,8 @@ async fn load_progress_is_live_and_states_stay_truthful() {
     s.ferry.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_hold_whole_transactions() {
-    let s = setup().await;
+async fn batches_hold_whole_transactions(kind: Kind) {
+    let s = setup(kind).await;
     s.src
         .batch_execute("CREATE TABLE t (id int8 PRIMARY KEY, n int8 NOT NULL)")
         .await
@@ -617,14 +745,7 @@ async fn batches_hold_whole_transactions() {
     );
     assert_eq!(large.len(), 1, "{batches:?}");
     assert!(large[0] >= 25 && (large[0] - 25) % 3 == 0, "{batches:?}");
-    let n: u64 = s
-        .dest
-        .client()
-        .query("SELECT count() FROM t FINAL")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(n, 325);
+    assert_eq!(s.dest.count("t").await, 325);
     s.client.batch_execute("DROP MIRROR b").await.unwrap();
     s.ferry.stop().await;
 }

@@ -1,105 +1,29 @@
-//! Streaming changes into ClickHouse against the real servers: inserts, updates (with
+//! Streaming changes into every destination against the real servers: inserts, updates (with
 //! unchanged TOAST values and key changes), deletes, TRUNCATE, rolled-back transactions and an
-//! added column all end with ClickHouse's current state equal to the source's.
+//! added column all end with the destination's current state equal to the source's.
 #![allow(clippy::print_stdout)]
 
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{setup, wait_for_state, Setup};
-use ferry_testkit::TempChDatabase;
-use tokio_postgres::Client;
+use ferry_e2e::{
+    converge, on_every_destination, setup, vals, wait_for_state, Col, Dest, Kind, Setup, View,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The source's rows of `t` as text, in key order.
-async fn source_rows(src: &Client, with_extra: bool) -> Vec<String> {
-    let extra = if with_extra {
-        "coalesce(extra::text, '~')"
-    } else {
-        "''"
-    };
-    src.query(
-        &format!("SELECT concat_ws('|', id, coalesce(name, '~'), coalesce(qty::text, '~'), md5(doc), {extra}) FROM t ORDER BY id"),
-        &[],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
+on_every_destination!(changes_stream_into_the_destination);
+on_every_destination!(tables_created_in_a_mapped_schema_join_the_mirror);
+on_every_destination!(a_transaction_over_several_tables_arrives_whole);
+on_every_destination!(unchanged_toast_values_are_never_made_up);
 
-/// ClickHouse's current rows of `t`, formatted like [`source_rows`]; empty while a column
-/// asked for does not exist yet.
-async fn destination_rows(dest: &TempChDatabase, with_extra: bool) -> Vec<String> {
-    let extra = if with_extra {
-        "ifNull(toString(extra), '~')"
-    } else {
-        "''"
-    };
-    dest.client()
-        .query(&format!(
-            "SELECT concat(toString(id), '|', ifNull(name, '~'), '|', ifNull(toString(qty), '~'), '|',
-                    lower(hex(MD5(ifNull(doc, '')))), '|', {extra})
-             FROM t FINAL WHERE _ferry_is_deleted = 0 ORDER BY id"
-        ))
-        .fetch_all::<String>()
-        .await
-        .unwrap_or_default()
-}
-
-/// Waits until ClickHouse holds exactly the source's rows.
-async fn converge(
-    ferry: &Client,
-    src: &Client,
-    dest: &TempChDatabase,
-    with_extra: bool,
-    step: &str,
-) {
-    let started = Instant::now();
-    let deadline = started + TIMEOUT;
-    loop {
-        let want = source_rows(src, with_extra).await;
-        let got = destination_rows(dest, with_extra).await;
-        if want == got {
-            println!("{step}: converged in {:?}", started.elapsed());
-            return;
-        }
-        let r = ferry
-            .query_one(
-                "SELECT state, coalesce(last_error, '') FROM mirror_status",
-                &[],
-            )
-            .await
-            .unwrap();
-        assert_ne!(
-            r.get::<_, String>(0),
-            "failed",
-            "{step}: the mirror failed: {}",
-            r.get::<_, String>(1)
-        );
-        if Instant::now() > deadline {
-            let first_diff = want.iter().zip(&got).position(|(a, b)| a != b);
-            panic!(
-                "{step}: ClickHouse did not converge: source {} rows, destination {} rows, first difference at {:?}",
-                want.len(),
-                got.len(),
-                first_diff.map(|i| (&want[i], &got[i]))
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-#[tokio::test]
-async fn changes_stream_into_clickhouse() {
+async fn changes_stream_into_the_destination(kind: Kind) {
     let Setup {
         ferry,
         client,
         source: _source,
         dest,
         src,
-    } = setup().await;
+    } = setup(kind).await;
     src.batch_execute(
         "CREATE TABLE t (id int PRIMARY KEY, name text, qty int, doc text);
          ALTER TABLE t ALTER COLUMN doc SET STORAGE EXTERNAL;
@@ -112,7 +36,14 @@ async fn changes_stream_into_clickhouse() {
         .await
         .unwrap();
     wait_for_state(&client, "live", "running", TIMEOUT).await;
-    converge(&client, &src, &dest, false, "initial load").await;
+    let cols = [
+        Col::Val("id"),
+        Col::Val("name"),
+        Col::Val("qty"),
+        Col::Md5("doc"),
+    ];
+    let view = View::new("t", &cols, "id");
+    converge(&client, &src, &dest, &view, "initial load").await;
 
     // Inserts, updates that leave the 12 kB TOASTed column alone, key changes, deletes, and a
     // transaction that is rolled back.
@@ -138,13 +69,13 @@ async fn changes_stream_into_clickhouse() {
     )
     .await
     .unwrap();
-    converge(&client, &src, &dest, false, "inserts, updates, deletes").await;
+    converge(&client, &src, &dest, &view, "inserts, updates, deletes").await;
 
     // TRUNCATE empties the destination; rows after it arrive.
     src.batch_execute("TRUNCATE t; INSERT INTO t VALUES (1, 'after', 1, 'small')")
         .await
         .unwrap();
-    converge(&client, &src, &dest, false, "truncate").await;
+    converge(&client, &src, &dest, &view, "truncate").await;
 
     // A column added at the source is added to the destination before rows carrying it.
     src.batch_execute(
@@ -155,10 +86,25 @@ async fn changes_stream_into_clickhouse() {
     src.batch_execute("UPDATE t SET extra = 7 WHERE id = 1")
         .await
         .unwrap();
-    converge(&client, &src, &dest, true, "added column").await;
+    let cols = [
+        Col::Val("id"),
+        Col::Val("name"),
+        Col::Val("qty"),
+        Col::Md5("doc"),
+        Col::Val("extra"),
+    ];
+    converge(
+        &client,
+        &src,
+        &dest,
+        &View::new("t", &cols, "id"),
+        "added column",
+    )
+    .await;
 
     // The catalog shows what was applied, and the position moved. The catalog is written
-    // right after ClickHouse acknowledged a batch, so the last batch may still be on its way.
+    // right after the destination acknowledged a batch, so the last batch may still be on
+    // its way.
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let r = client
@@ -191,15 +137,14 @@ async fn changes_stream_into_clickhouse() {
     ferry.stop().await;
 }
 
-#[tokio::test]
-async fn tables_created_in_a_mapped_schema_join_the_mirror() {
+async fn tables_created_in_a_mapped_schema_join_the_mirror(kind: Kind) {
     let Setup {
         ferry,
         client,
         source: _source,
         dest,
         src,
-    } = setup().await;
+    } = setup(kind).await;
     src.batch_execute(
         "CREATE SCHEMA app; CREATE TABLE app.a (id int PRIMARY KEY); INSERT INTO app.a VALUES (1)",
     )
@@ -208,7 +153,7 @@ async fn tables_created_in_a_mapped_schema_join_the_mirror() {
     client
         .batch_execute(&format!(
             "CREATE MIRROR apps FROM src TO dst WITH SCHEMA MAPPING (app:{}) WITH (do_initial_copy = true)",
-            dest.name
+            dest.namespace()
         ))
         .await
         .unwrap();
@@ -228,38 +173,12 @@ async fn tables_created_in_a_mapped_schema_join_the_mirror() {
     )
     .await
     .unwrap();
-
-    let ch = dest.client();
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let b: Vec<String> = ch
-            .query("SELECT concat(toString(id), ifNull(v, '~')) FROM b FINAL WHERE _ferry_is_deleted = 0 ORDER BY id")
-            .fetch_all()
-            .await
-            .unwrap_or_default();
-        let c: u64 = ch
-            .query("SELECT count() FROM c FINAL WHERE _ferry_is_deleted = 0")
-            .fetch_one()
-            .await
-            .unwrap_or(0);
-        let want: Vec<String> = src
-            .query("SELECT id || v FROM app.b ORDER BY id", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if b == want && c == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "new tables did not arrive: b {} rows (want {}), c {c} rows",
-            b.len(),
-            want.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let b_cols = vals(&["id", "v"]);
+    let b = View::new("app.b", &b_cols, "id").into_table("b");
+    converge(&client, &src, &dest, &b, "new table b").await;
+    let c_cols = vals(&["id"]);
+    let c = View::new("app.c", &c_cols, "id").into_table("c");
+    converge(&client, &src, &dest, &c, "new table c").await;
     let tables: Vec<String> = client
         .query("SELECT source_table FROM mirror_tables WHERE mirror = 'apps' AND state = 'done' ORDER BY 1", &[])
         .await
@@ -271,15 +190,14 @@ async fn tables_created_in_a_mapped_schema_join_the_mirror() {
     ferry.stop().await;
 }
 
-#[tokio::test]
-async fn a_transaction_over_several_tables_arrives_whole() {
+async fn a_transaction_over_several_tables_arrives_whole(kind: Kind) {
     let Setup {
         ferry,
         client,
         source: _source,
         dest,
         src,
-    } = setup().await;
+    } = setup(kind).await;
     src.batch_execute(
         "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL);
          CREATE TABLE transfers (id bigserial PRIMARY KEY, from_id int, to_id int, amount int);
@@ -309,50 +227,51 @@ async fn a_transaction_over_several_tables_arrives_whole() {
         .await
         .unwrap();
     }
-    let ch = dest.client();
+    let accounts = vals(&["id", "balance"]);
+    let transfers = vals(&["id", "from_id", "to_id", "amount"]);
+    // Whenever both tables are read at one moment, the money adds up: no transaction is seen
+    // half applied.
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let balances: Vec<String> = ch
-            .query("SELECT concat(toString(id), ':', toString(balance)) FROM accounts FINAL WHERE _ferry_is_deleted = 0 ORDER BY id")
-            .fetch_all()
-            .await
-            .unwrap();
-        let transfers: u64 = ch
-            .query("SELECT count() FROM transfers FINAL WHERE _ferry_is_deleted = 0")
-            .fetch_one()
-            .await
-            .unwrap();
-        let want: Vec<String> = src
-            .query("SELECT id || ':' || balance FROM accounts ORDER BY id", &[])
-            .await
-            .unwrap()
+        let balances = dest.rows("accounts", &accounts, "id").await;
+        let total: i64 = balances
             .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if balances == want && transfers == 50 {
+            .map(|r| r.split('|').nth(1).unwrap().parse::<i64>().unwrap())
+            .sum();
+        assert!(
+            balances.is_empty() || total == 20 * 1000,
+            "money was created or lost: {total}"
+        );
+        if dest.count("transfers").await == 50 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "did not converge: {transfers} transfers"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(Instant::now() < deadline, "the transfers did not arrive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let total: i64 = ch
-        .query("SELECT sum(balance) FROM accounts FINAL WHERE _ferry_is_deleted = 0")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(total, 20 * 1000, "money was created or lost");
+    converge(
+        &client,
+        &src,
+        &dest,
+        &View::new("accounts", &accounts, "id"),
+        "accounts",
+    )
+    .await;
+    converge(
+        &client,
+        &src,
+        &dest,
+        &View::new("transfers", &transfers, "id"),
+        "transfers",
+    )
+    .await;
     ferry.stop().await;
 }
 
-/// Every version of every row ClickHouse holds, not only the current one, carries the
-/// TOASTed value the row really had: updates that leave it alone take it from ClickHouse's
-/// earlier version (under the old key when the key moved), even when the row is deleted at
-/// the source before the update is applied.
-#[tokio::test]
-async fn unchanged_toast_values_are_never_made_up() {
+/// Updates that leave a TOASTed value alone never write a made-up value: the value comes from
+/// the row's previous change or the destination's row (under the old key when the key
+/// moved), even when the row is deleted at the source before the update is applied. In
+/// ClickHouse every version of every row is checked, not only the current one.
+async fn unchanged_toast_values_are_never_made_up(kind: Kind) {
     let Setup {
         ferry,
         client,
@@ -360,7 +279,7 @@ async fn unchanged_toast_values_are_never_made_up() {
         src,
         // Kept to the end: dropping it drops the source database.
         source: _source,
-    } = setup().await;
+    } = setup(kind).await;
     // `doc` is a function of `tag` alone, which never changes: any version of a row whose
     // doc does not match its tag holds a made-up value.
     src.batch_execute(
@@ -378,15 +297,17 @@ async fn unchanged_toast_values_are_never_made_up() {
         .await
         .unwrap();
     wait_for_state(&client, "m", "running", TIMEOUT).await;
-    // Keep every version written from here on, for the check at the end.
-    dest.client()
-        .query("SYSTEM STOP MERGES t")
-        .execute()
-        .await
-        .unwrap();
+    if let Dest::ClickHouse(d) = &dest {
+        // Keep every version written from here on, for the check at the end.
+        d.client()
+            .query("SYSTEM STOP MERGES t")
+            .execute()
+            .await
+            .unwrap();
+    }
     // While paused, the changes wait in the slot and arrive together on resume, written three
     // at a time: the updates of rows deleted later are written while the source no longer
-    // has them, and some changes of a row share an insert, some do not.
+    // has them, and some changes of a row share a write, some do not.
     client.batch_execute("PAUSE MIRROR m").await.unwrap();
     src.batch_execute(
         "UPDATE t SET n = n + 1 WHERE id <= 50;                 -- plain updates
@@ -400,46 +321,36 @@ async fn unchanged_toast_values_are_never_made_up() {
     .await
     .unwrap();
     client.batch_execute("RESUME MIRROR m").await.unwrap();
+    let cols = [
+        Col::Val("id"),
+        Col::Val("tag"),
+        Col::Val("n"),
+        Col::Md5("doc"),
+    ];
+    converge(
+        &client,
+        &src,
+        &dest,
+        &View::new("t", &cols, "id"),
+        "after the resume",
+    )
+    .await;
 
-    let want: Vec<(i64, i64, i64)> = src
-        .query("SELECT id, tag, n FROM t ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    let started = Instant::now();
-    loop {
-        let got = dest
+    if let Dest::ClickHouse(d) = &dest {
+        let (versions, wrong): (u64, u64) = d
             .client()
-            .query("SELECT id, tag, n FROM t FINAL WHERE _ferry_is_deleted = 0 ORDER BY id")
-            .fetch_all::<(i64, i64, i64)>()
+            .query(
+                "SELECT count(), countIf(doc != repeat(lower(hex(MD5(toString(tag)))), 400))
+                 FROM t WHERE _ferry_is_deleted = 0 AND _ferry_version > 0",
+            )
+            .fetch_one()
             .await
-            .unwrap_or_default();
-        if got == want {
-            break;
-        }
-        assert!(
-            started.elapsed() < TIMEOUT,
-            "ClickHouse did not converge: {} rows, source {}",
-            got.len(),
-            want.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+            .unwrap();
+        println!("{versions} streamed row versions checked");
+        // Each insert keeps one version per key (ClickHouse collapses versions within an
+        // insert), so at least one per updated key: 50 plain, 20 moved, 5 moved again.
+        assert!(versions >= 50 + 20 + 5, "{versions}");
+        assert_eq!(wrong, 0, "row versions with a made-up doc");
     }
-    let (versions, wrong): (u64, u64) = dest
-        .client()
-        .query(
-            "SELECT count(), countIf(doc != repeat(lower(hex(MD5(toString(tag)))), 400))
-             FROM t WHERE _ferry_is_deleted = 0 AND _ferry_version > 0",
-        )
-        .fetch_one()
-        .await
-        .unwrap();
-    println!("{versions} streamed row versions checked");
-    // Each insert keeps one version per key (ClickHouse collapses versions within an insert),
-    // so at least one per updated key: 50 plain, 20 moved, 5 moved again.
-    assert!(versions >= 50 + 20 + 5, "{versions}");
-    assert_eq!(wrong, 0, "row versions with a made-up doc");
     ferry.stop().await;
 }

@@ -1,17 +1,22 @@
-//! The servers restart under a streaming mirror: a ClickHouse or a source PostgreSQL of the
-//! test's own (see `ferry_testkit::private`) is stopped for a few seconds and started again;
-//! the mirror rides it out as a transient error and ends with the source's exact state.
+//! The servers and the daemon go away under a streaming mirror: the destination (a private
+//! ClickHouse or PostgreSQL of the test's own, see `ferry_testkit::private`) or the source is
+//! stopped for a few seconds and started again, and the daemon is killed as `kill -9` would
+//! and restarted; the mirror rides it out and ends with the source's exact state, in every
+//! destination.
 #![allow(clippy::print_stdout)]
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{ch_peer_sql, pg_peer_sql, wait_for_state, TestFerry};
+use ferry_e2e::{
+    assert_not_failed, converge, on_every_destination, pg_peer_sql, setup, wait_for_state, Col,
+    Dest, Kind, Setup, TestFerry, View,
+};
 use ferry_testkit::private::{PrivateClickHouse, PrivatePostgres, StopMode};
 use ferry_testkit::rand::rngs::StdRng;
 use ferry_testkit::rand::{Rng, SeedableRng};
-use ferry_testkit::{ChServer, PgServer, TempChDatabase};
+use ferry_testkit::{ChServer, PgServer};
 use tokio_postgres::Client;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -24,6 +29,27 @@ const SCHEMA: &str = "
     ALTER TABLE t ALTER COLUMN doc SET STORAGE EXTERNAL;
     INSERT INTO t SELECT g, g, 'note ' || g, CASE WHEN g % 4 = 0 THEN repeat(md5(g::text), 300) END
       FROM generate_series(1, 500) g;";
+
+/// How `t` is compared.
+const COLS: [Col<'static>; 4] = [
+    Col::Val("id"),
+    Col::Val("n"),
+    Col::Val("note"),
+    Col::Md5("doc"),
+];
+
+on_every_destination!(destination_restart_during_streaming_loses_nothing(
+    flavor = "multi_thread",
+    worker_threads = 2
+));
+on_every_destination!(source_restart_during_streaming_loses_nothing(
+    flavor = "multi_thread",
+    worker_threads = 2
+));
+on_every_destination!(daemon_killed_during_streaming_resumes_exactly(
+    flavor = "multi_thread",
+    worker_threads = 2
+));
 
 /// One small transaction of mixed changes, chosen by `rng`.
 async fn one_transaction(src: &Client, rng: &mut StdRng) -> Result<(), tokio_postgres::Error> {
@@ -45,76 +71,55 @@ async fn one_transaction(src: &Client, rng: &mut StdRng) -> Result<(), tokio_pos
     src.batch_execute("COMMIT").await
 }
 
-/// The source's rows in key order, large values by digest.
-async fn source_rows(src: &Client) -> Vec<String> {
-    src.query(
-        "SELECT concat_ws('|', id, n, coalesce(note, '~'), coalesce(md5(doc), '~')) FROM t ORDER BY id",
-        &[],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
-/// ClickHouse's current rows, formatted like [`source_rows`]; empty while it cannot be read.
-async fn clickhouse_rows(dest: &TempChDatabase) -> Vec<String> {
-    dest.client()
-        .query(
-            "SELECT concat(toString(id), '|', toString(n), '|', ifNull(note, '~'), '|', ifNull(lower(hex(MD5(doc))), '~'))
-             FROM t FINAL WHERE _ferry_is_deleted = 0 ORDER BY id",
-        )
-        .fetch_all::<String>()
+/// Waits until the destination holds exactly the source's rows, and the mirror runs.
+async fn converged(ferry: &Client, src: &Client, dest: &Dest, step: &str) {
+    converge(ferry, src, dest, &View::new("t", &COLS, "id"), step).await;
+    let state: String = ferry
+        .query_one("SELECT state FROM mirror_status", &[])
         .await
-        .unwrap_or_default()
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "running", "{step}");
 }
 
-/// The mirror's state and last error.
-async fn mirror_state(ferry: &Client) -> (String, String) {
-    let r = ferry
-        .query_one(
-            "SELECT state, coalesce(last_error, '') FROM mirror_status",
-            &[],
-        )
-        .await
-        .unwrap();
-    (r.get(0), r.get(1))
+/// A destination server of the test's own, which it can stop and start.
+enum PrivateDestination {
+    ClickHouse(PrivateClickHouse),
+    Postgres(PrivatePostgres),
 }
 
-async fn assert_not_failed(ferry: &Client, step: &str) {
-    let (state, error) = mirror_state(ferry).await;
-    assert_ne!(state, "failed", "{step}: the mirror failed: {error}");
-}
-
-/// Waits until ClickHouse holds exactly the source's rows, and the mirror runs.
-async fn converge(ferry: &Client, src: &Client, dest: &TempChDatabase, step: &str) {
-    let want = source_rows(src).await;
-    let started = Instant::now();
-    loop {
-        let got = clickhouse_rows(dest).await;
-        if got == want {
-            println!(
-                "{step}: {} rows equal after {:?}",
-                want.len(),
-                started.elapsed()
-            );
-            break;
+impl PrivateDestination {
+    async fn start(kind: Kind) -> PrivateDestination {
+        match kind {
+            Kind::ClickHouse => PrivateDestination::ClickHouse(PrivateClickHouse::start().await),
+            Kind::Postgres => PrivateDestination::Postgres(PrivatePostgres::start().await),
         }
-        assert_not_failed(ferry, step).await;
-        if started.elapsed() > TIMEOUT {
-            let missing: Vec<&String> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
-            let extra: Vec<&String> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
-            panic!(
-                "{step}: ClickHouse did not converge: source {} rows, ClickHouse {}; \
-                 only at the source: {missing:?}; only in ClickHouse: {extra:?}",
-                want.len(),
-                got.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(mirror_state(ferry).await.0, "running", "{step}");
+
+    async fn database(&self) -> Dest {
+        match self {
+            PrivateDestination::ClickHouse(c) => {
+                Dest::ClickHouse(c.server().temp_database("ferry_dst").await)
+            }
+            PrivateDestination::Postgres(p) => {
+                Dest::Postgres(p.server().temp_database("ferry_dst").await)
+            }
+        }
+    }
+
+    async fn stop(&mut self) {
+        match self {
+            PrivateDestination::ClickHouse(c) => c.stop().await,
+            PrivateDestination::Postgres(p) => p.stop(StopMode::Fast).await,
+        }
+    }
+
+    async fn start_again(&mut self) {
+        match self {
+            PrivateDestination::ClickHouse(c) => c.start_again().await,
+            PrivateDestination::Postgres(p) => p.start_again().await,
+        }
+    }
 }
 
 /// `mirror_status.lag_seconds` (0 when not shown).
@@ -160,26 +165,18 @@ async fn catalog_now(ferry: &TestFerry) -> String {
         .get(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clickhouse_restart_during_streaming_loses_nothing() {
-    let mut clickhouse = PrivateClickHouse::start().await;
-    let ch = clickhouse.server();
+async fn destination_restart_during_streaming_loses_nothing(kind: Kind) {
+    let mut server = PrivateDestination::start(kind).await;
     let ferry = TestFerry::start().await;
     let pg = PgServer::from_env();
     let source = pg.temp_database("ferry_src").await;
-    let dest = ch.temp_database("ferry_dst").await;
+    let dest = server.database().await;
     let client = ferry.connect().await;
     client
         .batch_execute(&pg_peer_sql("src", &source.name, &pg.password))
         .await
         .unwrap();
-    client
-        .batch_execute(&format!(
-            "CREATE PEER dst FROM CLICKHOUSE WITH (host = '{}', port = {}, user = 'default', password = '', database = '{}', disable_tls = true)",
-            ch.host, ch.http_port, dest.name
-        ))
-        .await
-        .unwrap();
+    client.batch_execute(&dest.peer_sql("dst")).await.unwrap();
     let src = source.connect().await;
     src.batch_execute(SCHEMA).await.unwrap();
     client
@@ -190,7 +187,7 @@ async fn clickhouse_restart_during_streaming_loses_nothing() {
         .await
         .unwrap();
     wait_for_state(&client, "live", "running", TIMEOUT).await;
-    converge(&client, &src, &dest, "initial load").await;
+    converged(&client, &src, &dest, "initial load").await;
 
     // Writes go on at the source the whole time.
     let stop = Arc::new(AtomicBool::new(false));
@@ -207,11 +204,11 @@ async fn clickhouse_restart_during_streaming_loses_nothing() {
             }
         })
     };
-    // Some of them are written before ClickHouse goes.
+    // Some of them are written before the destination goes.
     wait_batches_past(&ferry, 0).await;
 
-    // ClickHouse goes away for a while; the mirror retries and does not fail.
-    clickhouse.stop().await;
+    // The destination goes away for a while; the mirror retries and does not fail.
+    server.stop().await;
     let stopped_at = catalog_now(&ferry).await;
     let written_before = written.load(Ordering::Relaxed);
     let down = Instant::now();
@@ -219,28 +216,28 @@ async fn clickhouse_restart_during_streaming_loses_nothing() {
     // More than streaming ever lags here (sync_interval = 1): it grows while nothing is written.
     let grown = DOWN_FOR.as_secs_f64() / 2.0;
     while down.elapsed() < DOWN_FOR || lag_seen < grown {
-        assert_not_failed(&client, "ClickHouse down").await;
+        assert_not_failed(&client, "destination down").await;
         // The mirror says it is behind, by more and more.
         lag_seen = lag(&client).await.max(lag_seen);
         assert!(
             down.elapsed() < TIMEOUT,
-            "mirror_status shows no growing lag while ClickHouse is down (at most {lag_seen} s)"
+            "mirror_status shows no growing lag while the destination is down (at most {lag_seen} s)"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("lag while ClickHouse was down: {lag_seen} s");
+    println!("lag while the destination was down: {lag_seen} s");
     let written_while_down = batches(&ferry).await;
     let starting_at = catalog_now(&ferry).await;
     let written_down = written.load(Ordering::Relaxed) - written_before;
-    clickhouse.start_again().await;
+    server.start_again().await;
     let back = Instant::now();
     println!(
-        "ClickHouse was down {:?}; {written_down} transactions meanwhile",
+        "the destination was down {:?}; {written_down} transactions meanwhile",
         down.elapsed()
     );
     assert!(
         written_down > 10,
-        "the source saw no writes while ClickHouse was down"
+        "the source saw no writes while the destination was down"
     );
     // No batch counted as written while there was nowhere to write it.
     let impossible: Vec<String> = ferry
@@ -258,15 +255,18 @@ async fn clickhouse_restart_during_streaming_loses_nothing() {
         .collect();
     assert!(
         impossible.is_empty(),
-        "batches recorded while ClickHouse was down: {impossible:?}"
+        "batches recorded while the destination was down: {impossible:?}"
     );
     // The changes written meanwhile reach it, and so do the ones after.
     wait_batches_past(&ferry, written_while_down).await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     println!("{} transactions written", written.load(Ordering::Relaxed));
-    converge(&client, &src, &dest, "after the restart").await;
-    println!("converged {:?} after ClickHouse came back", back.elapsed());
+    converged(&client, &src, &dest, "after the restart").await;
+    println!(
+        "converged {:?} after the destination came back",
+        back.elapsed()
+    );
     // Idle and caught up again: no lag.
     let started = Instant::now();
     while lag(&client).await > 0.0 {
@@ -278,17 +278,16 @@ async fn clickhouse_restart_during_streaming_loses_nothing() {
     }
     ferry.stop().await;
     drop(dest);
-    clickhouse.stop().await;
+    server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_restart_during_streaming_loses_nothing() {
+async fn source_restart_during_streaming_loses_nothing(kind: Kind) {
     let mut postgres = PrivatePostgres::start().await;
     let private = postgres.server();
     // The catalog is on the shared server: only the source restarts.
     let ferry = TestFerry::start().await;
     let source = private.temp_database("ferry_src").await;
-    let dest = ChServer::from_env().temp_database("ferry_dst").await;
+    let dest = Dest::create(kind).await;
     let client = ferry.connect().await;
     client
         .batch_execute(&format!(
@@ -297,10 +296,7 @@ async fn postgres_restart_during_streaming_loses_nothing() {
         ))
         .await
         .unwrap();
-    client
-        .batch_execute(&ch_peer_sql("dst", &dest.name))
-        .await
-        .unwrap();
+    client.batch_execute(&dest.peer_sql("dst")).await.unwrap();
     let src = source.connect().await;
     src.batch_execute(SCHEMA).await.unwrap();
     client
@@ -311,7 +307,7 @@ async fn postgres_restart_during_streaming_loses_nothing() {
         .await
         .unwrap();
     wait_for_state(&client, "live", "running", TIMEOUT).await;
-    converge(&client, &src, &dest, "initial load").await;
+    converged(&client, &src, &dest, "initial load").await;
 
     // Changes right up to the stop: some are still in the daemon's batch when the source
     // goes away. First a clean shutdown, then a crash (the slot's position on disk may then
@@ -322,9 +318,9 @@ async fn postgres_restart_during_streaming_loses_nothing() {
         for _ in 0..300 {
             one_transaction(&src, &mut rng).await.unwrap();
         }
-        let before_stop = source_rows(&src).await;
-        let pending = clickhouse_rows(&dest).await != before_stop;
-        println!("{mode:?} stop with changes not yet in ClickHouse: {pending}");
+        let before_stop = ferry_e2e::source_rows(&src, "t", &COLS, "id").await;
+        let pending = dest.rows("t", &COLS, "id").await != before_stop;
+        println!("{mode:?} stop with changes not yet at the destination: {pending}");
         drop(src);
         postgres.stop(mode).await;
         let down = Instant::now();
@@ -336,11 +332,11 @@ async fn postgres_restart_during_streaming_loses_nothing() {
         println!("PostgreSQL ({mode:?} stop) was down {:?}", down.elapsed());
         src = source.connect().await;
         assert_eq!(
-            source_rows(&src).await,
+            ferry_e2e::source_rows(&src, "t", &COLS, "id").await,
             before_stop,
             "the source kept its rows"
         );
-        converge(
+        converged(
             &client,
             &src,
             &dest,
@@ -353,7 +349,7 @@ async fn postgres_restart_during_streaming_loses_nothing() {
     for _ in 0..300 {
         one_transaction(&src, &mut rng).await.unwrap();
     }
-    converge(&client, &src, &dest, "changes after the restart").await;
+    converged(&client, &src, &dest, "changes after the restart").await;
     let active: bool = src
         .query_one(
             "SELECT active FROM pg_replication_slots WHERE database = current_database()",
@@ -367,6 +363,117 @@ async fn postgres_restart_during_streaming_loses_nothing() {
     drop(src);
     drop(source);
     postgres.stop(StopMode::Fast).await;
+}
+
+/// The daemon killed as `kill -9` would, twice, while changes stream (once mid-batch, with
+/// a large transaction on its way): the restarted daemon resumes from the position the
+/// destination and the catalog hold, and nothing is lost or applied twice. A table without a
+/// key (`REPLICA IDENTITY FULL`) gets a row per transaction: in PostgreSQL, a change applied
+/// twice would be a row twice.
+async fn daemon_killed_during_streaming_resumes_exactly(kind: Kind) {
+    let Setup {
+        ferry,
+        client,
+        source,
+        dest,
+        src,
+    } = setup(kind).await;
+    src.batch_execute(
+        "CREATE TABLE c (id int PRIMARY KEY, n int8 NOT NULL);
+         INSERT INTO c SELECT g, 0 FROM generate_series(0, 200) g;
+         CREATE TABLE log (seq int NOT NULL, note text);
+         ALTER TABLE log REPLICA IDENTITY FULL;",
+    )
+    .await
+    .unwrap();
+    client
+        .batch_execute(
+            "CREATE MIRROR killed FROM src TO dst WITH TABLE MAPPING (c:c, log:log)
+             WITH (do_initial_copy = true, sync_interval = 1, max_batch_size = 5000)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&client, "killed", "running", TIMEOUT).await;
+    let view = View::new("c", &[Col::Val("id"), Col::Val("n")], "id");
+    converge(&client, &src, &dest, &view, "initial load").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let src = source.connect().await;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(5);
+            let mut written = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let id: i32 = rng.gen_range(1..=200);
+                src.batch_execute(&format!(
+                    "BEGIN; UPDATE c SET n = n + 1 WHERE id = {id}; UPDATE c SET n = n + 1 WHERE id = 0;
+                     INSERT INTO log VALUES ({written}, 'one'); COMMIT"
+                ))
+                .await
+                .unwrap();
+                written += 1;
+                if written % 500 == 0 {
+                    // A transaction larger than a batch: written in chunks, committed whole.
+                    src.batch_execute(&format!(
+                        "BEGIN; UPDATE c SET n = n + 1 WHERE id > 0; UPDATE c SET n = n + 200 WHERE id = 0;
+                         UPDATE c SET n = n + 1 WHERE id > 0; UPDATE c SET n = n + 200 WHERE id = 0;
+                         INSERT INTO log SELECT -({written} * 10000 + g), 'big' FROM generate_series(1, 6000) g;
+                         COMMIT",
+                    ))
+                    .await
+                    .unwrap();
+                }
+            }
+            written
+        })
+    };
+    let mut ferry = ferry;
+    let mut client = client;
+    for round in 0..2 {
+        let catalog = ferry.catalog().await;
+        let before: i64 = catalog
+            .query_one("SELECT count(*) FROM ferry.cdc_batch", &[])
+            .await
+            .unwrap()
+            .get(0);
+        // Batches are being written when the daemon dies.
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let now: i64 = catalog
+                .query_one("SELECT count(*) FROM ferry.cdc_batch", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if now >= before + 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no batches were written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(client);
+        drop(catalog);
+        let catalog_db = ferry.kill();
+        println!("round {round}: the daemon was killed");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ferry = TestFerry::restart(catalog_db).await;
+        client = ferry.connect().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    println!("{written} transactions written");
+    converge(&client, &src, &dest, &view, "after the kills").await;
+    let log = View::new("log", &[Col::Val("seq"), Col::Val("note")], "seq, note");
+    converge(&client, &src, &dest, &log, "the log after the kills").await;
+    // The counters add up: row 0 counts every increment of the others.
+    let rows = dest.rows("c", &[Col::Val("n")], "id").await;
+    let n: Vec<i64> = rows.iter().map(|r| r.parse().unwrap()).collect();
+    assert_eq!(
+        n[0],
+        n[1..].iter().sum::<i64>(),
+        "an increment was lost or applied twice"
+    );
+    ferry.stop().await;
 }
 
 /// The private servers themselves: ports of their own, data kept across a kill and a crash.

@@ -1,20 +1,15 @@
 //! Every PostgreSQL type through the streaming path, value for value: rows inserted, updated
-//! (with large values left unchanged, so they come back from the source by key) and deleted
-//! after the mirror started streaming reach ClickHouse exactly as the source holds them.
-//!
-//! The comparison is the one of `mirror.rs`: ClickHouse's current state as RowBinary against
-//! the source's values read as text, decoded by the streaming path's decoder and encoded by
-//! Ferry's encoder.
+//! (with large values left unchanged, so that the destination must keep them) and deleted
+//! after the mirror started streaming reach every destination exactly as the source holds
+//! them (the comparison of `mirror.rs`, [`converge_exactly`]).
 #![allow(clippy::print_stdout)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_e2e::{
-    ch_peer_sql, clickhouse_row_bytes, expected_rows, pg_peer_sql, wait_for_state, TestFerry,
-    ALL_TYPES_ROWS, ALL_TYPES_TABLE,
+    converge_exactly, on_every_destination, setup, wait_for_state, Dest, Kind,
+    ALL_TYPES_EXTENSIONS, ALL_TYPES_ROWS, ALL_TYPES_TABLE,
 };
-use ferry_testkit::{ChServer, PgServer, TempChDatabase, TempPgDatabase};
-use tokio_postgres::Client;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -24,80 +19,12 @@ ALTER TABLE all_types ALTER COLUMN c_not_null SET STORAGE EXTERNAL,
                       ALTER COLUMN c_bytea SET STORAGE EXTERNAL;
 "#;
 
-/// Waits until ClickHouse's current state of `all_types` is the source's, value for value.
-async fn converge(ferry: &Client, source: &TempPgDatabase, dest: &TempChDatabase, step: &str) {
-    let expected = expected_rows(source, "all_types", "id").await;
-    let names: Vec<&str> = expected.columns.iter().map(|c| c.name.as_str()).collect();
-    let started = Instant::now();
-    loop {
-        let actual = clickhouse_row_bytes(dest, "all_types", &names, "id").await;
-        if actual == expected.rows_bytes {
-            println!(
-                "{step}: {} rows equal after {:?}",
-                expected.rows,
-                started.elapsed()
-            );
-            return;
-        }
-        let r = ferry
-            .query_one(
-                "SELECT state, coalesce(last_error, '') FROM mirror_status",
-                &[],
-            )
-            .await
-            .unwrap();
-        assert_ne!(
-            r.get::<_, String>(0),
-            "failed",
-            "{step}: the mirror failed: {}",
-            r.get::<_, String>(1)
-        );
-        if started.elapsed() > TIMEOUT {
-            // Name the columns that differ.
-            let mut differing = Vec::new();
-            for (i, c) in expected.columns.iter().enumerate() {
-                let got = clickhouse_row_bytes(dest, "all_types", &[c.name.as_str()], "id").await;
-                if got != expected.per_column[i] {
-                    differing.push(format!(
-                        "{} (expected {:02x?}, got {:02x?})",
-                        c.name,
-                        &expected.per_column[i][..expected.per_column[i].len().min(64)],
-                        &got[..got.len().min(64)]
-                    ));
-                }
-            }
-            let ids: Vec<i64> = dest
-                .client()
-                .query("SELECT id FROM all_types FINAL WHERE _ferry_is_deleted = 0 ORDER BY id")
-                .fetch_all()
-                .await
-                .unwrap();
-            panic!(
-                "{step}: ClickHouse's rows differ from the source's after {TIMEOUT:?}: \
-                 source has {} rows, ClickHouse ids {ids:?}; differing columns: {differing:#?}",
-                expected.rows
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+on_every_destination!(every_type_streams_value_for_value);
 
-#[tokio::test]
-async fn every_type_streams_value_for_value() {
-    let ferry = TestFerry::start().await;
-    let pg = PgServer::from_env();
-    let source = pg.temp_database("ferry_src").await;
-    let dest = ChServer::from_env().temp_database("ferry_dst").await;
-    let client = ferry.connect().await;
-    client
-        .batch_execute(&pg_peer_sql("src", &source.name, &pg.password))
-        .await
-        .unwrap();
-    client
-        .batch_execute(&ch_peer_sql("dst", &dest.name))
-        .await
-        .unwrap();
-    let src = source.connect().await;
+async fn every_type_streams_value_for_value(kind: Kind) {
+    let s = setup(kind).await;
+    let (client, src, source, dest) = (&s.client, &s.src, &s.source, &s.dest);
+    dest.install_extensions(&ALL_TYPES_EXTENSIONS).await;
     src.batch_execute(ALL_TYPES_TABLE).await.unwrap();
     src.batch_execute(STORAGE).await.unwrap();
     client
@@ -107,19 +34,21 @@ async fn every_type_streams_value_for_value() {
         )
         .await
         .unwrap();
-    wait_for_state(&client, "types", "running", TIMEOUT).await;
+    wait_for_state(client, "types", "running", TIMEOUT).await;
 
     src.batch_execute(ALL_TYPES_ROWS).await.unwrap();
-    converge(&client, &source, &dest, "insert").await;
-    // Every row came through the stream, none through a load.
-    let ch = dest.client();
-    let (rows, min_version): (u64, u64) = ch
-        .query("SELECT count(), min(_ferry_version) FROM all_types")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(rows, 4);
-    assert!(min_version > 0, "streamed rows carry their change's LSN");
+    converge_exactly(client, source, dest, "all_types", "id", "insert").await;
+    if let Dest::ClickHouse(d) = dest {
+        // Every row came through the stream, none through a load.
+        let (rows, min_version): (u64, u64) = d
+            .client()
+            .query("SELECT count(), min(_ferry_version) FROM all_types")
+            .fetch_one()
+            .await
+            .unwrap();
+        assert_eq!(rows, 4);
+        assert!(min_version > 0, "streamed rows carry their change's LSN");
+    }
 
     // The two large values are stored out of line, so these updates do not carry them.
     let toast: String = src
@@ -145,30 +74,34 @@ async fn every_type_streams_value_for_value() {
     )
     .await
     .unwrap();
-    converge(&client, &source, &dest, "update").await;
-    let changed: u64 = ch
-        .query("SELECT count() FROM all_types FINAL WHERE _ferry_is_deleted = 0 AND endsWith(ifNull(c_text, ''), '!')")
-        .fetch_one()
+    converge_exactly(client, source, dest, "all_types", "id", "update").await;
+    let changed: i64 = dest
+        .rows("all_types", &[ferry_e2e::Col::Val("c_text")], "id")
         .await
-        .unwrap();
+        .iter()
+        .filter(|t| t.ends_with('!'))
+        .count() as i64;
     assert_eq!(changed, 3, "rows 1, 3 and 4 have a text to append to");
 
     src.batch_execute("DELETE FROM all_types WHERE id IN (1, 3)")
         .await
         .unwrap();
-    converge(&client, &source, &dest, "delete").await;
-    let ids: Vec<i64> = ch
-        .query("SELECT id FROM all_types FINAL WHERE _ferry_is_deleted = 0 ORDER BY id")
-        .fetch_all()
-        .await
-        .unwrap();
-    assert_eq!(ids, [2, 4]);
-    // Without FINAL, the deletions are there as rows of their own.
-    let deleted: Vec<i64> = ch
-        .query("SELECT arraySort(groupUniqArray(id)) FROM all_types WHERE _ferry_is_deleted = 1")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(deleted, [1, 3], "deletions are written as marked rows");
-    ferry.stop().await;
+    converge_exactly(client, source, dest, "all_types", "id", "delete").await;
+    let ids = dest
+        .rows("all_types", &[ferry_e2e::Col::Val("id")], "id")
+        .await;
+    assert_eq!(ids, ["2", "4"]);
+    if let Dest::ClickHouse(d) = dest {
+        // Without FINAL, the deletions are there as rows of their own.
+        let deleted: Vec<i64> = d
+            .client()
+            .query(
+                "SELECT arraySort(groupUniqArray(id)) FROM all_types WHERE _ferry_is_deleted = 1",
+            )
+            .fetch_one()
+            .await
+            .unwrap();
+        assert_eq!(deleted, [1, 3], "deletions are written as marked rows");
+    }
+    s.ferry.stop().await;
 }

@@ -1,114 +1,51 @@
-//! A Ferry daemon run in-process for a test, with its own catalog database.
+//! Support for the end-to-end tests: an in-process daemon ([`TestFerry`]), the destinations a
+//! scenario runs against ([`Dest`], [`Kind`]) with the one way to read their current rows, and
+//! the one comparer ([`converge`], [`converge_exactly`]).
+//!
+//! A scenario that holds for every destination is written once as `async fn name(kind: Kind)`
+//! and run against each with [`on_every_destination!`].
+#![allow(clippy::print_stdout)]
 
-use std::net::SocketAddr;
+#[path = "support/compare.rs"]
+mod compare;
+#[path = "support/daemon.rs"]
+mod daemon;
+#[path = "support/dest.rs"]
+mod dest;
 
-use ferry_catalog::{Catalog, SecretKey};
 use ferry_core::ident::{ch_ident, ch_qualified, pg_ident};
 use ferry_core::{ColumnSchema, Value};
 use ferry_postgres::connect::connect;
 use ferry_postgres::source::describe_table;
 use ferry_postgres::types::decode_text;
-use ferry_server::{run, Settings, Shared, Shutdown};
-use ferry_testkit::{ChServer as Ch, PgServer, TempChDatabase, TempPgDatabase};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use ferry_testkit::{PgServer, TempChDatabase, TempPgDatabase};
+use tokio_postgres::Client;
 
+pub use compare::{
+    assert_not_failed, converge, converge_exactly, mirror_state, output_rows, View,
+    CONVERGE_TIMEOUT,
+};
+pub use daemon::{TestFerry, KEY, PASSWORD, USER};
+pub use dest::{source_digests, source_rows, vals, Col, Dest, Kind};
 pub use ferry_testkit::{ChServer, PgServer as Pg};
 
-pub const USER: &str = "ferry";
-pub const PASSWORD: &str = "test-password";
-pub const KEY: &str = "5f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
+/// Runs a scenario `async fn name(kind: Kind)` against every destination, as the tests
+/// `name::clickhouse` and `name::postgres`. An optional `(flavor = …)` goes to `tokio::test`.
+#[macro_export]
+macro_rules! on_every_destination {
+    ($scenario:ident $($flavor:tt)?) => {
+        mod $scenario {
+            #[tokio::test $($flavor)?]
+            async fn clickhouse() {
+                super::$scenario($crate::Kind::ClickHouse).await
+            }
 
-/// A running daemon; stopped when dropped.
-pub struct TestFerry {
-    pub addr: SocketAddr,
-    pub catalog_db: TempPgDatabase,
-    shutdown: Shutdown,
-    task: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl TestFerry {
-    /// Starts a daemon on a free port with a fresh catalog database. With `FERRY_TEST_LOG`
-    /// set (a filter such as `info,ferry_flow=debug`), the daemon's log goes to the test's
-    /// output.
-    pub async fn start() -> TestFerry {
-        Self::start_with(Settings::new(USER, PASSWORD)).await
-    }
-
-    /// [`TestFerry::start`] with the front door's settings (limits, TLS) chosen.
-    pub async fn start_with(settings: Settings) -> TestFerry {
-        if let Ok(filter) = std::env::var("FERRY_TEST_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .with_test_writer()
-                .try_init();
+            #[tokio::test $($flavor)?]
+            async fn postgres() {
+                super::$scenario($crate::Kind::Postgres).await
+            }
         }
-        let catalog_db = PgServer::from_env().temp_database("ferry_catalog").await;
-        let key = SecretKey::from_hex(KEY).expect("test key");
-        let (catalog, _) = Catalog::open(&catalog_db.url(), key)
-            .await
-            .expect("open catalog");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shared = Shared::with_settings(catalog, settings);
-        let shutdown = Shutdown::default();
-        let waiter = shutdown.clone();
-        let task = tokio::spawn(run(listener, shared, async move { waiter.wait().await }));
-        TestFerry {
-            addr,
-            catalog_db,
-            shutdown,
-            task: Some(task),
-        }
-    }
-
-    /// Connection settings for a client.
-    pub fn conn_str(&self, user: &str, password: &str) -> String {
-        format!(
-            "host={} port={} user={user} password={password} dbname=ferry",
-            self.addr.ip(),
-            self.addr.port()
-        )
-    }
-
-    /// Connects as the configured user.
-    pub async fn connect(&self) -> Client {
-        self.try_connect(USER, PASSWORD)
-            .await
-            .expect("connect to ferry")
-    }
-
-    pub async fn try_connect(
-        &self,
-        user: &str,
-        password: &str,
-    ) -> Result<Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::connect(&self.conn_str(user, password), NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
-    }
-
-    /// A direct connection to the catalog database, to check what Ferry stored.
-    pub async fn catalog(&self) -> Client {
-        self.catalog_db.connect().await
-    }
-
-    /// Stops the daemon and waits for it.
-    pub async fn stop(mut self) {
-        self.shutdown.trigger();
-        if let Some(t) = self.task.take() {
-            t.await.expect("server task").expect("server result");
-        }
-    }
-}
-
-impl Drop for TestFerry {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-    }
+    };
 }
 
 /// The SQLSTATE of an error from a client call.
@@ -178,24 +115,25 @@ pub struct Setup {
     /// A client of the daemon.
     pub client: Client,
     pub source: TempPgDatabase,
-    pub dest: TempChDatabase,
+    pub dest: Dest,
     /// A client of the source database.
     pub src: Client,
 }
 
-/// Starts a daemon with a fresh source and destination, and declares their peers.
-pub async fn setup() -> Setup {
+/// Starts a daemon with a fresh source and a fresh destination of `kind`, and declares their
+/// peers.
+pub async fn setup(kind: Kind) -> Setup {
     let ferry = TestFerry::start().await;
     let pg = PgServer::from_env();
     let source = pg.temp_database("ferry_src").await;
-    let dest = Ch::from_env().temp_database("ferry_dst").await;
+    let dest = Dest::create(kind).await;
     let client = ferry.connect().await;
     client
         .batch_execute(&pg_peer_sql("src", &source.name, &pg.password))
         .await
         .expect("source peer");
     client
-        .batch_execute(&ch_peer_sql("dst", &dest.name))
+        .batch_execute(&dest.peer_sql("dst"))
         .await
         .expect("destination peer");
     let src = source.connect().await;
@@ -243,6 +181,36 @@ async fn describe(database: &str, table: &str) -> (Client, ferry_postgres::sourc
     .unwrap()
     .unwrap_or_else(|| panic!("no table {table}"));
     (client, t)
+}
+
+/// A source table as the initial load reads it: its columns, and the binary COPY stream of
+/// `SELECT <the load's select list> FROM table <rest>` in the chunks the server sent (one
+/// CopyData message each).
+pub async fn copy_stream(
+    database: &str,
+    table: &str,
+    rest: &str,
+) -> (Vec<ColumnSchema>, Vec<bytes::Bytes>) {
+    use futures::StreamExt;
+    let (client, t) = describe(database, table).await;
+    let select: Vec<String> = t
+        .columns
+        .iter()
+        .zip(&t.mappings)
+        .map(|(c, m)| m.select_expr(&pg_ident(&c.name)))
+        .collect();
+    let sql = format!(
+        "COPY (SELECT {} FROM {} {rest}) TO STDOUT (FORMAT binary)",
+        select.join(", "),
+        pg_ident(table)
+    );
+    let stream = client.copy_out(sql.as_str()).await.unwrap();
+    futures::pin_mut!(stream);
+    let mut chunks = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        chunks.push(chunk.unwrap());
+    }
+    (t.columns, chunks)
 }
 
 /// The source's rows of a table, read as text in key order, decoded and encoded as ClickHouse
@@ -327,35 +295,8 @@ pub async fn clickhouse_row_bytes(
     }
 }
 
-/// A source table as the initial load reads it: its columns, and the binary COPY stream of
-/// `SELECT <the load's select list> FROM table <rest>` in the chunks the server sent (one
-/// CopyData message each).
-pub async fn copy_stream(
-    database: &str,
-    table: &str,
-    rest: &str,
-) -> (Vec<ColumnSchema>, Vec<bytes::Bytes>) {
-    use futures::StreamExt;
-    let (client, t) = describe(database, table).await;
-    let select: Vec<String> = t
-        .columns
-        .iter()
-        .zip(&t.mappings)
-        .map(|(c, m)| m.select_expr(&pg_ident(&c.name)))
-        .collect();
-    let sql = format!(
-        "COPY (SELECT {} FROM {} {rest}) TO STDOUT (FORMAT binary)",
-        select.join(", "),
-        pg_ident(table)
-    );
-    let stream = client.copy_out(sql.as_str()).await.unwrap();
-    futures::pin_mut!(stream);
-    let mut chunks = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        chunks.push(chunk.unwrap());
-    }
-    (t.columns, chunks)
-}
+/// The extensions [`ALL_TYPES_TABLE`] uses, which a PostgreSQL destination needs too.
+pub const ALL_TYPES_EXTENSIONS: [&str; 2] = ["citext", "hstore"];
 
 /// A table with a column of every type Ferry maps (the README's table), in the source.
 pub const ALL_TYPES_TABLE: &str = r#"

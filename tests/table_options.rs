@@ -5,13 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{setup, sqlstate, wait_for_state, Setup};
+use ferry_e2e::{setup, sqlstate, wait_for_state, Kind, Setup};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One string column of a ClickHouse query's single row.
 async fn ch_text(s: &Setup, sql: &str) -> String {
     s.dest
+        .ch()
         .client()
         .query(sql)
         .fetch_one::<String>()
@@ -23,7 +24,7 @@ async fn ch_text(s: &Setup, sql: &str) -> String {
 async fn converge(s: &Setup, sql: &str, want: &[&str]) {
     let started = Instant::now();
     loop {
-        let got: Vec<String> = match s.dest.client().query(sql).fetch_all::<String>().await {
+        let got: Vec<String> = match s.dest.ch().client().query(sql).fetch_all::<String>().await {
             Ok(rows) => rows,
             Err(e) => vec![e.to_string()],
         };
@@ -40,7 +41,7 @@ async fn converge(s: &Setup, sql: &str, want: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_take_their_layout_and_peerdb_column_names() {
-    let s = setup().await;
+    let s = setup(Kind::ClickHouse).await;
     s.src
         .batch_execute(
             "CREATE TABLE ev (id int8 PRIMARY KEY, tenant int4 NOT NULL,
@@ -71,7 +72,7 @@ async fn tables_take_their_layout_and_peerdb_column_names() {
     wait_for_state(&s.client, "m", "running", TIMEOUT).await;
 
     // The DDL: the table's own layout over the mirror's defaults.
-    let db = &s.dest.name;
+    let db = &s.dest.ch().name;
     let table = |t: &str, what: &str| {
         format!("SELECT {what} FROM system.tables WHERE database = '{db}' AND name = '{t}'")
     };
@@ -105,6 +106,7 @@ async fn tables_take_their_layout_and_peerdb_column_names() {
     );
     let columns: Vec<String> = s
         .dest
+        .ch()
         .client()
         .query(&format!(
             "SELECT concat(name, ' ', type) FROM system.columns
@@ -176,7 +178,7 @@ async fn tables_take_their_layout_and_peerdb_column_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layouts_are_checked_before_anything_is_created() {
-    let s = setup().await;
+    let s = setup(Kind::ClickHouse).await;
     s.src
         .batch_execute(
             "CREATE TABLE ev (id int8 PRIMARY KEY, tenant int4 NOT NULL, amount numeric(12, 2),
@@ -312,11 +314,48 @@ async fn layouts_are_checked_before_anything_is_created() {
     assert_eq!(mirrors, 0);
     let tables: u64 = s
         .dest
+        .ch()
         .client()
         .query("SELECT count() FROM system.tables WHERE database = currentDatabase()")
         .fetch_one()
         .await
         .unwrap();
     assert_eq!(tables, 0);
+    s.ferry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_destination_refuses_clickhouse_layouts() {
+    let s = setup(Kind::Postgres).await;
+    s.src
+        .batch_execute("CREATE TABLE ev (id int8 PRIMARY KEY, tenant int4 NOT NULL)")
+        .await
+        .unwrap();
+    for (entry, options) in [
+        (", order_by: [tenant, id]", ""),
+        ("", ", soft_delete = true"),
+        ("", ", partition_by = 'tenant'"),
+    ] {
+        let sql = format!(
+            "CREATE MIRROR bad FROM src TO dst WITH TABLE MAPPING ({{from: ev, to: ev{entry}}})
+             WITH (do_initial_copy = true{options})"
+        );
+        let e = s
+            .client
+            .batch_execute(&sql)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("should fail: {sql}"));
+        let message = e
+            .as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_default();
+        assert_eq!(sqlstate(&e), "22023", "{sql}: {message}");
+        assert!(
+            message.contains("PostgreSQL destination"),
+            "{sql}: {message:?}"
+        );
+    }
+    assert!(s.dest.tables("public").await.is_empty());
     s.ferry.stop().await;
 }

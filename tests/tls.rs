@@ -3,12 +3,13 @@
 //! The source: a private PostgreSQL; what each `sslmode` accepts and refuses when a peer is
 //! created, and a mirror whose every connection (peer check, snapshot workers, the
 //! replication stream, TOAST look-ups) must use TLS because the server refuses that role in
-//! plain text. The destination: the test ClickHouse behind a TLS front, reached over HTTPS.
+//! plain text. The destinations: the test ClickHouse behind a TLS front, reached over HTTPS,
+//! and a private PostgreSQL whose role may only use TLS.
 #![allow(clippy::print_stdout)]
 
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{ch_peer_sql, wait_for_state, TestFerry};
+use ferry_e2e::{ch_peer_sql, converge, pg_peer_sql, wait_for_state, Col, Dest, TestFerry, View};
 use ferry_testkit::private::{PrivatePostgres, TLS_ONLY_USER};
 use ferry_testkit::tls::{TestCertificates, TlsProxy};
 use ferry_testkit::{ChServer, PgServer};
@@ -21,6 +22,33 @@ async fn refused(client: &tokio_postgres::Client, sql: String) -> tokio_postgres
     let db = e.as_db_error().unwrap_or_else(|| panic!("{e}")).clone();
     println!("{}: {} ({:?})", db.code().code(), db.message(), db.hint());
     db
+}
+
+/// Table `t` and mirror `m` from peer `src` to `dst`, loaded, then changes to stream: updates
+/// that leave the TOASTed column alone, deletes, inserts.
+async fn mirror_and_change(client: &tokio_postgres::Client, src: &tokio_postgres::Client) {
+    src.batch_execute(
+        "CREATE TABLE t (id int8 PRIMARY KEY, n int8 NOT NULL, doc text);
+         ALTER TABLE t ALTER COLUMN doc SET STORAGE EXTERNAL;
+         INSERT INTO t SELECT g, g, repeat(md5(g::text), 300) FROM generate_series(1, 2000) g;",
+    )
+    .await
+    .unwrap();
+    client
+        .batch_execute(
+            "CREATE MIRROR m FROM src TO dst WITH TABLE MAPPING (t:t)
+             WITH (do_initial_copy = true, sync_interval = 1)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(client, "m", "running", TIMEOUT).await;
+    src.batch_execute(
+        "UPDATE t SET n = n * 10 WHERE id % 3 = 0;
+         DELETE FROM t WHERE id % 7 = 0;
+         INSERT INTO t SELECT g, g, repeat(md5(g::text), 300) FROM generate_series(2001, 2500) g;",
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -150,29 +178,7 @@ async fn sslmodes_and_a_mirror_over_tls() {
         .await
         .unwrap();
     let src = source.connect().await;
-    src.batch_execute(
-        "CREATE TABLE t (id int8 PRIMARY KEY, n int8 NOT NULL, doc text);
-         ALTER TABLE t ALTER COLUMN doc SET STORAGE EXTERNAL;
-         INSERT INTO t SELECT g, g, repeat(md5(g::text), 300) FROM generate_series(1, 2000) g;",
-    )
-    .await
-    .unwrap();
-    client
-        .batch_execute(
-            "CREATE MIRROR m FROM src TO dst WITH TABLE MAPPING (t:t)
-             WITH (do_initial_copy = true, sync_interval = 1)",
-        )
-        .await
-        .unwrap();
-    wait_for_state(&client, "m", "running", TIMEOUT).await;
-    // Updates that leave the TOASTed column alone make Ferry look it up at the source.
-    src.batch_execute(
-        "UPDATE t SET n = n * 10 WHERE id % 3 = 0;
-         DELETE FROM t WHERE id % 7 = 0;
-         INSERT INTO t SELECT g, g, repeat(md5(g::text), 300) FROM generate_series(2001, 2500) g;",
-    )
-    .await
-    .unwrap();
+    mirror_and_change(&client, &src).await;
 
     let want: (i64, i64, String) = {
         let r = src
@@ -336,6 +342,69 @@ async fn clickhouse_over_https() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!("converged over HTTPS in {:?}", started.elapsed());
+    client.batch_execute("DROP MIRROR m").await.unwrap();
+    ferry.stop().await;
+}
+
+/// A PostgreSQL destination reached over TLS only: the check at CREATE MIRROR, the load's
+/// ranges and the apply connection all verify the server's certificate and are encrypted.
+#[tokio::test]
+async fn a_postgres_destination_over_tls() {
+    let postgres = PrivatePostgres::start_with_tls().await;
+    let admin = postgres.server();
+    let dest = admin.temp_database("ferry_dst").await;
+    let pg = PgServer::from_env();
+    let source = pg.temp_database("ferry_src").await;
+    let ferry = TestFerry::start().await;
+    let client = ferry.connect().await;
+    let root = postgres.certificates().root().display().to_string();
+    client
+        .batch_execute(&pg_peer_sql("src", &source.name, &pg.password))
+        .await
+        .unwrap();
+    let dst = |name: &str, tls: &str| {
+        format!(
+            "CREATE PEER {name} FROM POSTGRES WITH (host = 'localhost', port = {}, user = '{TLS_ONLY_USER}', \
+             password = '{}', database = '{}'{tls})",
+            admin.port, admin.password, dest.name
+        )
+    };
+    let e = refused(&client, dst("plain", ", sslmode = 'disable'")).await;
+    assert_eq!(e.code().code(), "28000");
+    client
+        .batch_execute(&dst(
+            "dst",
+            &format!(", sslmode = 'verify-full', sslrootcert = '{root}'"),
+        ))
+        .await
+        .unwrap();
+    let src = source.connect().await;
+    mirror_and_change(&client, &src).await;
+    let dest = Dest::Postgres(dest);
+    let cols = [Col::Val("id"), Col::Val("n"), Col::Md5("doc")];
+    converge(
+        &client,
+        &src,
+        &dest,
+        &View::new("t", &cols, "id"),
+        "over TLS",
+    )
+    .await;
+
+    // Every connection of the TLS-only role is encrypted (the server refuses plain ones).
+    let rows = admin
+        .connect("postgres")
+        .await
+        .query(
+            "SELECT a.application_name, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.usename = $1",
+            &[&TLS_ONLY_USER],
+        )
+        .await
+        .unwrap();
+    let apps: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(apps.iter().all(|(_, ssl)| *ssl), "{apps:?}");
+    assert!(apps.iter().any(|(a, _)| a == "ferry apply"), "{apps:?}");
     client.batch_execute("DROP MIRROR m").await.unwrap();
     ferry.stop().await;
 }

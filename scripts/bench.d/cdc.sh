@@ -28,7 +28,8 @@
 #     Separately: how long after the data was visible mirror_status.confirmed_lsn reached the
 #     end, and Ferry's CPU-seconds (utime + stime from /proc) from RESUME to visible.
 # (b) One transaction inserting --changes rows, the mirror running: COMMIT returned → visible
-#     (its last row, then the fingerprint).
+#     (its last row, then the fingerprint); and PostgreSQL's own decoding of that transaction,
+#     server side, on a copy of the mirror's slot made just before it.
 # (c) Lag. pgbench -i -s 10, then mirror bench_tpcb over the four pgbench tables
 #     (pgbench_history gets a bigserial key) and bench_marker, default options (no
 #     sync_interval). While pgbench -T --seconds -c 4 -j 2 runs, the marker row is set to now()
@@ -305,13 +306,21 @@ big_run() {
 	local want
 	ch_settle
 	write_big_transaction "$tmp/big.sql" "$changes"
+	# A copy of the running mirror's slot, for PostgreSQL's own decoding of the transaction
+	# afterwards (the part of the latency no client can avoid).
+	drop_slots_like "${ref_slot//_/\\_}"
+	pg_value "$source_db" "SELECT pg_copy_logical_replication_slot('$mirror_slot', '$ref_slot')" >/dev/null
 	say "one transaction inserting $changes rows"
 	run_workload "$tmp/big.sql" "$source_db"
 	want=$(pg_fingerprint "$source_db" bench_changes)
 	wait_visible "$want"
 	add big.seconds "$(elapsed "$visible_at" "$workload_end")"
 	add big.commit_seconds "$(elapsed "$workload_end" "$workload_start")"
-	say "big transaction: visible $(elapsed "$visible_at" "$workload_end") s after its COMMIT returned"
+	decode_server_side "$workload_lsn" "$ferry_binary"
+	pg_value "$source_db" "SELECT pg_drop_replication_slot('$ref_slot')" >/dev/null
+	add big.decode_seconds "$dec_seconds"
+	say "big transaction: visible $(elapsed "$visible_at" "$workload_end") s after its COMMIT returned;" \
+		"PostgreSQL decodes it in $dec_seconds s"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -535,8 +544,9 @@ row 'pg_recvlogical --endpos (same options) > /dev/null' "${r[recvlogical.second
 row 'ferry: RESUME → last change visible in ClickHouse' "${r[ferry.seconds]}" "$(rps "${r[ferry.seconds]}")" ''
 printf '  ferry CPU %s s (%s ns a change); confirmed_lsn showed caught up %s s after the data was visible\n' \
 	"${r[ferry.cpu_seconds]}" "${r[ferry.cpu_ns_per_change]}" "${r[confirmed_after_visible_seconds]}"
-printf '\n(b) one transaction of %s INSERTs: COMMIT returned → visible in ClickHouse %s s  (commit took %s s)\n' \
+printf '\n(b) one transaction of %s INSERTs: COMMIT returned → visible in ClickHouse %s s  (commit took %s s;\n' \
 	"$changes" "${r[big.seconds]}" "${r[big.commit_seconds]}"
+printf '    PostgreSQL decodes it, server side, in %s s)\n' "${r[big.decode_seconds]}"
 printf '\n(c) pgbench -s %s -T %s -c 4 -j 2 (%s tps), mirror with default options, a marker every %s ms:\n' \
 	"$pgbench_scale" "$seconds" "${r[lag.tps]}" "$((marker_every_us / 1000))"
 printf '    lag p50 %s s, p99 %s s, max %s s  (%s samples: UPDATE returned → seen in ClickHouse)\n' \

@@ -14,6 +14,7 @@ mod mirrors;
 mod monitor;
 mod peers;
 mod pool;
+mod qrep;
 pub mod reader;
 pub mod secret;
 
@@ -24,5 +25,6 @@ pub use mirrors::{BatchRecord, MirrorRow, NewTable, PartitionRow, TableRow};
 pub use monitor::{MonitoredMirror, SlotSample, StreamFigures, TableFigures, Warning};
 pub use peers::StoredPeer;
 pub use pool::{Catalog, CatalogOptions};
+pub use qrep::{NewRun, QueryMirrorRow, QueryPartitionRow, QueryRunRow};
 pub use reader::{ReadTransaction, ReaderError, ReaderPool, ReaderSettings};
 pub use secret::SecretKey;

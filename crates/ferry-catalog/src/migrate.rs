@@ -76,6 +76,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0007_tables.sql"),
     },
     Migration {
+        version: 8,
+        name: "qrep",
+        sql: include_str!("../../../migrations/0008_qrep.sql"),
+    },
+    Migration {
         version: 9,
         name: "observability",
         sql: include_str!("../../../migrations/0009_observability.sql"),

@@ -1,6 +1,6 @@
 //! Mirrors, their tables and their partitions in the catalog.
 
-use ferry_core::mirror::{MirrorState, PartitionState, TableState};
+use ferry_core::mirror::{MirrorKind, MirrorState, PartitionState, TableState};
 use ferry_core::{Lsn, TableName};
 use tokio_postgres::Row;
 
@@ -22,6 +22,7 @@ pub struct MirrorRow {
     pub confirmed_lsn: Option<Lsn>,
     /// While tables load on their own: the slot is not confirmed past here.
     pub hold_lsn: Option<Lsn>,
+    pub kind: MirrorKind,
 }
 
 /// A table of a mirror, to be stored.
@@ -80,7 +81,7 @@ pub struct PartitionRow {
 
 const MIRROR_COLUMNS: &str =
     "id, name, source_peer, destination_peer, spec, state, publication_name, \
-     created_publication, slot_name, snapshot_lsn::text, confirmed_lsn::text, hold_lsn::text";
+     created_publication, slot_name, snapshot_lsn::text, confirmed_lsn::text, hold_lsn::text, kind";
 
 fn mirror_from_row(row: &Row) -> Result<MirrorRow, CatalogError> {
     let state: String = row.get(5);
@@ -98,6 +99,11 @@ fn mirror_from_row(row: &Row) -> Result<MirrorRow, CatalogError> {
         snapshot_lsn: lsn(row.get(9))?,
         confirmed_lsn: lsn(row.get(10))?,
         hold_lsn: lsn(row.get(11))?,
+        kind: {
+            let kind: String = row.get(12);
+            MirrorKind::parse(&kind)
+                .ok_or_else(|| CatalogError::Corrupt(format!("mirror has unknown kind {kind:?}")))?
+        },
     })
 }
 
@@ -786,4 +792,127 @@ impl Catalog {
             .await?;
         Ok(())
     }
+}
+
+impl Catalog {
+    /// `ALTER MIRROR … ADD TABLE MAPPING`: the mirror's new statement, and its new tables to be
+    /// loaded on their own (`syncing`), recorded with the change in one transaction. Returns
+    /// the new tables' ids.
+    pub async fn add_tables(
+        &self,
+        mirror_id: i64,
+        spec: &serde_json::Value,
+        tables: &[NewTable],
+        change: &str,
+    ) -> Result<Vec<i64>, CatalogError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let mut ids = Vec::with_capacity(tables.len());
+        for t in tables {
+            let row = tx
+                .query_one(
+                    "INSERT INTO ferry.mirror_table (mirror_id, source_schema, source_table, source_oid,
+                         destination_database, destination_table, columns, state, rows_estimated)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'syncing', $8) RETURNING id",
+                    &[
+                        &mirror_id,
+                        &t.source.schema,
+                        &t.source.name,
+                        &t.source_oid,
+                        &t.destination_database,
+                        &t.destination_table,
+                        &t.columns,
+                        &t.rows_estimated,
+                    ],
+                )
+                .await?;
+            ids.push(row.get(0));
+        }
+        record_change(&tx, mirror_id, spec, change).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// `ALTER MIRROR … DROP TABLE MAPPING`: the tables leave the mirror (their destination
+    /// tables stay), recorded with the change in one transaction.
+    pub async fn remove_tables(
+        &self,
+        mirror_id: i64,
+        spec: &serde_json::Value,
+        table_ids: &[i64],
+        change: &str,
+    ) -> Result<(), CatalogError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "DELETE FROM ferry.mirror_table WHERE mirror_id = $1 AND id = ANY($2)",
+            &[&mirror_id, &table_ids],
+        )
+        .await?;
+        record_change(&tx, mirror_id, spec, change).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// `ALTER MIRROR … SET`: the mirror's new statement, recorded with the change.
+    pub async fn change_spec(
+        &self,
+        mirror_id: i64,
+        spec: &serde_json::Value,
+        change: &str,
+    ) -> Result<(), CatalogError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        record_change(&tx, mirror_id, spec, change).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the leaves a partitioned table was loaded with.
+    pub async fn set_table_leaves(
+        &self,
+        table_id: i64,
+        leaves: &[String],
+    ) -> Result<(), CatalogError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE ferry.mirror_table SET leaves = $2 WHERE id = $1",
+                &[&table_id, &leaves],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The leaves a partitioned table was loaded with (`None` for a plain table, or one not
+    /// loaded since they were recorded).
+    pub async fn table_leaves(&self, table_id: i64) -> Result<Option<Vec<String>>, CatalogError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT leaves FROM ferry.mirror_table WHERE id = $1",
+                &[&table_id],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+}
+
+async fn record_change(
+    tx: &tokio_postgres::Transaction<'_>,
+    mirror_id: i64,
+    spec: &serde_json::Value,
+    change: &str,
+) -> Result<(), CatalogError> {
+    tx.execute(
+        "UPDATE ferry.mirrors SET spec = $2, updated_at = now() WHERE id = $1",
+        &[&mirror_id, spec],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO ferry.mirror_change (mirror_id, change) VALUES ($1, $2)",
+        &[&mirror_id, &change],
+    )
+    .await?;
+    Ok(())
 }

@@ -82,7 +82,9 @@ impl Catalog {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id, name, state, source_peer, slot_name, spec FROM ferry.mirrors ORDER BY id",
+                // A query mirror has no slot to watch (its runs are in qrep_runs).
+                "SELECT id, name, state, source_peer, slot_name, spec FROM ferry.mirrors
+                 WHERE kind = 'cdc' ORDER BY id",
                 &[],
             )
             .await?;

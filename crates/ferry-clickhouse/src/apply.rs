@@ -34,15 +34,25 @@ use ferry_core::ident::ch_qualified;
 use ferry_core::layout::Layouts;
 use ferry_core::TableName;
 use ferry_core::{canonical, ColumnSchema, Error, ErrorKind, Lsn, Numeric, Value, ValueKind};
+use futures::StreamExt;
 
 use crate::connect::DestinationError;
 use crate::load::column_error;
 use crate::table::{ClickHouse, RowInsert, WriteError};
-use crate::unrepresentable::{Substitutions, UnrepresentablePolicy};
+use crate::transcode::{Field as TField, Transcoder};
+use crate::unrepresentable::UnrepresentablePolicy;
+
+/// Bytes of rows gathered before they are sent as one chunk of an insert.
+const SEND_BYTES: usize = 1 << 20;
+/// Rows a table's changes wrote, and the values replaced in them.
+type Written = (u64, Vec<ferry_core::destination::Substitution>);
+
+/// Tables whose changes are inserted at the same time.
+const TABLES_AT_ONCE: usize = 4;
 
 /// Applying changes to one ClickHouse.
 pub struct ClickHouseApply {
-    ch: ClickHouse,
+    pub(crate) ch: ClickHouse,
     policy: UnrepresentablePolicy,
     /// The mirror's tables' layouts: a column whose type was chosen is converted on insert.
     layouts: Layouts,
@@ -61,7 +71,23 @@ impl ClickHouseApply {
         }
     }
 
-    fn insert(&self, db: &str, table: &str, columns: &[ColumnSchema], converts: bool) -> RowInsert {
+    pub(crate) fn policy(&self) -> UnrepresentablePolicy {
+        self.policy
+    }
+
+    pub(crate) fn insert(&self, db: &str, table: &str, columns: &[ColumnSchema]) -> RowInsert {
+        self.insert_converting(db, table, columns, false)
+    }
+
+    /// [`ClickHouseApply::insert`] whose rows ClickHouse converts to the column types chosen
+    /// in place of the mapped ones when `converts`.
+    fn insert_converting(
+        &self,
+        db: &str,
+        table: &str,
+        columns: &[ColumnSchema],
+        converts: bool,
+    ) -> RowInsert {
         self.ch
             .insert_for(db, table, columns, false, converts)
             .with_policy(self.policy)
@@ -79,13 +105,28 @@ impl ClickHouseApply {
 
 #[async_trait]
 impl Apply for ClickHouseApply {
+    /// The tables' inserts run side by side (a few at a time): a table's changes are in one
+    /// entry, in order, and no order holds between tables, so a batch over several tables
+    /// takes as long as its largest insert rather than their sum.
     async fn write(&mut self, changes: Vec<TableChanges>) -> Result<Summary, ApplyError> {
+        type Insert<'a> = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Written, ApplyError>> + Send + 'a>,
+        >;
+        let this = &*self;
+        let inserts: Vec<Insert<'_>> = changes
+            .iter()
+            .map(|tc| -> Insert<'_> {
+                Box::pin(async move {
+                    this.write_table(tc)
+                        .await
+                        .map_err(|e| attribute(tc.table.id, e))
+                })
+            })
+            .collect();
+        let mut inserts = futures::stream::iter(inserts).buffer_unordered(TABLES_AT_ONCE);
         let mut summary = Summary::default();
-        for tc in &changes {
-            let (rows, substitutions) = self
-                .write_table(tc)
-                .await
-                .map_err(|e| attribute(tc.table.id, e))?;
+        while let Some(done) = inserts.next().await {
+            let (rows, substitutions) = done?;
             summary.rows += rows;
             summary.substitutions.extend(substitutions);
         }
@@ -116,7 +157,7 @@ fn attribute(table: i64, e: Failure) -> ApplyError {
     }
 }
 
-enum Failure {
+pub(crate) enum Failure {
     Table(Error),
     Destination(DestinationError),
 }
@@ -164,7 +205,7 @@ pub(crate) fn placeholder(kind: &ValueKind, nullable: bool) -> Value {
 }
 
 /// The value of a field as written, `None` for an unchanged one.
-fn value_of(column: &ColumnSchema, field: Field<'_>) -> Result<Option<Value>, Failure> {
+pub(crate) fn value_of(column: &ColumnSchema, field: Field<'_>) -> Result<Option<Value>, Failure> {
     Ok(match field {
         Field::Null => Some(Value::Null),
         Field::Unchanged => None,
@@ -187,11 +228,11 @@ struct Sources {
 
 impl ClickHouseApply {
     /// Writes one table's changes; returns the rows written.
-    async fn write_table(
-        &self,
-        tc: &TableChanges,
-    ) -> Result<(u64, Vec<ferry_core::destination::Substitution>), Failure> {
+    async fn write_table(&self, tc: &TableChanges) -> Result<Written, Failure> {
         let spec = &tc.table;
+        if crate::identity::keyless(&spec.columns) {
+            return self.write_multiset(tc).await;
+        }
         let columns: Vec<ColumnSchema> = tc
             .columns
             .iter()
@@ -208,25 +249,56 @@ impl ClickHouseApply {
         };
         let sources = self.unchanged_sources(tc, &columns, &key_slots).await?;
         let (db, table) = (&spec.target.namespace, &spec.target.table);
+        // Every field goes straight from its canonical bytes into RowBinary: no value per cell.
+        let mut transcoder = Transcoder::new(&columns, self.policy)
+            .map_err(|e| Failure::Table(Error::new(e.kind(), "22000", e.to_string())))?;
+        // What a deletion row holds where the change carries no value.
+        let mut stand_ins: Vec<Vec<u8>> = Vec::with_capacity(columns.len());
+        for (s, c) in columns.iter().enumerate() {
+            let mut b = Vec::new();
+            crate::rowbinary::encode(
+                &c.kind,
+                c.nullable,
+                &placeholder(&c.kind, c.nullable),
+                &mut b,
+            )
+            .map_err(|source| {
+                Failure::Table(column_error(
+                    &columns,
+                    WriteError::Encode { column: s, source },
+                ))
+            })?;
+            stand_ins.push(b);
+        }
         let converts = self.converted(&spec.source, &columns).contains(&true);
         // Columns the table is sorted by beyond its key: a row moves when one changes, and a
         // deletion must carry them (ClickHouse keeps one row per ORDER BY value).
         let extras = sort_extras(&self.layouts.of(&spec.source), &columns);
         let mut moved_slots = key_slots.clone();
         moved_slots.extend(&extras);
-        let mut insert = self.insert(db, table, &columns, converts);
-        let mut substituted = Substitutions::new(columns.len());
+        let mut insert = self.insert_converting(db, table, &columns, converts);
+        let mut buf: Vec<u8> = Vec::with_capacity(SEND_BYTES + (64 << 10));
+        let mut pending = 0u64;
         let mut written = 0u64;
-        let mut values = Vec::with_capacity(columns.len());
         // The RowBinary of each column of the ops later ops take values from.
         let mut kept: HashMap<usize, Vec<Vec<u8>>> = HashMap::new();
+        let transcode = |e: crate::transcode::TranscodeError| {
+            Failure::Table(Error::new(e.kind(), "22000", e.to_string()))
+        };
         for (i, op) in tc.ops().iter().enumerate() {
             let change = match op {
                 Op::Truncate { .. } => {
                     // The rows before the TRUNCATE land first.
-                    let done =
-                        std::mem::replace(&mut insert, self.insert(db, table, &columns, converts));
-                    substituted.merge(done.substitutions());
+                    if pending > 0 {
+                        insert
+                            .send_encoded(std::mem::take(&mut buf), pending)
+                            .await?;
+                        pending = 0;
+                    }
+                    let done = std::mem::replace(
+                        &mut insert,
+                        self.insert_converting(db, table, &columns, converts),
+                    );
                     written += done.finish().await?;
                     self.ch
                         .execute(&format!("TRUNCATE TABLE {}", ch_qualified(db, table)))
@@ -244,72 +316,95 @@ impl ClickHouseApply {
                     if !extras.is_empty() && !change.old_is_full {
                         return Err(Failure::Table(sorted_beyond_key(spec, &columns, &extras)));
                     }
-                    deletion_row(&columns, &old, &mut values)?;
-                    insert
-                        .push(&values, version, true)
-                        .await
-                        .map_err(|e| Failure::Table(column_error(&columns, e)))?;
+                    let fields = (0..columns.len()).map(|s| match old.get(s) {
+                        Field::Value(b) => TField::Binary(b),
+                        Field::Null if columns[s].nullable => TField::Null,
+                        _ => TField::Encoded(&stand_ins[s]),
+                    });
+                    transcoder
+                        .append_row(fields, version, true, &mut buf)
+                        .map_err(transcode)?;
+                    pending += 1;
                 }
             }
             let Some(new) = change.new else { continue };
             let new = tc.tuple(new);
-            values.clear();
-            let mut encoded: Vec<(usize, Vec<u8>)> = Vec::new();
-            for (s, c) in columns.iter().enumerate() {
-                match value_of(c, new.get(s))? {
-                    Some(v) => values.push(v),
-                    None => {
-                        let bytes = match sources.earlier.get(&i) {
-                            Some(j) => kept.get(j).map(|cols| cols[s].clone()),
-                            None => sources
-                                .stored
-                                .get(&i)
-                                .and_then(|cols| cols.iter().find(|(slot, _)| *slot == s))
-                                .map(|(_, b)| b.clone()),
-                        }
-                        .ok_or_else(|| {
-                            Failure::Table(Error::internal("an unchanged value was not looked up"))
-                        })?;
-                        encoded.push((s, bytes));
-                        values.push(Value::Null);
-                    }
-                }
-            }
-            if sources.kept.contains(&i) {
-                let mut cols = Vec::with_capacity(columns.len());
-                for (s, c) in columns.iter().enumerate() {
-                    match encoded.iter().find(|(slot, _)| *slot == s) {
-                        Some((_, b)) => cols.push(b.clone()),
-                        None => {
-                            let mut b = Vec::new();
-                            crate::rowbinary::encode_with_policy(
-                                &c.kind,
-                                c.nullable,
-                                &values[s],
-                                self.policy,
-                                &mut b,
-                            )
-                            .map_err(|source| {
-                                Failure::Table(column_error(
-                                    &columns,
-                                    WriteError::Encode { column: s, source },
+            if !new.has_unchanged() && !sources.kept.contains(&i) {
+                // Every value is in the change: straight from the arena, nothing gathered.
+                let fields = (0..columns.len()).map(|s| match new.get(s) {
+                    Field::Value(b) => TField::Binary(b),
+                    _ => TField::Null,
+                });
+                transcoder
+                    .append_row(fields, version, false, &mut buf)
+                    .map_err(transcode)?;
+            } else {
+                let mut fields: Vec<TField<'_>> = Vec::with_capacity(columns.len());
+                for s in 0..columns.len() {
+                    fields.push(match new.get(s) {
+                        Field::Value(b) => TField::Binary(b),
+                        Field::Null => TField::Null,
+                        Field::Unchanged => {
+                            let bytes: &[u8] = match sources.earlier.get(&i) {
+                                Some(j) => kept.get(j).map(|cols| cols[s].as_slice()),
+                                None => sources
+                                    .stored
+                                    .get(&i)
+                                    .and_then(|cols| cols.iter().find(|(slot, _)| *slot == s))
+                                    .map(|(_, b)| b.as_slice()),
+                            }
+                            .ok_or_else(|| {
+                                Failure::Table(Error::internal(
+                                    "an unchanged value was not looked up",
                                 ))
                             })?;
-                            cols.push(b);
+                            TField::Encoded(bytes)
                         }
-                    }
+                    });
                 }
-                kept.insert(i, cols);
+                let mut keep = None;
+                if sources.kept.contains(&i) {
+                    // Later changes of the row take this row's values, column by column.
+                    let mut cols = Vec::with_capacity(columns.len());
+                    for (s, f) in fields.iter().enumerate() {
+                        let mut one = Vec::new();
+                        match f {
+                            TField::Encoded(b) => one.extend_from_slice(b),
+                            other => {
+                                let mut t =
+                                    Transcoder::new(std::slice::from_ref(&columns[s]), self.policy)
+                                        .map_err(transcode)?;
+                                t.append_row([*other], 0, false, &mut one)
+                                    .map_err(transcode)?;
+                                // Only the column's bytes: the version and deletion marker go.
+                                one.truncate(one.len() - 9);
+                            }
+                        }
+                        cols.push(one);
+                    }
+                    keep = Some(cols);
+                }
+                transcoder
+                    .append_row(fields, version, false, &mut buf)
+                    .map_err(transcode)?;
+                if let Some(cols) = keep {
+                    kept.insert(i, cols);
+                }
             }
-            let refs: Vec<(usize, &[u8])> =
-                encoded.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-            insert
-                .push_with(&values, &refs, version, false)
-                .await
-                .map_err(|e| Failure::Table(column_error(&columns, e)))?;
+            pending += 1;
+            if buf.len() >= SEND_BYTES {
+                insert
+                    .send_encoded(std::mem::take(&mut buf), pending)
+                    .await?;
+                buf.reserve(SEND_BYTES + (64 << 10));
+                pending = 0;
+            }
         }
-        substituted.merge(insert.substitutions());
+        if pending > 0 {
+            insert.send_encoded(buf, pending).await?;
+        }
         written += insert.finish().await?;
+        let substituted = transcoder.substitutions().clone();
         tracing::debug!(table = %spec.source, destination = %format!("{db}.{table}"), rows = written, "changes written");
         Ok((
             written,
@@ -326,23 +421,18 @@ impl ClickHouseApply {
         key_slots: &[usize],
     ) -> Result<Sources, Failure> {
         let mut sources = Sources::default();
+        let unchanged = tc.ops().iter().any(|op| match op {
+            Op::Row(c) => c.new.is_some_and(|n| tc.tuple(n).has_unchanged()),
+            Op::Truncate { .. } => false,
+        });
+        if !unchanged {
+            // The common case: every change carries all its values.
+            return Ok(sources);
+        }
         // Key (canonical bytes) → the op that last wrote a live row under it.
         let mut live: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut needy: Vec<(usize, Vec<Value>, u64, Vec<usize>)> = Vec::new();
-        let key_bytes = |row: &Row<'_>| -> Vec<u8> {
-            let mut k = Vec::new();
-            for &s in key_slots {
-                match row.get(s) {
-                    Field::Value(b) => {
-                        k.extend_from_slice(&(b.len() as u32).to_le_bytes());
-                        k.extend_from_slice(b);
-                    }
-                    Field::Null => k.extend_from_slice(&u32::MAX.to_le_bytes()),
-                    Field::Unchanged => k.extend_from_slice(&(u32::MAX - 1).to_le_bytes()),
-                }
-            }
-            k
-        };
+        let key_bytes = |row: &Row<'_>| row.fields_bytes(key_slots.iter().copied());
         for (i, op) in tc.ops().iter().enumerate() {
             let change = match op {
                 Op::Truncate { .. } => {
@@ -524,24 +614,6 @@ fn key_moved(
         // An unchanged value in the new row is the old one.
         b != Field::Unchanged && a != b
     })
-}
-
-/// The row that marks a deletion: what the old row carries, stand-ins for the rest.
-fn deletion_row(
-    columns: &[ColumnSchema],
-    old: &Row<'_>,
-    values: &mut Vec<Value>,
-) -> Result<(), Failure> {
-    values.clear();
-    for (s, c) in columns.iter().enumerate() {
-        let v = match old.get(s) {
-            Field::Value(_) => value_of(c, old.get(s))?.unwrap_or(Value::Null),
-            Field::Null if c.nullable => Value::Null,
-            _ => placeholder(&c.kind, c.nullable),
-        };
-        values.push(v);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //!   values are read back from ClickHouse ([`crate::lookup`]).
 //! - ClickHouse keeps no position of its own: the engine's catalog is the position, and
 //!   replaying WAL after a crash writes rows identical to those written before.
+//! - A query mirror's table and partitions: [`crate::qrep`].
 //! - Destination databases are never created: a mirror's databases must exist, so that a typo
 //!   in a mapping is an error, not a stray database.
 //! - Each table is laid out as its mirror says ([`crate::layout`]): checked, with ClickHouse
@@ -17,7 +18,8 @@
 
 use async_trait::async_trait;
 use ferry_core::destination::{
-    Apply, Destination, Load, MirrorContext, TableSpec, TableToken, TargetName, Wire,
+    Apply, Destination, Load, MirrorContext, QueryDestination, TableSpec, TableToken, TargetName,
+    Wire,
 };
 use ferry_core::ident::{ch_ident, ch_literal, ch_qualified};
 use ferry_core::peer::ClickhouseConfig;
@@ -28,14 +30,21 @@ use crate::layout::{resolve, Meta, Resolved};
 use crate::table::{ClickHouse, IS_DELETED_COLUMN, SYNCED_AT_COLUMN, VERSION_COLUMN};
 use crate::types::clickhouse_type;
 
-/// Ferry's own columns in every destination table, unless the mirror renames them.
-pub const RESERVED_COLUMNS: [&str; 3] = [VERSION_COLUMN, IS_DELETED_COLUMN, SYNCED_AT_COLUMN];
+/// Ferry's own columns in every destination table (the first three unless the mirror renames
+/// them; the last two in tables without a key).
+pub const RESERVED_COLUMNS: [&str; 5] = [
+    VERSION_COLUMN,
+    IS_DELETED_COLUMN,
+    SYNCED_AT_COLUMN,
+    crate::identity::ROW_HASH_COLUMN,
+    crate::identity::ROW_ID_COLUMN,
+];
 
 /// A ClickHouse peer as the destination of one mirror.
 pub struct ClickHouseDestination {
     pub(crate) ch: ClickHouse,
     cfg: ClickhouseConfig,
-    mirror: MirrorContext,
+    pub(crate) mirror: MirrorContext,
 }
 
 impl ClickHouseDestination {
@@ -178,7 +187,15 @@ impl Destination for ClickHouseDestination {
             ));
         }
         for t in tables {
-            if let Some(c) = t.columns.iter().find(|c| own.contains(&c.name.as_str())) {
+            let identity = [
+                crate::identity::ROW_HASH_COLUMN,
+                crate::identity::ROW_ID_COLUMN,
+            ];
+            if let Some(c) = t
+                .columns
+                .iter()
+                .find(|c| own.contains(&c.name.as_str()) || identity.contains(&c.name.as_str()))
+            {
                 return Err(Error::invalid(
                     "42939",
                     format!(
@@ -225,7 +242,12 @@ impl Destination for ClickHouseDestination {
         if !self.ch.table_exists(&into.namespace, &into.table).await? {
             let layout = self.layout(table)?;
             self.ch
-                .create_table(&into.namespace, &into.table, &table.columns, &layout)
+                .create_table(
+                    &into.namespace,
+                    &into.table,
+                    &crate::identity::storage_columns(&table.columns),
+                    &layout,
+                )
                 .await?;
         }
         self.table_token(into)
@@ -277,12 +299,13 @@ impl Destination for ClickHouseDestination {
         Ok(())
     }
 
-    async fn load(&self, table: &TableSpec, into: &TargetName, _range: i32) -> Result<Load, Error> {
+    async fn load(&self, table: &TableSpec, into: &TargetName, range: i32) -> Result<Load, Error> {
         let converts = self.layout(table)?.converts();
         Ok(Load::Sink(Box::new(crate::load::RangeSink::new(
             &self.ch,
             table,
             into,
+            range,
             crate::load::policy(self.mirror.unrepresentable),
             converts,
         )?)))
@@ -293,7 +316,8 @@ impl Destination for ClickHouseDestination {
     }
 
     /// Rows written before a column existed have no value for it: added columns are always
-    /// nullable.
+    /// nullable. (A table without a key tells its rows apart by all their values, so the
+    /// engine loads such a table again instead of adding a column to it.)
     async fn add_columns(&self, table: &TableSpec, added: &[ColumnSchema]) -> Result<(), Error> {
         for c in added {
             let sql = format!(
@@ -313,5 +337,10 @@ impl Destination for ClickHouseDestination {
             crate::load::policy(self.mirror.unrepresentable),
             self.mirror.layouts.clone(),
         )))
+    }
+
+    /// Query mirrors: [`crate::qrep`].
+    fn query(&self) -> Option<&dyn QueryDestination> {
+        Some(self)
     }
 }

@@ -129,6 +129,13 @@ pub fn resolve(layout: &TableLayout, table: &TableSpec, meta: &Meta) -> Result<R
         ..Default::default()
     };
 
+    if keys.is_empty() && !layout.column_types.is_empty() {
+        return Err(invalid(
+            table,
+            "column_types",
+            "a table without a key keeps its mapped types: its rows are found by their values",
+        ));
+    }
     for (column, text) in &layout.column_types {
         let Some(i) = table.columns.iter().position(|c| &c.name == column) else {
             return Err(Error::new(

@@ -15,14 +15,15 @@ use ferry_core::destination::{LoadSink, Substitution, Summary, TableSpec, Target
 use ferry_core::mirror::Unrepresentable;
 use ferry_core::{ColumnSchema, Error};
 
+use crate::identity;
 use crate::native::NativeBlock;
 use crate::table::{ClickHouse, RowInsert, WriteError};
 use crate::transcode::{TranscodeError, Transcoder};
 use crate::unrepresentable::{Substitutions, UnrepresentablePolicy};
 
 /// Rows of a `Native` block, and its bytes, at most: memory is bounded by workers × block.
-const BLOCK_ROWS: usize = 65_536;
-const BLOCK_BYTES: usize = 1 << 20;
+pub(crate) const BLOCK_ROWS: usize = 65_536;
+pub(crate) const BLOCK_BYTES: usize = 1 << 20;
 
 /// The mirror's policy, as this crate names it.
 pub(crate) fn policy(p: Unrepresentable) -> UnrepresentablePolicy {
@@ -60,6 +61,8 @@ pub struct RangeSink {
     insert: RowInsert,
     columns: Vec<ColumnSchema>,
     table: i64,
+    /// For a table without a key: the range, whose rows' ids are numbered in it.
+    identity: Option<i32>,
     /// Rows sent, and rows in the block not sent yet.
     rows: u64,
 }
@@ -71,41 +74,51 @@ impl RangeSink {
         ch: &ClickHouse,
         table: &TableSpec,
         into: &TargetName,
+        range: i32,
         policy: UnrepresentablePolicy,
         converts: bool,
     ) -> Result<RangeSink, Error> {
         let meta = [ch.meta().version.as_str(), ch.meta().is_deleted.as_str()];
+        let stored = identity::storage_columns(&table.columns);
         Ok(RangeSink {
             framer: CopyFramer::new(table.columns.len(), DEFAULT_MAX_ROW_BYTES),
-            transcoder: Transcoder::new(&table.columns, policy).map_err(transcode_error)?,
-            block: NativeBlock::named(&table.columns, meta, BLOCK_ROWS, BLOCK_BYTES),
+            transcoder: Transcoder::new(&stored, policy).map_err(transcode_error)?,
+            block: NativeBlock::named(&stored, meta, BLOCK_ROWS, BLOCK_BYTES),
             out: Vec::new(),
-            insert: ch.insert_for(&into.namespace, &into.table, &table.columns, true, converts),
+            insert: ch.insert_for(&into.namespace, &into.table, &stored, true, converts),
             columns: table.columns.clone(),
             table: table.id,
+            identity: identity::keyless(&table.columns).then_some(range),
             rows: 0,
         })
     }
 
     /// Sends the block's rows.
     async fn send_block(&mut self) -> Result<(), Error> {
-        let n = self.block.rows() as u64;
-        if n == 0 {
-            return Ok(());
-        }
-        self.block.finish(&mut self.out);
-        self.insert
-            .send_encoded(std::mem::take(&mut self.out), n)
-            .await?;
-        Ok(())
+        send_block(&mut self.block, &mut self.out, &mut self.insert).await
     }
 }
 
-fn frame_error(e: FrameError) -> Error {
+/// Sends a block's rows as the next piece of `insert` (`out` is scratch space).
+pub(crate) async fn send_block(
+    block: &mut NativeBlock,
+    out: &mut Vec<u8>,
+    insert: &mut RowInsert,
+) -> Result<(), Error> {
+    let n = block.rows() as u64;
+    if n == 0 {
+        return Ok(());
+    }
+    block.finish(out);
+    insert.send_encoded(std::mem::take(out), n).await?;
+    Ok(())
+}
+
+pub(crate) fn frame_error(e: FrameError) -> Error {
     Error::new(e.kind(), "XX000", format!("reading the COPY stream: {e}"))
 }
 
-fn transcode_error(e: TranscodeError) -> Error {
+pub(crate) fn transcode_error(e: TranscodeError) -> Error {
     Error::new(e.kind(), "22000", e.to_string())
 }
 
@@ -137,9 +150,23 @@ impl LoadSink for RangeSink {
                 else {
                     break;
                 };
-                self.transcoder
-                    .append_native(row.fields(), 0, false, &mut self.block)
-                    .map_err(transcode_error)?;
+                match self.identity {
+                    None => self
+                        .transcoder
+                        .append_native(row.fields(), 0, false, &mut self.block),
+                    Some(range) => {
+                        let hash = identity::row_hash(row.fields()).to_be_bytes();
+                        let id = identity::load_row_id(range, self.rows).to_be_bytes();
+                        let extra = [Some(&hash[..]), Some(&id[..])];
+                        self.transcoder.append_native(
+                            row.fields().chain(extra),
+                            0,
+                            false,
+                            &mut self.block,
+                        )
+                    }
+                }
+                .map_err(transcode_error)?;
                 self.rows += 1;
                 self.block.is_full()
             };

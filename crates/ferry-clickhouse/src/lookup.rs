@@ -180,6 +180,86 @@ impl ClickHouse {
     }
 }
 
+/// One row of a table without a key, as [`ClickHouse::stored_rows`] finds it.
+#[derive(Debug, Clone)]
+pub struct StoredRow {
+    pub hash: u64,
+    pub id: u64,
+    /// Its newest version, and whether that version deletes it.
+    pub version: u64,
+    pub deleted: bool,
+    /// Its values, as RowBinary of the table's columns.
+    pub content: Vec<u8>,
+}
+
+/// Hashes looked up in one query.
+const HASHES_PER_QUERY: usize = 10_000;
+
+impl ClickHouse {
+    /// Every row of a table without a key whose values hash to one of `hashes`, with its
+    /// newest version (see [`crate::identity`]).
+    pub async fn stored_rows(
+        &self,
+        database: &str,
+        table: &str,
+        columns: &[ColumnSchema],
+        hashes: &[u64],
+    ) -> Result<Vec<StoredRow>, WriteError> {
+        use crate::identity::{ROW_HASH_COLUMN, ROW_ID_COLUMN};
+        let list: Vec<String> = columns.iter().map(|c| ch_ident(&c.name)).collect();
+        let (h, id, v, d) = (
+            ch_ident(ROW_HASH_COLUMN),
+            ch_ident(ROW_ID_COLUMN),
+            ch_ident(&self.meta().version),
+            ch_ident(&self.meta().is_deleted),
+        );
+        let mut found = Vec::new();
+        for chunk in hashes.chunks(HASHES_PER_QUERY) {
+            let wanted: Vec<String> = chunk.iter().map(|x| (*x as i64).to_string()).collect();
+            let sql = format!(
+                "SELECT {h}, {id}, max({v}), argMax({d}, {v}), argMax(formatRow('RowBinary', {cols}), {v}) \
+                 FROM {table} WHERE {h} IN ({wanted}) GROUP BY {h}, {id}",
+                cols = list.join(", "),
+                table = ch_qualified(database, table),
+                wanted = wanted.join(", "),
+            );
+            let bytes = self
+                .client()
+                .query(&sql)
+                .with_setting("max_query_size", MAX_QUERY_SIZE.to_string())
+                .fetch_bytes("RowBinary")
+                .map_err(|e| self.err(e))?
+                .collect()
+                .await
+                .map_err(|e| self.err(e))?;
+            let mut rest: &[u8] = &bytes;
+            let bad = || malformed(table);
+            while !rest.is_empty() {
+                let hash = take_fixed::<8>(&mut rest).ok_or_else(bad)?;
+                let row_id = take_fixed::<8>(&mut rest).ok_or_else(bad)?;
+                let version = take_fixed::<8>(&mut rest).ok_or_else(bad)?;
+                let deleted = take_fixed::<1>(&mut rest).ok_or_else(bad)?;
+                let content = take_string(&mut rest).ok_or_else(bad)?;
+                found.push(StoredRow {
+                    hash: u64::from_le_bytes(hash),
+                    id: u64::from_le_bytes(row_id),
+                    version: u64::from_le_bytes(version),
+                    deleted: deleted[0] != 0,
+                    content,
+                });
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Takes `N` bytes off the front of `buf`.
+fn take_fixed<const N: usize>(buf: &mut &[u8]) -> Option<[u8; N]> {
+    let (head, rest) = buf.split_first_chunk::<N>()?;
+    *buf = rest;
+    Some(*head)
+}
+
 fn malformed(table: &str) -> WriteError {
     WriteError::Destination(DestinationError {
         kind: ferry_core::ErrorKind::Internal,

@@ -24,6 +24,7 @@ use ferry_core::peer::ClickhouseConfig;
 use ferry_core::{ColumnSchema, Value};
 
 use crate::connect::DestinationError;
+use crate::identity::{ROW_HASH_COLUMN, ROW_ID_COLUMN};
 use crate::layout::{Meta, Resolved};
 use crate::rowbinary::{encode_with_policy, render_value, EncodeError};
 use crate::types::clickhouse_type;
@@ -39,7 +40,8 @@ pub const SYNCED_AT_COLUMN: &str = "_ferry_synced_at";
 /// Bytes of RowBinary gathered before they are sent as one chunk of an insert.
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// `CREATE TABLE` for a replicated table, laid out as `layout` says.
+/// `CREATE TABLE` for a replicated table, laid out as `layout` says; `columns` as
+/// [`crate::identity::storage_columns`] gives them.
 pub fn create_table_sql(
     database: &str,
     table: &str,
@@ -63,9 +65,13 @@ pub fn create_table_sql(
         .filter(|c| c.key_position.is_some())
         .collect();
     keys.sort_by_key(|c| c.key_position);
-    // REPLICA IDENTITY FULL without a key: the whole row identifies it.
+    // Without a key (REPLICA IDENTITY FULL), rows are told apart by their values' hash and
+    // an id of their own (crate::identity); `columns` then ends with those two.
     let key_columns: Vec<&ColumnSchema> = if keys.is_empty() {
-        columns.iter().collect()
+        columns
+            .iter()
+            .filter(|c| c.name == ROW_HASH_COLUMN || c.name == ROW_ID_COLUMN)
+            .collect()
     } else {
         keys
     };

@@ -500,6 +500,7 @@ async fn native_blocks_match_clickhouse() {
         kind: ValueKind::Int32,
         nullable: false,
         key_position: Some(1),
+        pg_type: None,
     }];
     schema.extend(columns.iter().map(|c| ColumnSchema {
         name: c.name.into(),
@@ -508,6 +509,7 @@ async fn native_blocks_match_clickhouse() {
         kind: c.kind.clone(),
         nullable: c.nullable,
         key_position: None,
+        pg_type: None,
     }));
     let ddl: Vec<String> = schema
         .iter()

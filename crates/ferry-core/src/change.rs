@@ -260,6 +260,24 @@ impl<'a> Row<'a> {
     pub fn has_unchanged(&self) -> bool {
         self.slots.contains(&Slot::Unchanged)
     }
+
+    /// The fields at `slots` as one byte string (each value's length and bytes; markers for
+    /// NULL and unchanged), equal for two rows exactly when those fields are: for finding a
+    /// row's key, or a whole row, among others.
+    pub fn fields_bytes(&self, slots: impl IntoIterator<Item = usize>) -> Vec<u8> {
+        let mut k = Vec::new();
+        for s in slots {
+            match self.get(s) {
+                Field::Value(b) => {
+                    k.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                    k.extend_from_slice(b);
+                }
+                Field::Null => k.extend_from_slice(&u32::MAX.to_le_bytes()),
+                Field::Unchanged => k.extend_from_slice(&(u32::MAX - 1).to_le_bytes()),
+            }
+        }
+        k
+    }
 }
 
 #[cfg(test)]
@@ -276,6 +294,7 @@ mod tests {
             kind: ValueKind::Int32,
             nullable: key.is_none(),
             key_position: key,
+            pg_type: None,
         };
         Arc::new(TableSpec {
             id: 1,

@@ -9,7 +9,8 @@
 //! - [`Value`] and [`Numeric`]: one column value, lossless for every mapped PostgreSQL type;
 //! - [`schema`]: tables, columns and how each PostgreSQL type is carried ([`ValueKind`]);
 //! - [`peer`]: connection settings of source and destination peers;
-//! - [`mirror`]: what a mirror copies and how;
+//! - [`pgtype`]: a source column's exact PostgreSQL type, for a PostgreSQL destination;
+//! - [`mirror`]: what a mirror copies and how; [`qrep`]: what a query mirror runs;
 //! - [`ident`]: the one place identifiers are quoted for either server;
 //! - [`error`]: the error kinds that decide what is retried;
 //! - [`binary_copy`]: framing PostgreSQL's binary COPY stream into rows of borrowed fields;
@@ -27,6 +28,8 @@ pub mod lsn;
 pub mod mirror;
 pub mod peer;
 pub mod pg_binary;
+pub mod pgtype;
+pub mod qrep;
 pub mod schema;
 pub mod tls;
 pub mod value;

@@ -41,6 +41,10 @@ pub struct MirrorOptions {
     /// `synced_at_col_name`).
     #[serde(default)]
     pub meta_columns: MetaColumns,
+    /// A PostgreSQL destination: create the primary key before the initial load instead of
+    /// building it after (slower to load; the table has its key throughout).
+    #[serde(default)]
+    pub primary_key_during_load: bool,
 }
 
 /// The policy for values a destination column cannot hold (see the README's type mapping).
@@ -55,6 +59,126 @@ pub enum Unrepresentable {
 }
 
 impl MirrorOptions {
+    /// Options `ALTER MIRROR … SET` may change while the mirror runs; the others fix what the
+    /// mirror is (its slot, its publication, whether it loads or streams).
+    pub const CHANGEABLE: [&'static str; 7] = [
+        "sync_interval",
+        "max_batch_size",
+        "max_slot_lag_bytes",
+        "unrepresentable_values",
+        "snapshot_num_rows_per_partition",
+        "snapshot_max_parallel_workers",
+        "snapshot_num_tables_in_parallel",
+    ];
+
+    /// The options as a `WITH (…)` list would give them.
+    pub fn to_options(&self) -> Vec<(String, OptionValue)> {
+        let num = |n: u64| OptionValue::Number(n.to_string());
+        let mut o = vec![
+            (
+                "do_initial_copy".to_owned(),
+                OptionValue::Bool(self.do_initial_copy),
+            ),
+            (
+                "initial_copy_only".to_owned(),
+                OptionValue::Bool(self.initial_copy_only),
+            ),
+            (
+                "snapshot_num_rows_per_partition".to_owned(),
+                num(self.rows_per_partition),
+            ),
+            (
+                "snapshot_max_parallel_workers".to_owned(),
+                num(u64::from(self.max_parallel_workers)),
+            ),
+            (
+                "snapshot_num_tables_in_parallel".to_owned(),
+                num(u64::from(self.tables_in_parallel)),
+            ),
+            (
+                "sync_interval".to_owned(),
+                num(u64::from(self.sync_interval_secs)),
+            ),
+            (
+                "max_batch_size".to_owned(),
+                num(u64::from(self.max_batch_size)),
+            ),
+            (
+                "unrepresentable_values".to_owned(),
+                OptionValue::String(
+                    match self.unrepresentable_values {
+                        Unrepresentable::Substitute => "substitute",
+                        Unrepresentable::Fail => "fail",
+                    }
+                    .into(),
+                ),
+            ),
+            (
+                "primary_key_during_load".to_owned(),
+                OptionValue::Bool(self.primary_key_during_load),
+            ),
+        ];
+        if let Some(p) = &self.publication_name {
+            o.push((
+                "publication_name".to_owned(),
+                OptionValue::String(p.clone()),
+            ));
+        }
+        if let Some(s) = &self.slot_name {
+            o.push((
+                "replication_slot_name".to_owned(),
+                OptionValue::String(s.clone()),
+            ));
+        }
+        if let Some(l) = self.max_slot_lag_bytes {
+            o.push(("max_slot_lag_bytes".to_owned(), num(l)));
+        }
+        o
+    }
+
+    /// These options with `changes` made (checked as `CREATE MIRROR` checks them). A change
+    /// of an option outside [`MirrorOptions::CHANGEABLE`] is refused: `Err(Ok(name))`.
+    pub fn changed(
+        &self,
+        changes: &[(String, OptionValue)],
+    ) -> Result<MirrorOptions, Result<String, OptionError>> {
+        const FIXED: [&str; 11] = [
+            "do_initial_copy",
+            "initial_copy_only",
+            "publication_name",
+            "replication_slot_name",
+            "primary_key_during_load",
+            "order_by",
+            "partition_by",
+            "table_settings",
+            "soft_delete",
+            "soft_delete_col_name",
+            "synced_at_col_name",
+        ];
+        let mut merged = self.to_options();
+        for (name, value) in changes {
+            if FIXED.contains(&name.as_str()) {
+                return Err(Ok(name.clone()));
+            }
+            if !Self::CHANGEABLE.contains(&name.as_str()) {
+                let mut known = Self::CHANGEABLE.to_vec();
+                known.sort_unstable();
+                return Err(Err(OptionError::Unknown {
+                    name: name.clone(),
+                    context: "ALTER MIRROR … SET".into(),
+                    known,
+                }));
+            }
+            merged.retain(|(n, _)| n != name);
+            merged.push((name.clone(), value.clone()));
+        }
+        let mut o = MirrorOptions::from_options(&merged).map_err(Err)?;
+        // The tables' layout and Ferry's columns are fixed when the tables are created.
+        o.table_defaults = self.table_defaults.clone();
+        o.meta_columns = self.meta_columns.clone();
+        Ok(o)
+    }
+
     /// Types and checks a `CREATE MIRROR … WITH (…)` option list.
     pub fn from_options(options: &[(String, OptionValue)]) -> Result<MirrorOptions, OptionError> {
         let mut r = OptionReader::new("a mirror", options)?;
@@ -116,6 +240,7 @@ impl MirrorOptions {
                 is_deleted: column_name(&mut r, "soft_delete_col_name")?,
                 synced_at: column_name(&mut r, "synced_at_col_name")?,
             },
+            primary_key_during_load: r.boolean("primary_key_during_load")?.unwrap_or(false),
         };
         r.finish()?;
         if o.initial_copy_only && !o.do_initial_copy {
@@ -172,6 +297,17 @@ pub struct TableMapping {
     pub layout: TableLayout,
 }
 
+/// A change `ALTER MIRROR` makes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MirrorChange {
+    /// Tables to replicate too.
+    AddTables(Vec<TableMapping>),
+    /// Source tables to stop replicating (their destination tables stay).
+    DropTables(Vec<TableName>),
+    /// Options to change (see [`MirrorOptions::CHANGEABLE`]).
+    Set(Vec<(String, OptionValue)>),
+}
+
 /// Which tables a mirror copies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mapping {
@@ -185,6 +321,17 @@ pub enum Mapping {
 pub struct MirrorSpec {
     pub mapping: Mapping,
     pub options: MirrorOptions,
+}
+
+impl MirrorSpec {
+    /// Its tables' layouts: the mirror's defaults, and each mapped table's own.
+    pub fn layouts(&self) -> crate::layout::Layouts {
+        let mapped = match &self.mapping {
+            Mapping::Tables(t) => t.as_slice(),
+            Mapping::Schemas(_) => &[],
+        };
+        crate::layout::Layouts::new(&self.options.table_defaults, mapped)
+    }
 }
 
 /// Declares a state enum stored in the catalog as text.
@@ -243,6 +390,16 @@ impl TableState {
     /// Whether the stream applies this table's changes.
     pub fn streams(self) -> bool {
         matches!(self, TableState::Done | TableState::Catchup)
+    }
+}
+
+catalog_state! {
+    /// What a mirror copies, as `mirror_status.kind` shows it.
+    MirrorKind {
+        /// Tables, loaded and then followed through logical replication.
+        Cdc = "cdc",
+        /// A query's result, run over the next range of a watermark again and again.
+        Query = "query",
     }
 }
 

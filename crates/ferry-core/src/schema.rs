@@ -83,6 +83,10 @@ pub struct ColumnSchema {
     pub nullable: bool,
     /// Position in the primary key (or replica identity), 1-based; `None` when not part of it.
     pub key_position: Option<u16>,
+    /// The column's exact type at the source, for a destination that recreates it; `None` in
+    /// descriptions made before Ferry kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_type: Option<crate::pgtype::PgType>,
 }
 
 /// A replicated table: its name, OID and the columns Ferry copies, in the source's order.

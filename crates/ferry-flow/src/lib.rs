@@ -13,13 +13,19 @@
 //!
 //! Beside the mirrors' tasks, one [`monitor`] per daemon samples every mirror's figures from
 //! the source and from each stream's [`progress`], on a timer of its own, in every state.
+//!
+//! A query mirror (`CREATE MIRROR … FOR $$query$$`) is a task of its own too: `setting_up ──►
+//! running` (a run now and then, see [`qrep`]) `──► completed` after its one run with
+//! `initial_copy_only`; paused, failed and resumed as a mirror of tables.
 
+mod alter;
 mod error;
 pub mod load;
 mod mirror;
 pub mod monitor;
 mod peers;
 pub mod progress;
+pub mod qrep;
 pub mod setup;
 pub mod stream;
 pub mod sync;
@@ -29,8 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_catalog::{Catalog, MirrorRow, StoredPeer, TableRow};
-use ferry_core::destination::{TableSpec, TargetName};
-use ferry_core::mirror::{Mapping, MirrorSpec, MirrorState, TableState};
+use ferry_core::destination::{Destination, TableSpec, TargetName};
+use ferry_core::mirror::{Mapping, MirrorKind, MirrorSpec, MirrorState, TableState};
 use ferry_core::ErrorKind;
 use ferry_postgres::publication;
 use ferry_postgres::replication::ReplicationConnection;
@@ -41,6 +47,7 @@ use tracing::{error, info, warn, Instrument};
 use mirror::MirrorTask;
 
 pub use error::FlowError;
+pub use qrep::CreateQueryMirror;
 
 /// How long a stopping mirror task gets before it is aborted.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -178,7 +185,14 @@ impl Engine {
             };
         }
         let src_cfg = peers::source_config(&req.source)?;
-        let dest = peers::destination(&req.destination, &req.name, &req.spec)?;
+        let dest = peers::destination(
+            &req.destination,
+            &peers::MirrorRef {
+                name: &req.name,
+                id: None,
+                spec: &req.spec,
+            },
+        )?;
         let plan = setup::plan(&req.name, &src_cfg, dest.as_ref(), &req.spec).await?;
         let set_up = setup::create(
             &self.catalog,
@@ -217,13 +231,12 @@ impl Engine {
             return Err(not_found(name));
         };
         self.stop(name).await;
+        if row.kind == MirrorKind::Query {
+            self.drop_query_mirror(&row).await?;
+            return Ok(true);
+        }
         let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
-        let spec = mirror_spec(&row)?;
-        let dest = peers::destination(
-            &self.peer_by_id(row.destination_peer).await?,
-            &row.name,
-            &spec,
-        )?;
+        let dest = self.destination_of(&row, &stored_spec(&row)?).await?;
         let created_publication = if row.created_publication {
             row.publication_name.as_deref()
         } else {
@@ -278,6 +291,9 @@ impl Engine {
                 "55000",
                 format!("mirror \"{name}\" is {} and not paused", row.state),
             ));
+        }
+        if row.kind == MirrorKind::Query {
+            return self.resume_query_mirror(row).await;
         }
         let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
         if let Some(slot) = &row.slot_name {
@@ -335,6 +351,9 @@ impl Engine {
             .mirror(name)
             .await?
             .ok_or_else(|| not_found(name))?;
+        if row.kind == MirrorKind::Query {
+            return Err(qrep::tables_only(name, "RESYNC MIRROR … TABLE"));
+        }
         match row.state {
             MirrorState::Running | MirrorState::Snapshot => {}
             MirrorState::Paused => {
@@ -393,6 +412,9 @@ impl Engine {
             .mirror(name)
             .await?
             .ok_or_else(|| not_found(name))?;
+        if row.kind == MirrorKind::Query {
+            return Err(qrep::tables_only(name, "RESYNC MIRROR"));
+        }
         if row.state == MirrorState::SettingUp {
             return Err(FlowError::invalid(
                 "55000",
@@ -407,15 +429,9 @@ impl Engine {
                 ),
             );
         }
-        let spec: MirrorSpec = serde_json::from_value(row.spec.clone()).map_err(|e| {
-            FlowError::internal(format!("mirror {name}: stored spec unreadable: {e}"))
-        })?;
+        let spec = stored_spec(&row)?;
         let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
-        let dest = peers::destination(
-            &self.peer_by_id(row.destination_peer).await?,
-            &row.name,
-            &spec,
-        )?;
+        let dest = self.destination_of(&row, &spec).await?;
         self.stop(name).await;
 
         // Fresh tables beside the live ones, from the tables' current shape.
@@ -513,6 +529,22 @@ impl Engine {
         }
     }
 
+    /// The destination of a stored mirror.
+    async fn destination_of(
+        &self,
+        row: &MirrorRow,
+        spec: &MirrorSpec,
+    ) -> Result<Arc<dyn Destination>, FlowError> {
+        peers::destination(
+            &self.peer_by_id(row.destination_peer).await?,
+            &peers::MirrorRef {
+                name: &row.name,
+                id: Some(row.id),
+                spec,
+            },
+        )
+    }
+
     async fn peer_by_id(&self, id: i64) -> Result<StoredPeer, FlowError> {
         self.catalog.peer_by_id(id).await?.ok_or_else(|| {
             FlowError::internal(format!("peer {id} of a mirror is missing from the catalog"))
@@ -524,15 +556,12 @@ impl Engine {
         row: MirrorRow,
         snapshot: Option<(ReplicationConnection, Option<String>)>,
     ) -> Result<(), FlowError> {
-        let spec: MirrorSpec = serde_json::from_value(row.spec.clone()).map_err(|e| {
-            FlowError::internal(format!("mirror {}: stored spec unreadable: {e}", row.name))
-        })?;
+        if row.kind == MirrorKind::Query {
+            return self.spawn_query(row).await;
+        }
+        let spec = stored_spec(&row)?;
         let source = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
-        let destination = peers::destination(
-            &self.peer_by_id(row.destination_peer).await?,
-            &row.name,
-            &spec,
-        )?;
+        let destination = self.destination_of(&row, &spec).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
         let task = MirrorTask {
@@ -545,19 +574,24 @@ impl Engine {
             wake: wake.clone(),
             progress: self.progress_of(row.id),
         };
-        let span = tracing::info_span!("mirror", mirror = %row.name);
-        let handle = tokio::spawn(task.run(snapshot).instrument(span));
-        if let Some(old) = self.lock().insert(
-            row.name.clone(),
-            Running {
-                stop: stop_tx,
-                wake,
-                task: handle,
-            },
-        ) {
+        self.register(&row.name, stop_tx, wake, task.run(snapshot));
+        Ok(())
+    }
+
+    /// Runs a mirror's task, under the mirror's name (a task already there is told to stop).
+    fn register(
+        &self,
+        name: &str,
+        stop: watch::Sender<bool>,
+        wake: Arc<Notify>,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let span = tracing::info_span!("mirror", mirror = %name);
+        let task = tokio::spawn(task.instrument(span));
+        let running = Running { stop, wake, task };
+        if let Some(old) = self.lock().insert(name.to_owned(), running) {
             old.stop.send_replace(true);
         }
-        Ok(())
     }
 }
 
@@ -567,19 +601,19 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// A stored mirror's spec.
+fn stored_spec(row: &MirrorRow) -> Result<MirrorSpec, FlowError> {
+    serde_json::from_value(row.spec.clone()).map_err(|e| {
+        FlowError::internal(format!("mirror {}: stored spec unreadable: {e}", row.name))
+    })
+}
+
 fn not_found(name: &str) -> FlowError {
     FlowError::new(
         ErrorKind::NotFound,
         "42704",
         format!("mirror \"{name}\" does not exist"),
     )
-}
-
-/// A mirror's stored statement.
-pub(crate) fn mirror_spec(row: &MirrorRow) -> Result<MirrorSpec, FlowError> {
-    serde_json::from_value(row.spec.clone()).map_err(|e| {
-        FlowError::internal(format!("mirror {}: stored spec unreadable: {e}", row.name))
-    })
 }
 
 /// The destination's view of a table of the mirror, from the catalog.

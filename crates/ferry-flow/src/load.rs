@@ -99,7 +99,9 @@ struct TableJob {
 
 impl TableJob {
     fn rows(&self) -> u64 {
-        self.done.load(Ordering::Relaxed) + self.inflight.load(Ordering::Relaxed)
+        self.done
+            .load(Ordering::Relaxed)
+            .saturating_add(self.inflight.load(Ordering::Relaxed))
     }
 }
 
@@ -256,6 +258,13 @@ async fn copy_table(
     let catalog = &ctx.catalog;
     // Ranges are planned once; a restart finds them in the catalog.
     let mut planned = Vec::new();
+    // A partitioned table's leaves as loaded: one attached or detached later makes it load
+    // again (stream::scope).
+    if described.heaps.iter().any(|h| h.name != table.row.source) {
+        let mut leaves: Vec<String> = described.heaps.iter().map(|h| h.name.to_string()).collect();
+        leaves.sort();
+        catalog.set_table_leaves(table.row.id, &leaves).await?;
+    }
     for heap in &described.heaps {
         for r in ctid::plan(heap.pages, heap.tuples, ctx.rows_per_partition) {
             planned.push((heap.name.quoted(), r.start as i64, r.end.map(|e| e as i64)));
@@ -310,8 +319,9 @@ async fn copy_table(
             joined.map_err(|e| FlowError::internal(format!("copy task failed: {e}")))?;
         match result {
             Ok(Some(rows)) => {
-                // The count (which holds the range's rows, sent) is recorded first, so that it
-                // never trails the ranges recorded done.
+                // The count, with the range's rows, is recorded first, so that it never
+                // trails the ranges recorded done.
+                table.done.fetch_add(rows, Ordering::Relaxed);
                 catalog
                     .set_table_progress(table.row.id, table.rows() as i64)
                     .await?;
@@ -323,8 +333,6 @@ async fn copy_table(
                         ctx.snapshot.as_deref(),
                     )
                     .await?;
-                table.inflight.fetch_sub(rows, Ordering::Relaxed);
-                table.done.fetch_add(rows, Ordering::Relaxed);
             }
             Ok(None) => stopped = true,
             Err(e) => {
@@ -395,11 +403,12 @@ async fn copy_partition_with_retries(
                 .fetch_sub(sent.load(Ordering::Relaxed), Ordering::Relaxed);
             return Ok(None);
         };
-        if result.is_err() {
-            table
-                .inflight
-                .fetch_sub(sent.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
+        // What this attempt counted as in flight leaves it whatever the outcome: on success
+        // the caller counts the range's rows as done (a range the destination held already
+        // was never in flight, and a sink's final count may differ from its running one).
+        table
+            .inflight
+            .fetch_sub(sent.load(Ordering::Relaxed), Ordering::Relaxed);
         match result {
             Ok(rows) => {
                 debug!(partition = p.partition_no, %range, rows, secs = started.elapsed().as_secs_f64(), "partition copied");

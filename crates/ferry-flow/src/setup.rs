@@ -120,18 +120,67 @@ pub async fn plan(
     let money_scale = source::money_scale(&client, src_cfg).await?;
     let entries =
         resolve_mapping(&client, src_cfg, &spec.mapping, dest.default_namespace()).await?;
-    let layouts = ferry_core::layout::Layouts::new(
-        &spec.options.table_defaults,
-        match &spec.mapping {
-            Mapping::Tables(t) => t.as_slice(),
-            Mapping::Schemas(_) => &[],
-        },
-    );
+    let tables = plan_tables(
+        &client,
+        src_cfg,
+        dest,
+        entries,
+        money_scale,
+        &spec.layouts(),
+    )
+    .await?;
+    // A publication the user named must publish every table, or their changes never come.
+    let (publication, _) = mirror_names(mirror, spec);
+    let names: Vec<TableName> = tables.iter().map(|t| t.spec.source.clone()).collect();
+    check_published(src_cfg, &publication, &names).await?;
+    Ok(Plan { tables })
+}
+
+/// Refuses tables a publication that exists does not publish, naming them.
+pub async fn check_published(
+    cfg: &PostgresConfig,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<(), FlowError> {
+    if let Some(missing) = publication::unpublished(cfg, publication, tables).await? {
+        if !missing.is_empty() {
+            let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
+            return Err(FlowError::new(
+                ErrorKind::Misconfigured,
+                "55000",
+                format!(
+                    "publication \"{publication}\" does not publish {}",
+                    list.join(", ")
+                ),
+            )
+            .with_hint(format!(
+                "Run ALTER PUBLICATION {} ADD TABLE {} on the source, or leave publication_name out and Ferry makes its own.",
+                ferry_core::ident::pg_ident(publication),
+                missing
+                    .iter()
+                    .map(TableName::quoted)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks tables a mirror is to copy (they exist, can be replicated, and the destination can
+/// hold them, laid out as `layouts` says), and describes them; creates nothing.
+pub async fn plan_tables(
+    client: &Client,
+    src_cfg: &PostgresConfig,
+    dest: &dyn Destination,
+    entries: Vec<(TableName, TargetName, Vec<String>)>,
+    money_scale: u8,
+    layouts: &ferry_core::layout::Layouts,
+) -> Result<Vec<PlannedTable>, FlowError> {
     let mut tables = Vec::with_capacity(entries.len());
     let mut sorted_beyond_key: Vec<(TableName, Vec<String>)> = Vec::new();
     for (name, target, exclude) in entries {
-        let Some(t) =
-            source::describe_table(&client, src_cfg, &name, &exclude, money_scale).await?
+        let Some(t) = source::describe_table(client, src_cfg, &name, &exclude, money_scale).await?
         else {
             return Err(FlowError::new(
                 ErrorKind::NotFound,
@@ -197,7 +246,7 @@ pub async fn plan(
             name.quoted()
         )));
     }
-    Ok(Plan { tables })
+    Ok(tables)
 }
 
 /// The publication and slot names of a new mirror: the ones its options give, or

@@ -261,3 +261,89 @@ pub async fn add_table(
     info!(publication = %publication, table = %table, "table added to the publication");
     Ok(())
 }
+
+/// The tables among `tables` that publication `name` does not publish; `None` when there is
+/// no publication of that name.
+pub async fn unpublished(
+    cfg: &PostgresConfig,
+    name: &str,
+    tables: &[TableName],
+) -> Result<Option<Vec<TableName>>, SourceError> {
+    let client = connect(cfg, "ferry publication check").await?;
+    let exists = client
+        .query_one(
+            "SELECT count(*) FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(pg_err(cfg))?
+        .get::<_, i64>(0)
+        > 0;
+    if !exists {
+        return Ok(None);
+    }
+    // pg_publication_tables lists a partitioned table's leaves instead of the table when the
+    // publication does not publish through the root: either counts as published.
+    let rows = client
+        .query(
+            "SELECT p.schemaname::text, p.tablename::text FROM pg_publication_tables p
+             WHERE p.pubname = $1
+             UNION
+             SELECT n.nspname::text, c.relname::text
+             FROM pg_publication_tables p
+             JOIN pg_namespace pn ON pn.nspname = p.schemaname
+             JOIN pg_class leaf ON leaf.relname = p.tablename AND leaf.relnamespace = pn.oid
+             JOIN pg_inherits i ON i.inhrelid = leaf.oid
+             JOIN pg_class c ON c.oid = i.inhparent
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE p.pubname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(pg_err(cfg))?;
+    let published: std::collections::HashSet<TableName> = rows
+        .iter()
+        .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    Ok(Some(
+        tables
+            .iter()
+            .filter(|t| !published.contains(*t))
+            .cloned()
+            .collect(),
+    ))
+}
+
+/// Makes a publication of named tables stop publishing `table` (a publication of whole
+/// schemas, or one that does not publish it, is left as it is).
+pub async fn drop_table(
+    cfg: &PostgresConfig,
+    publication: &str,
+    table: &TableName,
+) -> Result<(), SourceError> {
+    let client = connect(cfg, "ferry publication").await?;
+    let named = client
+        .query_one(
+            "SELECT count(*) FROM pg_publication_rel pr
+             JOIN pg_publication p ON p.oid = pr.prpubid
+             JOIN pg_class c ON c.oid = pr.prrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE p.pubname = $1 AND n.nspname = $2 AND c.relname = $3",
+            &[&publication, &table.schema, &table.name],
+        )
+        .await
+        .map_err(pg_err(cfg))?
+        .get::<_, i64>(0)
+        > 0;
+    if named {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} DROP TABLE {}",
+                pg_ident(publication),
+                table.quoted()
+            ))
+            .await
+            .map_err(pg_err(cfg))?;
+    }
+    Ok(())
+}

@@ -224,6 +224,7 @@ pub async fn describe_table(
             Some(_) => {}
         }
     }
+    let mut exact = crate::types::exact_types(client, cfg, oid).await?;
     let mut columns = Vec::new();
     let mut mappings = Vec::new();
     for c in pg_columns
@@ -232,6 +233,7 @@ pub async fn describe_table(
     {
         let mapping = value_kind(&c.type_info, money_scale);
         columns.push(ColumnSchema {
+            pg_type: exact.remove(&c.name),
             name: c.name,
             type_oid: c.type_info.oid,
             type_name: c.type_name,
@@ -330,4 +332,55 @@ pub async fn tables_by_oid(
             )
         })
         .collect())
+}
+
+/// The leaf partitions of a partitioned table (`schema.name`, sorted); `None` for a table that
+/// is not partitioned.
+pub async fn leaves(
+    client: &Client,
+    cfg: &PostgresConfig,
+    oid: u32,
+) -> Result<Option<Vec<String>>, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT c.relkind::text FROM pg_class c WHERE c.oid = $1",
+            &[&oid],
+        )
+        .await
+        .map_err(query_err(cfg))?;
+    if row.is_none_or(|r| r.get::<_, String>(0) != "p") {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT n.nspname::text || '.' || c.relname::text
+             FROM pg_partition_tree($1::oid::regclass) t
+             JOIN pg_class c ON c.oid = t.relid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE t.isleaf ORDER BY 1",
+            &[&oid],
+        )
+        .await
+        .map_err(query_err(cfg))?;
+    Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
+}
+
+/// Which of a table's columns have a default, so that rows already there when the column
+/// was added hold a value other than NULL.
+pub async fn columns_with_default(
+    client: &Client,
+    cfg: &PostgresConfig,
+    oid: u32,
+    names: &[String],
+) -> Result<Vec<String>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT attname::text FROM pg_attribute
+             WHERE attrelid = $1 AND attname = ANY($2) AND (atthasdef OR atthasmissing)
+               AND NOT attisdropped",
+            &[&oid, &names],
+        )
+        .await
+        .map_err(query_err(cfg))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }

@@ -116,6 +116,49 @@ const TABLE_SERIES: &[Series] = &[
     ),
 ];
 
+/// Query mirrors' runs; column 0 is the mirror.
+const QUERY_SQL: &str = "SELECT m.name, q.runs::float8, coalesce(q.last_run_rows, 0)::float8,
+        coalesce((SELECT extract(epoch FROM r.finished_at - r.started_at)
+                  FROM ferry.qrep_run r WHERE r.mirror_id = m.id AND r.state = 'done'
+                  ORDER BY r.run_no DESC LIMIT 1), 0)::float8,
+        coalesce(extract(epoch FROM q.last_run_at), 0)::float8,
+        coalesce(extract(epoch FROM q.next_run_at), 0)::float8
+    FROM ferry.mirrors m JOIN ferry.qrep_mirror q ON q.mirror_id = m.id
+    ORDER BY m.name";
+
+const QUERY_SERIES: &[Series] = &[
+    series(
+        "ferry_mirror_query_runs_total",
+        "counter",
+        "Runs a query mirror started.",
+        1,
+    ),
+    series(
+        "ferry_mirror_query_last_run_rows",
+        "gauge",
+        "Rows the last finished run copied.",
+        2,
+    ),
+    series(
+        "ferry_mirror_query_last_run_duration_seconds",
+        "gauge",
+        "How long the last finished run took.",
+        3,
+    ),
+    series(
+        "ferry_mirror_query_last_run_timestamp_seconds",
+        "gauge",
+        "When the last run finished.",
+        4,
+    ),
+    series(
+        "ferry_mirror_query_next_run_timestamp_seconds",
+        "gauge",
+        "When the next run is due (0: now).",
+        5,
+    ),
+];
+
 /// A label value in Prometheus' text format.
 fn label(value: &str) -> String {
     value
@@ -129,6 +172,7 @@ pub async fn render(catalog: &Catalog) -> Result<String, CatalogError> {
     let client = catalog.client().await?;
     let mirrors = client.query(MIRROR_SQL, &[]).await?;
     let tables = client.query(TABLE_SQL, &[]).await?;
+    let queries = client.query(QUERY_SQL, &[]).await?;
     drop(client);
     let mut out = String::new();
     let _ = writeln!(
@@ -190,6 +234,17 @@ pub async fn render(catalog: &Catalog) -> Result<String, CatalogError> {
                     label(&table)
                 );
             }
+        }
+    }
+    for s in QUERY_SERIES {
+        let _ = writeln!(
+            out,
+            "# HELP {} {}\n# TYPE {} {}",
+            s.name, s.help, s.name, s.kind
+        );
+        for r in &queries {
+            let (mirror, v): (String, f64) = (r.get(0), r.get(s.column));
+            let _ = writeln!(out, "{}{{mirror=\"{}\"}} {v}", s.name, label(&mirror));
         }
     }
     Ok(out)

@@ -18,6 +18,8 @@ pub enum Statement {
     DropPeer(DropPeer),
     /// `CREATE MIRROR … FROM source TO destination WITH … MAPPING (…) [WITH (options)]`
     CreateMirror(CreateMirror),
+    /// `CREATE MIRROR … FROM source TO destination FOR $$query$$ [WITH (options)]`
+    CreateQueryMirror(CreateQueryMirror),
     /// `DROP MIRROR [IF EXISTS] name`
     DropMirror(DropMirror),
     /// `PAUSE MIRROR name`
@@ -26,6 +28,10 @@ pub enum Statement {
     ResumeMirror(MirrorName),
     /// `RESYNC MIRROR name [TABLE t [, …]]`
     ResyncMirror(ResyncMirror),
+    /// `ALTER MIRROR name {ADD TABLE MAPPING (…) | DROP TABLE MAPPING (…) | SET (…)}`
+    AlterMirror(AlterMirror),
+    /// `EXECUTE MIRROR name`: a query mirror's next run, now.
+    ExecuteMirror(MirrorName),
     /// `RESET name` or `RESET ALL`: PostgreSQL's, which sqlparser does not read.
     Reset(Reset),
     /// Any other statement, parsed by sqlparser with its PostgreSQL dialect.
@@ -38,10 +44,13 @@ impl fmt::Display for Statement {
             Statement::CreatePeer(s) => s.fmt(f),
             Statement::DropPeer(s) => s.fmt(f),
             Statement::CreateMirror(s) => s.fmt(f),
+            Statement::CreateQueryMirror(s) => s.fmt(f),
             Statement::DropMirror(s) => s.fmt(f),
             Statement::PauseMirror(m) => write!(f, "PAUSE MIRROR {}", m.name),
             Statement::ResumeMirror(m) => write!(f, "RESUME MIRROR {}", m.name),
             Statement::ResyncMirror(m) => m.fmt(f),
+            Statement::AlterMirror(m) => m.fmt(f),
+            Statement::ExecuteMirror(m) => write!(f, "EXECUTE MIRROR {}", m.name),
             Statement::Reset(r) => write!(f, "RESET {}", r.target),
             Statement::Sql(s) => s.fmt(f),
         }
@@ -174,6 +183,47 @@ impl fmt::Display for ResyncMirror {
     }
 }
 
+/// `ALTER MIRROR name …`: a change to a mirror while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlterMirror {
+    /// The mirror's name.
+    pub name: Ident,
+    /// What changes.
+    pub action: AlterMirrorAction,
+}
+
+/// What `ALTER MIRROR` changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlterMirrorAction {
+    /// `ADD TABLE MAPPING (…)`: tables to replicate too, written as in `CREATE MIRROR`.
+    AddTables(Vec<TableMapping>),
+    /// `DROP TABLE MAPPING (t, …)`: source tables to stop replicating.
+    DropTables(Vec<QualifiedName>),
+    /// `SET (name = value, …)`: options to change.
+    Set(Vec<SqlOption>),
+}
+
+impl fmt::Display for AlterMirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ALTER MIRROR {} ", self.name)?;
+        match &self.action {
+            AlterMirrorAction::AddTables(t) => {
+                f.write_str("ADD TABLE MAPPING (")?;
+                write_list(f, t)?;
+            }
+            AlterMirrorAction::DropTables(t) => {
+                f.write_str("DROP TABLE MAPPING (")?;
+                write_list(f, t)?;
+            }
+            AlterMirrorAction::Set(o) => {
+                f.write_str("SET (")?;
+                write_list(f, o)?;
+            }
+        }
+        f.write_str(")")
+    }
+}
+
 /// The operand of `PAUSE` and `RESUME MIRROR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MirrorName {
@@ -212,6 +262,56 @@ impl fmt::Display for CreateMirror {
         )?;
         write_options(f, &self.options)
     }
+}
+
+/// `CREATE MIRROR [IF NOT EXISTS] name FROM source TO destination FOR $$query$$
+/// [WITH (options)]`: a query mirror (PeerDB's query replication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateQueryMirror {
+    /// `IF NOT EXISTS` was given.
+    pub if_not_exists: bool,
+    /// The mirror's name.
+    pub name: Ident,
+    /// The source peer.
+    pub source: Ident,
+    /// The destination peer.
+    pub destination: Ident,
+    /// The query as written between the dollar quotes (see [`crate::query`]).
+    pub query: String,
+    /// Mirror options in the order written; names are unique.
+    pub options: Vec<SqlOption>,
+}
+
+impl fmt::Display for CreateQueryMirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CREATE MIRROR ")?;
+        if self.if_not_exists {
+            f.write_str("IF NOT EXISTS ")?;
+        }
+        write!(
+            f,
+            "{} FROM {} TO {} FOR ",
+            self.name, self.source, self.destination
+        )?;
+        write_dollar_quoted(f, &self.query)?;
+        write_options(f, &self.options)
+    }
+}
+
+/// `$$text$$`, or `$q$text$q$` (`$q1$`, …) when the text holds `$$`, ends in `$` or holds
+/// the tag: the body of a dollar-quoted string ends at the first closing tag.
+fn write_dollar_quoted(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    let mut tag = String::new();
+    let mut n = 0u32;
+    while text.contains(&format!("${tag}$")) || (tag.is_empty() && text.ends_with('$')) {
+        tag = if n == 0 {
+            "q".to_owned()
+        } else {
+            format!("q{n}")
+        };
+        n += 1;
+    }
+    write!(f, "${tag}${text}${tag}$")
 }
 
 /// The mapping of a mirror: a list of tables or a list of whole schemas.

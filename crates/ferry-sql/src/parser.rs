@@ -7,9 +7,9 @@
 use sqlparser::tokenizer::{Location, Token};
 
 use crate::ast::{
-    CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MappingOption, MappingValue,
-    MirrorName, OptionValue, PeerType, QualifiedName, Reset, ResyncMirror, SchemaMapping,
-    SqlOption, Statement, TableMapping,
+    AlterMirror, AlterMirrorAction, CreateMirror, CreatePeer, CreateQueryMirror, DropMirror,
+    DropPeer, Ident, Mapping, MappingOption, MappingValue, MirrorName, OptionValue, PeerType,
+    QualifiedName, Reset, ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
 };
 
 /// The keys of a `{ … }` table mapping entry, as errors list them.
@@ -30,8 +30,13 @@ pub(crate) fn is_ferry_statement(chunk: &Chunk) -> bool {
     {
         return true;
     }
+    // PostgreSQL's EXECUTE of a prepared statement named `mirror` is not Ferry's.
+    if word_is(first, "EXECUTE") && word_is(second, "MIRROR") && words.next().is_some() {
+        return true;
+    }
     (word_is(first, "CREATE") || word_is(first, "DROP"))
         && (word_is(second, "PEER") || word_is(second, "MIRROR"))
+        || (word_is(first, "ALTER") && word_is(second, "MIRROR"))
 }
 
 /// Parses a statement for which [`is_ferry_statement`] holds.
@@ -87,7 +92,7 @@ impl<'a> FerryParser<'a> {
                 return self.create_peer().map(Statement::CreatePeer);
             }
             self.expect_keyword("MIRROR", "expected PEER or MIRROR after CREATE")?;
-            return self.create_mirror().map(Statement::CreateMirror);
+            return self.create_mirror();
         }
         if self.consume_keyword("DROP") {
             if self.consume_keyword("PEER") {
@@ -103,10 +108,16 @@ impl<'a> FerryParser<'a> {
         if self.consume_keyword("RESET") {
             return self.reset().map(Statement::Reset);
         }
+        if self.consume_keyword("ALTER") {
+            self.expect_keyword("MIRROR", "expected MIRROR after ALTER")?;
+            return self.alter_mirror().map(Statement::AlterMirror);
+        }
         let make: fn(MirrorName) -> Statement = if self.consume_keyword("PAUSE") {
             Statement::PauseMirror
         } else if self.consume_keyword("RESUME") {
             Statement::ResumeMirror
+        } else if self.consume_keyword("EXECUTE") {
+            Statement::ExecuteMirror
         } else {
             self.expect_keyword("RESYNC", "expected a Ferry statement")?;
             self.expect_keyword("MIRROR", "expected MIRROR")?;
@@ -157,6 +168,44 @@ impl<'a> FerryParser<'a> {
         Ok(Reset { target })
     }
 
+    /// After `ALTER MIRROR`.
+    fn alter_mirror(&mut self) -> Result<AlterMirror> {
+        let name = self.ident("mirror name")?;
+        let action = if self.consume_keyword("ADD") {
+            self.expect_keyword("TABLE", "expected TABLE MAPPING after ADD")?;
+            self.expect_keyword("MAPPING", "expected MAPPING after ADD TABLE")?;
+            self.expect_token(&Token::LParen, "expected ( after TABLE MAPPING")?;
+            AlterMirrorAction::AddTables(self.list(&Token::RParen, ")", Self::table_mapping)?)
+        } else if self.consume_keyword("DROP") {
+            self.expect_keyword("TABLE", "expected TABLE MAPPING after DROP")?;
+            self.expect_keyword("MAPPING", "expected MAPPING after DROP TABLE")?;
+            self.expect_token(&Token::LParen, "expected ( after TABLE MAPPING")?;
+            AlterMirrorAction::DropTables(
+                self.list(&Token::RParen, ")", |p| p.qualified_name("table name"))?,
+            )
+        } else if self.consume_keyword("SET") {
+            self.expect_token(&Token::LParen, "expected ( after SET")?;
+            let mut options: Vec<SqlOption> = Vec::new();
+            self.list(&Token::RParen, ")", |p| {
+                let option = p.option()?;
+                if options.iter().any(|o| o.name == option.name) {
+                    return Err(ParseError::new(
+                        format!("duplicate option \"{}\"", option.name),
+                        option.position,
+                    ));
+                }
+                options.push(option);
+                Ok(())
+            })?;
+            AlterMirrorAction::Set(options)
+        } else {
+            return Err(self.error_here(Some(
+                "expected ADD TABLE MAPPING, DROP TABLE MAPPING or SET after the mirror name",
+            )));
+        };
+        Ok(AlterMirror { name, action })
+    }
+
     /// After `CREATE PEER`.
     fn create_peer(&mut self) -> Result<CreatePeer> {
         let if_not_exists = self.if_not_exists()?;
@@ -193,24 +242,50 @@ impl<'a> FerryParser<'a> {
         Ok(peer_type)
     }
 
-    /// After `CREATE MIRROR`.
-    fn create_mirror(&mut self) -> Result<CreateMirror> {
+    /// After `CREATE MIRROR`: a mirror of tables, or of a query (`FOR $$…$$`).
+    fn create_mirror(&mut self) -> Result<Statement> {
         let if_not_exists = self.if_not_exists()?;
         let name = self.ident("mirror name")?;
         self.expect_keyword("FROM", "expected FROM after mirror name")?;
         let source = self.ident("source peer name")?;
         self.expect_keyword("TO", "expected TO after source peer name")?;
         let destination = self.ident("destination peer name")?;
+        if self.consume_keyword("FOR") {
+            let query = self.query_string()?;
+            let options = self.opt_with_options()?;
+            return Ok(Statement::CreateQueryMirror(CreateQueryMirror {
+                if_not_exists,
+                name,
+                source,
+                destination,
+                query,
+                options,
+            }));
+        }
         let mapping = self.mapping()?;
         let options = self.opt_with_options()?;
-        Ok(CreateMirror {
+        Ok(Statement::CreateMirror(CreateMirror {
             if_not_exists,
             name,
             source,
             destination,
             mapping,
             options,
-        })
+        }))
+    }
+
+    /// The query of `FOR`: a string, dollar-quoted as PeerDB writes it (`$$SELECT …$$`), or
+    /// single-quoted.
+    fn query_string(&mut self) -> Result<String> {
+        let expected = "expected the query as a dollar-quoted string after FOR ($$SELECT …$$)";
+        let tok = self.peek().ok_or_else(|| self.error_here(Some(expected)))?;
+        let query = match tok.token {
+            Token::DollarQuotedString(s) => s.value.clone(),
+            Token::SingleQuotedString(s) | Token::EscapedStringLiteral(s) => s.clone(),
+            _ => return Err(self.error_at(tok, Some(expected))),
+        };
+        self.index += 1;
+        Ok(query)
     }
 
     // ---- mappings ---------------------------------------------------------

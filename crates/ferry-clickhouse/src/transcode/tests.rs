@@ -25,6 +25,7 @@ pub(crate) fn column(
         kind,
         nullable,
         key_position: key,
+        pg_type: None,
     }
 }
 

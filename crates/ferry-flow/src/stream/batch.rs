@@ -9,13 +9,16 @@
 //! An UPDATE that leaves a TOASTed column alone does not carry its value. When an earlier
 //! change of the same row is in the same chunk, the value is taken from there (the arena slot
 //! is shared, nothing is copied): under the old key when the update moved the row. What is
-//! left unchanged here the destination resolves (see its apply module).
+//! left unchanged here the destination resolves (see its apply module). Rows are looked up
+//! by key only in tables where such an update came: the first one in a chunk indexes the
+//! table's earlier changes in the chunk, and from then on each change keeps the index up to
+//! date. Other tables pay nothing for it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use ferry_core::change::{ChangeKind, Field, RowChange, TableChanges, TupleRef, TupleWriter};
+use ferry_core::change::{ChangeKind, Field, Op, RowChange, TableChanges, TupleRef, TupleWriter};
 use ferry_core::destination::TableSpec;
 use ferry_core::Lsn;
 use ferry_postgres::pgoutput::{TupleColumn, TupleData};
@@ -36,6 +39,8 @@ pub(super) struct Batch {
     index: HashMap<usize, usize>,
     /// (target, key) → the chunk's latest tuple of that row, for unchanged TOAST values.
     latest: HashMap<(usize, Vec<u8>), TupleRef>,
+    /// The targets whose rows `latest` follows in this chunk.
+    indexed: HashSet<usize>,
     pub chunk_rows: usize,
     chunk_bytes: usize,
     /// Rows and bytes of the transaction being received, in the chunk.
@@ -80,6 +85,7 @@ impl Batch {
     pub fn take_chunk(&mut self) -> Vec<TableChanges> {
         self.index.clear();
         self.latest.clear();
+        self.indexed.clear();
         self.chunk_rows = 0;
         self.chunk_bytes = 0;
         self.txn_rows = 0;
@@ -146,12 +152,17 @@ impl Batch {
             None => None,
         };
         // Unchanged values from the chunk's earlier change of the row.
-        if keyed {
+        let unchanged = new_ref.is_some_and(|n| tc.tuple(n).has_unchanged());
+        if keyed && unchanged && !self.indexed.contains(&target) {
+            index_chunk(&mut self.latest, target, tc, relation, spec);
+            self.indexed.insert(target);
+        }
+        if keyed && self.indexed.contains(&target) {
             let old_key = old_ref.map(|t| key_of(tc, t, relation, spec));
             if let Some(new_ref) = new_ref {
                 let new_key = key_of(tc, new_ref, relation, spec);
                 let from_key = old_key.clone().unwrap_or_else(|| new_key.clone());
-                if tc.tuple(new_ref).has_unchanged() {
+                if unchanged {
                     if let Some(&earlier) = self.latest.get(&(target, from_key)) {
                         let mut w = tc.tuple_writer_for(new_ref);
                         for s in 0..relation.columns.len() {
@@ -222,6 +233,29 @@ fn write_tuple(
     Ok(w.tuple())
 }
 
+/// Indexes the rows of the chunk's changes of one table so far: each key → its latest tuple.
+fn index_chunk(
+    latest: &mut HashMap<(usize, Vec<u8>), TupleRef>,
+    target: usize,
+    tc: &TableChanges,
+    relation: &Relation,
+    spec: &TableSpec,
+) {
+    for op in tc.ops() {
+        match op {
+            Op::Truncate { .. } => latest.retain(|(t, _), _| *t != target),
+            Op::Row(c) => {
+                if let Some(old) = c.old {
+                    latest.remove(&(target, key_of(tc, old, relation, spec)));
+                }
+                if let Some(new) = c.new {
+                    latest.insert((target, key_of(tc, new, relation, spec)), new);
+                }
+            }
+        }
+    }
+}
+
 /// A row's key as bytes (each key field's length and bytes), for finding its earlier changes.
 fn key_of(tc: &TableChanges, t: TupleRef, relation: &Relation, spec: &TableSpec) -> Vec<u8> {
     let row = tc.tuple(t);
@@ -240,4 +274,132 @@ fn key_of(tc: &TableChanges, t: TupleRef, relation: &Relation, spec: &TableSpec)
         }
     }
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use ferry_core::destination::TargetName;
+    use ferry_core::schema::ColumnSchema;
+    use ferry_core::schema::ValueKind;
+    use ferry_core::TableName;
+
+    fn spec() -> Arc<TableSpec> {
+        let column = |name: &str, kind, key| ColumnSchema {
+            name: name.into(),
+            type_oid: 0,
+            type_name: String::new(),
+            kind,
+            nullable: false,
+            key_position: key,
+            pg_type: None,
+        };
+        Arc::new(TableSpec {
+            id: 1,
+            source: TableName::new("public", "t"),
+            target: TargetName::new("d", "t"),
+            columns: vec![
+                column("id", ValueKind::Int64, Some(1)),
+                column("doc", ValueKind::Text, None),
+            ],
+        })
+    }
+
+    fn relation() -> Relation {
+        Relation {
+            target: 0,
+            slots: vec![Some(0), Some(1)],
+            columns: Arc::from(vec![0usize, 1]),
+        }
+    }
+
+    fn tuple(id: i64, doc: Option<&str>) -> TupleData {
+        TupleData {
+            columns: vec![
+                TupleColumn::Binary(Bytes::copy_from_slice(&id.to_be_bytes())),
+                match doc {
+                    Some(d) => TupleColumn::Binary(Bytes::copy_from_slice(d.as_bytes())),
+                    None => TupleColumn::UnchangedToast,
+                },
+            ],
+        }
+    }
+
+    /// The doc of each row change's new tuple, in order (`None`: still unchanged).
+    fn docs(batch: &mut Batch) -> Vec<Option<String>> {
+        let chunk = batch.take_chunk();
+        let tc = &chunk[0];
+        tc.ops()
+            .iter()
+            .filter_map(|op| match op {
+                Op::Row(c) => c.new.map(|n| match tc.tuple(n).get(1) {
+                    Field::Value(b) => Some(String::from_utf8(b.to_vec()).unwrap()),
+                    _ => None,
+                }),
+                Op::Truncate { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unchanged_values_come_from_the_chunks_earlier_change_of_the_row() {
+        let (spec, relation) = (spec(), relation());
+        let mut batch = Batch::default();
+        let push = |b: &mut Batch, kind, new: Option<TupleData>, old: Option<TupleData>| {
+            b.push_row(
+                0,
+                &spec,
+                &relation,
+                kind,
+                Lsn(1),
+                Lsn(1),
+                new.as_ref(),
+                old.as_ref().map(|o| (o, false)),
+            )
+            .unwrap()
+        };
+        // Written before any unchanged value came: indexed when the first one comes.
+        push(
+            &mut batch,
+            ChangeKind::Insert,
+            Some(tuple(1, Some("a"))),
+            None,
+        );
+        push(
+            &mut batch,
+            ChangeKind::Insert,
+            Some(tuple(2, Some("b"))),
+            None,
+        );
+        push(&mut batch, ChangeKind::Update, Some(tuple(1, None)), None);
+        // Followed from then on: the key moves, the value goes with it.
+        push(
+            &mut batch,
+            ChangeKind::Update,
+            Some(tuple(3, None)),
+            Some(tuple(2, None)),
+        );
+        push(&mut batch, ChangeKind::Update, Some(tuple(3, None)), None);
+        // A deleted row leaves nothing behind to take from; nor does a row before the chunk.
+        push(&mut batch, ChangeKind::Delete, None, Some(tuple(1, None)));
+        push(&mut batch, ChangeKind::Update, Some(tuple(1, None)), None);
+        push(&mut batch, ChangeKind::Update, Some(tuple(9, None)), None);
+        assert_eq!(
+            docs(&mut batch),
+            [
+                Some("a"),
+                Some("b"),
+                Some("a"),
+                Some("b"),
+                Some("b"),
+                None,
+                None
+            ]
+            .map(|d| d.map(String::from))
+        );
+        // A new chunk starts without an index.
+        push(&mut batch, ChangeKind::Update, Some(tuple(3, None)), None);
+        assert_eq!(docs(&mut batch), [None]);
+    }
 }

@@ -3,14 +3,17 @@
 //! # Checkpoints
 //!
 //! Changes gather in a batch ([`batch`]). A batch closes at a transaction boundary once it
-//! holds `max_batch_size` rows (or 64 MiB) or is `sync_interval` old, so it holds whole
-//! transactions and may pass `max_batch_size` by the rows of its last one; it is handed to the destination
-//! ([`Apply::write`]) and committed there ([`Apply::commit`]). Only after the destination has
-//! committed does the catalog record the commit LSN of the batch's last transaction, and only
-//! then is that LSN confirmed to PostgreSQL (the flush position of the standby status update),
-//! which lets the server discard the WAL before it. A restart resumes the slot from the
-//! catalog's LSN (or the destination's own, when it keeps one and is further); what was written
-//! after it is written again, and the destination contract makes that idempotent.
+//! holds `max_batch_size` rows (or 64 MiB), is `sync_interval` old, or the stream has caught
+//! up with the server (then not more often than every 100 ms), so it holds whole transactions
+//! and may pass `max_batch_size` by the rows of its last one; it is handed to the destination
+//! (`Apply::write`) and committed there (`Apply::commit`), in the background ([`writer`]): the
+//! stream receives and decodes the next changes meanwhile. Only after the destination has
+//! acknowledged the commit does the catalog record the commit LSN of the batch's last
+//! transaction, and only then is that LSN confirmed to PostgreSQL (the flush position of the
+//! standby status update), which lets the server discard the WAL before it. A restart resumes
+//! the slot from the catalog's LSN (or the destination's own, when it keeps one and is
+//! further); what was written after it is written again, and the destination contract makes
+//! that idempotent.
 //!
 //! Only a transaction that alone holds `max_batch_size` rows (or 64 MiB) is written before its
 //! commit: the batch so far, with that transaction's rows, goes out in several chunks as the
@@ -29,20 +32,21 @@
 //! nothing. Its changes are skipped from then on, never applied half.
 //!
 //! The stream is split by concern: [`batch`] builds batches from row changes, [`relations`]
-//! maps pgoutput's relations onto the mirror's tables and follows schema changes, and this
-//! module runs the loop and moves positions.
+//! maps pgoutput's relations onto the mirror's tables and follows schema changes, [`writer`]
+//! hands them to the destination, and this module runs the loop and moves positions.
 
 mod batch;
 mod relations;
 mod scope;
+mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_catalog::{BatchRecord, Catalog, TableRow};
 use ferry_core::change::ChangeKind;
-use ferry_core::destination::{Apply, ApplyError, Destination, TableSpec, Wire};
+use ferry_core::destination::{ApplyError, Destination, TableSpec, Wire};
 use ferry_core::mirror::TableState;
 use ferry_core::peer::PostgresConfig;
 use ferry_core::value::PG_EPOCH_UNIX_MICROS;
@@ -52,17 +56,23 @@ use ferry_postgres::pgoutput::{OldTuple, PgOutputDecoder, PgOutputMessage};
 use ferry_postgres::replication::{
     PgOutputOptions, ReplicationConnection, ReplicationMessage, ReplicationStream,
 };
+use futures::FutureExt;
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::FlowError;
 use batch::Batch;
 use relations::Relation;
+use writer::{Done, Writer};
 
 /// How often the position is reported to the source when nothing else happens.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// How often an idle mirror's moving position is written to the catalog.
-const IDLE_CATALOG_EVERY: Duration = Duration::from_secs(5);
+const IDLE_CATALOG_EVERY: Duration = Duration::from_secs(1);
+/// A batch is written once the stream has caught up, but not more often than this.
+const MIN_FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Messages taken in one go before the timers get a turn.
+const DRAIN_MAX: usize = 4096;
 
 /// What the stream needs to know about its mirror.
 pub struct StreamContext {
@@ -136,7 +146,10 @@ pub struct Streamer {
     targets: Vec<Target>,
     relations: HashMap<u32, Option<Arc<Relation>>>,
     batch: Batch,
-    apply: Box<dyn Apply>,
+    /// Writes to the destination, in the background (see [`writer`]).
+    writer: Writer,
+    /// What each commit sent to the writer and not yet acknowledged stands for.
+    committing: VecDeque<BatchRecord>,
     /// Everything up to here is in the destination and the catalog, for every table that
     /// streams (it never goes back, not even while the stream goes over WAL again).
     applied: Lsn,
@@ -158,6 +171,16 @@ pub struct Streamer {
     commit_micros: i64,
     /// A wake-up came in the middle of a transaction: end at its commit.
     restart_pending: bool,
+    /// Everything the server had sent was taken in when last looked.
+    caught_up: bool,
+    /// pgoutput sends values in binary (see `binary_mode`).
+    binary: bool,
+    /// When a batch was last written.
+    last_flush: Option<Instant>,
+    /// The position last written to the catalog.
+    recorded: Lsn,
+    /// The position last reported to the source.
+    reported: Lsn,
     /// When an idle advance was last recorded in the catalog.
     catalog_written: Option<Instant>,
 }
@@ -194,7 +217,8 @@ impl Streamer {
             targets,
             relations: HashMap::new(),
             batch: Batch::default(),
-            apply,
+            writer: Writer::new(apply),
+            committing: VecDeque::new(),
             applied,
             hold,
             skip_before: applied,
@@ -205,6 +229,11 @@ impl Streamer {
             commit_lsn: start,
             commit_micros: 0,
             restart_pending: false,
+            caught_up: false,
+            binary: false,
+            last_flush: None,
+            recorded: applied,
+            reported: Lsn::ZERO,
             catalog_written: None,
         })
     }
@@ -223,6 +252,7 @@ impl Streamer {
     pub async fn run(mut self) -> Result<StreamEnd, FlowError> {
         let _reading = self.ctx.progress.reading(self.applied);
         let result = self.stream_changes().await;
+        self.writer.shut_down().await;
         if result.is_err() && self.server_lsn > self.applied {
             // The source got further than the destination: record that, so the mirror's lag
             // shows while it retries (best effort: the catalog may be what failed).
@@ -238,17 +268,19 @@ impl Streamer {
             .confirm(self.ctx.mirror_id, self.applied, self.server_lsn, None)
             .await?;
         self.catalog_written = Some(Instant::now());
+        self.recorded = self.applied;
         Ok(())
     }
 
     async fn stream_changes(&mut self) -> Result<StreamEnd, FlowError> {
         let conn = ReplicationConnection::connect(&self.ctx.source).await?;
+        self.binary = self.binary_mode();
         let options = PgOutputOptions {
             publication_names: vec![self.ctx.publication.clone()],
             proto_version: 1,
             streaming: false,
             messages: false,
-            binary: self.ctx.destination.wire() == Wire::Native,
+            binary: self.binary,
         };
         let start = self.start();
         let mut stream = conn
@@ -266,7 +298,9 @@ impl Streamer {
         let mut ticks = 0u64;
         loop {
             if self.restart_pending && !self.in_transaction {
-                self.flush(&mut stream).await?;
+                self.flush().await?;
+                self.drain().await?;
+                self.report(&mut stream).await?;
                 let _ = stream.stop().await;
                 return Ok(StreamEnd::Restart);
             }
@@ -275,39 +309,57 @@ impl Streamer {
                 let _ = stream.stop().await;
                 return Ok(StreamEnd::CaughtUp);
             }
+            if self.slot_position() > self.reported {
+                self.report(&mut stream).await?;
+            }
             tokio::select! {
+                done = self.writer.next(), if !self.writer.idle() => {
+                    self.on_done(done?).await?;
+                }
                 msg = stream.next() => {
-                    let Some(msg) = msg.map_err(slot_trouble)? else {
-                        return Err(FlowError::transient("08006", "the source ended the replication stream"));
-                    };
-                    match msg {
-                        ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
-                            self.server_lsn = self.server_lsn.max(wal_end);
-                            let message = decoder.decode(data).map_err(SourceError::from)?;
-                            self.handle(wal_start, message, &mut stream).await?;
+                    // Everything the server has sent already is taken in one go (a bounded
+                    // number of messages, so the timers are still served under load).
+                    let mut msg = msg.map_err(slot_trouble)?;
+                    let mut taken = 0;
+                    loop {
+                        let Some(m) = msg else {
+                            return Err(FlowError::transient("08006", "the source ended the replication stream"));
+                        };
+                        self.on_message(m, &mut decoder, &mut stream).await?;
+                        taken += 1;
+                        if taken == DRAIN_MAX {
+                            self.caught_up = false;
+                            break;
                         }
-                        ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. } => {
-                            self.server_lsn = self.server_lsn.max(wal_end);
-                            if self.batch.rows == 0 && !self.in_transaction && wal_end > self.committed {
-                                // Nothing pending: everything the server sent is applied.
-                                self.advance_idle(wal_end, &mut stream).await?;
-                            }
-                            if reply_requested {
-                                self.report(&mut stream).await?;
+                        match stream.next().now_or_never() {
+                            Some(next) => msg = next.map_err(slot_trouble)?,
+                            None => {
+                                self.caught_up = true;
+                                break;
                             }
                         }
+                    }
+                    if self.flush_due() {
+                        self.flush().await?;
                     }
                 }
                 _ = tick.tick() => {
                     ticks += 1;
-                    let due = self.batch.opened.is_some_and(|t| t.elapsed() >= self.ctx.sync_interval);
-                    if due && !self.in_transaction {
-                        self.flush(&mut stream).await?;
+                    if self.flush_due() {
+                        self.flush().await?;
                     }
-                    // Catching up: ask for a keepalive, which moves an idle position forward.
-                    if self.ctx.until.is_some() && ticks % 5 == 0 && self.batch.rows == 0 && !self.in_transaction {
+                    let idle = self.batch.rows == 0 && !self.in_transaction && self.writer.idle();
+                    // Caught up and idle: ask for a keepalive now and then, which says how far
+                    // the server has read, and moves an idle position forward promptly.
+                    if idle && (self.caught_up || self.ctx.until.is_some()) && ticks % 10 == 0 {
                         let at = self.slot_position();
                         stream.send_status(at, at, at, true).await?;
+                    }
+                    if idle
+                        && self.applied > self.recorded
+                        && self.catalog_written.is_none_or(|t| t.elapsed() >= IDLE_CATALOG_EVERY)
+                    {
+                        self.record_position().await?;
                     }
                 }
                 _ = status.tick() => {
@@ -326,8 +378,9 @@ impl Streamer {
                 }
                 _ = crate::stopped(&mut stop) => {
                     if !self.in_transaction && self.batch.rows > 0 {
-                        self.flush(&mut stream).await?;
+                        self.flush().await?;
                     }
+                    self.drain().await?;
                     self.record_position().await?;
                     let _ = stream.stop().await;
                     return Ok(StreamEnd::Stopped);
@@ -336,9 +389,88 @@ impl Streamer {
         }
     }
 
+    /// Whether to ask pgoutput for binary values: always for a destination that takes each
+    /// column's own binary form; for one that takes the canonical form, when every column of
+    /// every table that streams is sent in it already (else text mode, re-encoded).
+    fn binary_mode(&self) -> bool {
+        match self.ctx.destination.wire() {
+            Wire::Native => true,
+            Wire::Canonical => self
+                .targets
+                .iter()
+                .filter(|t| t.row.state.streams())
+                .all(|t| {
+                    t.spec
+                        .columns
+                        .iter()
+                        .all(ferry_postgres::types::binary_is_canonical)
+                }),
+        }
+    }
+
+    /// Takes in one message of the stream.
+    async fn on_message(
+        &mut self,
+        msg: ReplicationMessage,
+        decoder: &mut PgOutputDecoder,
+        stream: &mut ReplicationStream,
+    ) -> Result<(), FlowError> {
+        match msg {
+            ReplicationMessage::XLogData {
+                wal_start,
+                wal_end,
+                data,
+                ..
+            } => {
+                self.server_lsn = self.server_lsn.max(wal_end);
+                let message = decoder.decode(data).map_err(SourceError::from)?;
+                self.handle(wal_start, message).await
+            }
+            ReplicationMessage::PrimaryKeepalive {
+                wal_end,
+                reply_requested,
+                ..
+            } => {
+                self.server_lsn = self.server_lsn.max(wal_end);
+                if self.batch.rows == 0
+                    && !self.in_transaction
+                    && self.writer.idle()
+                    && wal_end > self.committed
+                {
+                    // Nothing pending: everything the server sent is applied.
+                    self.advance_idle(wal_end, stream).await?;
+                }
+                if reply_requested {
+                    self.report(stream).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the batch is to be written now: at a transaction boundary, once it is
+    /// `sync_interval` old, or as soon as the stream has caught up with the server (nothing
+    /// more to read), but then not more often than every [`MIN_FLUSH_EVERY`], so that a busy
+    /// source does not turn into a stream of tiny inserts.
+    fn flush_due(&self) -> bool {
+        if self.in_transaction || self.batch.rows == 0 {
+            return false;
+        }
+        let old = self
+            .batch
+            .opened
+            .is_some_and(|t| t.elapsed() >= self.ctx.sync_interval);
+        let caught_up = self.caught_up
+            && self
+                .last_flush
+                .is_none_or(|t| t.elapsed() >= MIN_FLUSH_EVERY);
+        old || caught_up
+    }
+
     async fn report(&mut self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
         let at = self.slot_position();
         stream.send_status(at, at, at, false).await?;
+        self.reported = at;
         Ok(())
     }
 
@@ -355,8 +487,7 @@ impl Streamer {
         self.committed = self.committed.max(to);
         self.applied = self.applied.max(to);
         self.ctx.progress.caught_up(self.applied);
-        let at = self.slot_position();
-        stream.send_status(at, at, at, false).await?;
+        self.report(stream).await?;
         self.rejoin().await?;
         if self
             .catalog_written
@@ -374,7 +505,8 @@ impl Streamer {
         let Some(at) = self.rejoin_at else {
             return Ok(());
         };
-        if self.committed < at || self.batch.rows > 0 || self.in_transaction {
+        if self.committed < at || self.batch.rows > 0 || self.in_transaction || !self.writer.idle()
+        {
             return Ok(());
         }
         for t in 0..self.targets.len() {
@@ -417,12 +549,7 @@ impl Streamer {
         Ok(())
     }
 
-    async fn handle(
-        &mut self,
-        lsn: Lsn,
-        message: PgOutputMessage,
-        stream: &mut ReplicationStream,
-    ) -> Result<(), FlowError> {
+    async fn handle(&mut self, lsn: Lsn, message: PgOutputMessage) -> Result<(), FlowError> {
         match message {
             PgOutputMessage::Begin {
                 final_lsn,
@@ -431,7 +558,7 @@ impl Streamer {
             } => {
                 // A full batch closes at this transaction boundary.
                 if self.batch.full(self.ctx.max_batch_size) {
-                    self.flush(stream).await?;
+                    self.flush().await?;
                 }
                 self.in_transaction = true;
                 self.commit_lsn = final_lsn;
@@ -450,7 +577,11 @@ impl Streamer {
                 }
                 let rejoin_due = self.rejoin_at.is_some_and(|at| self.committed >= at);
                 if self.batch.full(self.ctx.max_batch_size) || rejoin_due {
-                    self.flush(stream).await?;
+                    self.flush().await?;
+                }
+                if rejoin_due {
+                    // Everything before the rejoin point goes in before the tables join.
+                    self.drain().await?;
                 }
             }
             PgOutputMessage::Relation(body) => self.relation(body).await?,
@@ -559,14 +690,41 @@ impl Streamer {
         Ok(())
     }
 
-    /// Hands the chunk gathered so far to the destination, without committing.
+    /// Hands the chunk gathered so far to the destination, without committing. It is written
+    /// in the background once the chunk before it is in.
     async fn write_chunk(&mut self) -> Result<(), FlowError> {
         let chunk = self.batch.take_chunk();
         if chunk.is_empty() {
             return Ok(());
         }
-        match self.apply.write(chunk).await {
-            Ok(summary) => {
+        while !self.writer.ready_for_write() {
+            let done = self.writer.next().await?;
+            self.on_done(done).await?;
+        }
+        self.writer.write(chunk)
+    }
+
+    /// Writes the chunk gathered so far and waits until the destination has everything sent
+    /// to it: before the destination's tables change shape or a table leaves the stream.
+    async fn write_out(&mut self) -> Result<(), FlowError> {
+        self.write_chunk().await?;
+        self.drain().await
+    }
+
+    /// Waits until the destination has done everything sent to it.
+    async fn drain(&mut self) -> Result<(), FlowError> {
+        while !self.writer.idle() {
+            let done = self.writer.next().await?;
+            self.on_done(done).await?;
+        }
+        self.rejoin().await
+    }
+
+    /// Takes in what became of a job of the writer: a commit acknowledged moves the position
+    /// (the catalog's now; the source's at the top of the loop).
+    async fn on_done(&mut self, done: Done) -> Result<(), FlowError> {
+        match done {
+            Done::Written(summary) => {
                 for s in &summary.substitutions {
                     let name = self
                         .targets
@@ -577,10 +735,33 @@ impl Streamer {
                     crate::record_substitutions(&self.ctx.catalog, &name, std::slice::from_ref(s))
                         .await?;
                 }
-                Ok(())
             }
-            Err(e) => Err(self.apply_failed(e).await),
+            Done::Failed(e) => return Err(self.apply_failed(e).await),
+            Done::Committed(position) => {
+                let mut record = self
+                    .committing
+                    .pop_front()
+                    .ok_or_else(|| FlowError::internal("a commit acknowledged twice"))?;
+                record.finished_micros = now_pg_micros();
+                self.ctx
+                    .catalog
+                    .confirm(self.ctx.mirror_id, position, self.server_lsn, Some(&record))
+                    .await?;
+                self.catalog_written = Some(Instant::now());
+                self.recorded = position;
+                self.applied = self.applied.max(position);
+                self.ctx
+                    .progress
+                    .applied(position, record.last_commit_micros);
+                debug!(rows = record.rows, lsn = %position, "batch applied");
+                if self.writer.idle() && self.batch.rows == 0 && !self.in_transaction {
+                    // Transactions since then had nothing for the mirror.
+                    self.applied = self.applied.max(self.committed);
+                }
+                self.rejoin().await?;
+            }
         }
+        Ok(())
     }
 
     /// A failed write: a table's own trouble fails that table (and the stream starts again
@@ -614,40 +795,29 @@ impl Streamer {
         Ok(())
     }
 
-    /// Writes the batch, commits it in the destination, then records and confirms the last
-    /// complete transaction.
-    async fn flush(&mut self, stream: &mut ReplicationStream) -> Result<(), FlowError> {
+    /// Closes the batch: its last chunk is written and the destination commits it. Once the
+    /// commit is acknowledged ([`Streamer::on_done`]), the catalog records the last complete
+    /// transaction, then the source hears of it.
+    async fn flush(&mut self) -> Result<(), FlowError> {
         self.write_chunk().await?;
         let batch = std::mem::take(&mut self.batch);
+        self.last_flush = Some(Instant::now());
         let position = self.committed.max(self.applied);
         if batch.rows > 0 {
-            if let Err(e) = self.apply.commit(position).await {
-                return Err(self.apply_failed(e).await);
-            }
-            let record = BatchRecord {
+            self.writer.commit(position)?;
+            self.committing.push_back(BatchRecord {
                 rows: batch.rows as i64,
                 first_lsn: batch.first_lsn.unwrap_or(self.committed),
                 last_lsn: self.committed,
                 started_micros: batch.started.map(pg_micros).unwrap_or_else(now_pg_micros),
-                finished_micros: now_pg_micros(),
+                finished_micros: 0,
                 inserted: batch.inserted,
                 updated: batch.updated,
                 deleted: batch.deleted,
                 last_commit_micros: batch.last_commit_micros,
-            };
-            self.ctx
-                .catalog
-                .confirm(self.ctx.mirror_id, position, self.server_lsn, Some(&record))
-                .await?;
-            self.catalog_written = Some(Instant::now());
-            self.ctx
-                .progress
-                .applied(position, batch.last_commit_micros);
-            debug!(rows = batch.rows, lsn = %self.committed, "batch applied");
-        }
-        if self.committed > self.applied {
-            self.applied = self.committed;
-            self.report(stream).await?;
+            });
+        } else if self.writer.idle() {
+            self.applied = self.applied.max(self.committed);
         }
         self.rejoin().await
     }

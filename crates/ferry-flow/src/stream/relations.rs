@@ -74,7 +74,7 @@ impl Streamer {
         }
         // Rows gathered under the old shape go out first.
         if self.batch.chunk_has_rows_of(t) {
-            self.write_chunk().await?;
+            self.write_out().await?;
         }
         let excluded = self.ctx.excluded(&name);
         let missing: Vec<String> = body
@@ -90,7 +90,33 @@ impl Streamer {
             })
             .map(|c| c.name.clone())
             .collect();
+        let spec = self.targets[t].spec.clone();
+        let dropped = spec
+            .columns
+            .iter()
+            .any(|c| !body.columns.iter().any(|r| r.name == c.name));
+        if !spec.has_key() && (!missing.is_empty() || dropped) {
+            // A table without a key tells its rows apart by all their values: with other
+            // columns it is loaded again rather than followed column by column.
+            info!(table = %name, "columns of a table without a key changed at the source; it is loaded again");
+            self.resync(t).await?;
+            self.relations.insert(body.id, None);
+            return Ok(());
+        }
         if !missing.is_empty() {
+            // Rows already there hold a column's default, not NULL: the destination learns
+            // them by loading the table again (a default may be volatile, and every row's
+            // value is only at the source).
+            let client = connect(&self.ctx.source, "ferry schema change").await?;
+            let defaulted =
+                source::columns_with_default(&client, &self.ctx.source, body.id, &missing).await?;
+            drop(client);
+            if !defaulted.is_empty() {
+                info!(table = %name, columns = ?defaulted, "columns added with a default; the table is loaded again so its rows show it");
+                self.resync(t).await?;
+                self.relations.insert(body.id, None);
+                return Ok(());
+            }
             self.add_columns(t, &missing).await?;
         }
         let spec = self.targets[t].spec.clone();
@@ -130,6 +156,20 @@ impl Streamer {
             }
             positions.push(Some(i));
         }
+        if self.binary && self.ctx.destination.wire() == ferry_core::destination::Wire::Canonical {
+            let spec = &self.targets[t].spec;
+            if !positions
+                .iter()
+                .flatten()
+                .all(|&i| ferry_postgres::types::binary_is_canonical(&spec.columns[i]))
+            {
+                // This table's values need pgoutput's text mode: start again in it.
+                return Err(FlowError::transient(
+                    "55000",
+                    format!("table {name} needs the stream's text mode; streaming again in it"),
+                ));
+            }
+        }
         let mut columns: Vec<usize> = positions.iter().flatten().copied().collect();
         columns.sort_unstable();
         let slots = positions
@@ -150,7 +190,7 @@ impl Streamer {
     /// A table that appeared in a mapped schema: it joins the mirror, loaded on its own (the
     /// stream starts again once it is recorded). Returns `None`: its changes are skipped
     /// until its own load has caught up.
-    async fn adopt(&mut self, name: &TableName) -> Result<Option<usize>, FlowError> {
+    pub(super) async fn adopt(&mut self, name: &TableName) -> Result<Option<usize>, FlowError> {
         let Some((_, db)) = self.ctx.schemas.iter().find(|(s, _)| *s == name.schema) else {
             return Ok(None);
         };

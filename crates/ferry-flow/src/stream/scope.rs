@@ -1,17 +1,32 @@
 //! The mirror's tables against the source's catalog.
 //!
-//! The stream says nothing when a table is dropped, renamed or moved to another schema: its
-//! changes simply stop. So every [`SCOPE_EVERY`] the stream asks the source where its tables
-//! are, by OID. A table that is gone, or whose name is not the mapped one any more, is marked
-//! `dropped` with the reason and a hint, and logged; its destination table stays as it was.
+//! The stream says nothing when a table is dropped, renamed or moved to another schema, when a
+//! partition is attached to a replicated table, or when a table appears in a mapped schema
+//! without a change: so every [`SCOPE_EVERY`] the stream asks the source's catalog.
+//!
+//! - A table that is gone, or whose name is not the mapped one any more, is marked `dropped`
+//!   with the reason and a hint, and logged; its destination table stays as it was.
+//! - A partitioned table whose leaves changed (a partition attached with its rows, or
+//!   detached with them) is loaded again on its own, so the destination holds exactly the
+//!   table's rows: those of an attached partition arrive, those of a detached one go.
+//! - A table in a mapped schema that the mirror does not have yet (created, moved there with
+//!   `SET SCHEMA` or renamed into the schema) joins it and is loaded on its own, with the rows
+//!   it already had.
+//! - A table the mirror's publication no longer publishes (someone changed it) fails, with a
+//!   hint: its changes no longer come.
+//!
+//! A Relation message reveals most of these at once when the table changes; the check catches
+//! the rest within [`SCOPE_EVERY`].
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use ferry_core::mirror::TableState;
+use ferry_core::{ErrorKind, TableName};
 use ferry_postgres::connect::connect;
+use ferry_postgres::publication;
 use ferry_postgres::source;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::Streamer;
 use crate::FlowError;
@@ -64,6 +79,109 @@ impl Streamer {
             };
             self.mark_dropped(t, &reason, &hint).await?;
         }
+        self.check_leaves().await?;
+        self.check_published().await?;
+        self.check_new_tables().await
+    }
+
+    /// Partitioned tables whose leaves changed load again.
+    async fn check_leaves(&mut self) -> Result<(), FlowError> {
+        let client = connect(&self.ctx.source, "ferry table check").await?;
+        for t in 0..self.targets.len() {
+            if !self.targets[t].row.state.streams() {
+                continue;
+            }
+            let oid = self.targets[t].row.source_oid;
+            let Some(now) = source::leaves(&client, &self.ctx.source, oid).await? else {
+                continue;
+            };
+            let then = self
+                .ctx
+                .catalog
+                .table_leaves(self.targets[t].row.id)
+                .await?
+                .unwrap_or_default();
+            if now != then {
+                info!(table = %self.targets[t].row.source, before = ?then, now = ?now, "partitions attached or detached; the table is loaded again");
+                self.resync(t).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tables the publication stopped publishing fail.
+    async fn check_published(&mut self) -> Result<(), FlowError> {
+        let names: Vec<TableName> = self
+            .targets
+            .iter()
+            .filter(|x| x.row.state.streams())
+            .map(|x| x.row.source.clone())
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let missing = publication::unpublished(&self.ctx.source, &self.ctx.publication, &names)
+            .await?
+            .unwrap_or(names);
+        for name in missing {
+            let Some(t) = self.targets.iter().position(|x| x.row.source == name) else {
+                continue;
+            };
+            let e = FlowError::new(
+                ErrorKind::Misconfigured,
+                "55000",
+                format!(
+                    "publication \"{}\" no longer publishes table {name}",
+                    self.ctx.publication
+                ),
+            )
+            .with_hint(format!(
+                "Add it back (ALTER PUBLICATION {} ADD TABLE {}), then RESYNC MIRROR {} TABLE {name}.",
+                ferry_core::ident::pg_ident(&self.ctx.publication),
+                name.quoted(),
+                self.ctx.mirror
+            ));
+            self.fail_table(t, &e).await?;
+            self.relations
+                .retain(|_, r| r.as_ref().is_none_or(|r| r.target != t));
+        }
+        Ok(())
+    }
+
+    /// Tables in a mapped schema the mirror does not have yet join it.
+    async fn check_new_tables(&mut self) -> Result<(), FlowError> {
+        if self.ctx.schemas.is_empty() {
+            return Ok(());
+        }
+        let client = connect(&self.ctx.source, "ferry table check").await?;
+        let mut found = Vec::new();
+        for (schema, _) in &self.ctx.schemas {
+            for name in source::tables_in_schema(&client, &self.ctx.source, schema).await? {
+                if !self.targets.iter().any(|x| x.row.source == name) {
+                    found.push(name);
+                }
+            }
+        }
+        drop(client);
+        for name in found {
+            self.adopt(&name).await?;
+        }
+        Ok(())
+    }
+
+    /// Loads a table again on its own.
+    pub(super) async fn resync(&mut self, t: usize) -> Result<(), FlowError> {
+        if self.batch.chunk_has_rows_of(t) {
+            self.write_out().await?;
+        }
+        self.ctx
+            .catalog
+            .request_table_syncs(self.ctx.mirror_id, &[self.targets[t].row.id])
+            .await?;
+        self.targets[t].row.state = TableState::Syncing;
+        self.relations
+            .retain(|_, r| r.as_ref().is_none_or(|r| r.target != t));
+        self.ctx.wake.notify_one();
         Ok(())
     }
 
@@ -76,7 +194,7 @@ impl Streamer {
     ) -> Result<(), FlowError> {
         // Changes gathered before it went are written first.
         if self.batch.chunk_has_rows_of(t) {
-            self.write_chunk().await?;
+            self.write_out().await?;
         }
         warn!(table = %self.targets[t].row.source, reason = %reason, "table left the mirror's scope at the source");
         let message = format!("{reason} ({hint})");

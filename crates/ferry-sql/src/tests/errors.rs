@@ -23,6 +23,22 @@ fn check(sql: &str, message: &str, at: Option<&str>) {
 fn ferry_syntax_errors() {
     let cases: &[(&str, &str, Option<&str>)] = &[
         (
+            "CREATE MIRROR m FROM pg TO ch FOR SELECT 1",
+            "syntax error at or near \"SELECT\": expected the query as a dollar-quoted string \
+             after FOR ($$SELECT …$$)",
+            Some("SELECT"),
+        ),
+        (
+            "CREATE MIRROR m FROM pg TO ch FOR $$SELECT 1$$ WITH",
+            "syntax error at end of input: expected ( after WITH",
+            None,
+        ),
+        (
+            "EXECUTE MIRROR m now",
+            "syntax error at or near \"now\": expected end of statement",
+            Some("now"),
+        ),
+        (
             "CREATE MIRROR m FROM pg INTO ch WITH TABLE MAPPING (a:b)",
             "syntax error at or near \"INTO\": expected TO after source peer name",
             Some("INTO"),
@@ -358,7 +374,7 @@ fn sqlparser_keyword_lists_are_not_shown() {
     // sqlparser's lists of alternatives name other dialects' objects (ICEBERG, CONNECTOR,
     // STAGE …): PostgreSQL says only where the error is.
     for (sql, at) in [
-        ("ALTER MIRROR m SET (a = 1)", "MIRROR"),
+        ("ALTER WIDGET w SET (a = 1)", "WIDGET"),
         ("ALTER FOO x", "FOO"),
         ("DROP THING x", "THING"),
     ] {

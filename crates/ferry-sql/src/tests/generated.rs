@@ -7,9 +7,9 @@
 
 use super::{parse, parse_one};
 use crate::{
-    CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping, MappingOption, MappingValue,
-    MirrorName, OptionValue, PeerType, QualifiedName, ResyncMirror, SchemaMapping, SqlOption,
-    Statement, TableMapping,
+    AlterMirror, AlterMirrorAction, CreateMirror, CreatePeer, CreateQueryMirror, DropMirror,
+    DropPeer, Ident, Mapping, MappingOption, MappingValue, MirrorName, OptionValue, PeerType,
+    QualifiedName, ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
 };
 
 const NAMES: &[&str] = &[
@@ -186,10 +186,10 @@ impl Rng {
         options
     }
 
-    fn mapping(&mut self) -> Mapping {
+    fn tables_mapping(&mut self) -> Mapping {
         let count = 1 + self.below(3);
-        if self.chance() {
-            let tables = (0..count)
+        Mapping::Tables(
+            (0..count)
                 .map(|_| TableMapping {
                     source: self.table(),
                     destination: self.table(),
@@ -197,22 +197,45 @@ impl Rng {
                     options: self.mapping_options(),
                     position: 0,
                 })
-                .collect();
-            Mapping::Tables(tables)
-        } else {
-            let schemas = (0..count)
-                .map(|_| SchemaMapping {
-                    source: self.ident(),
-                    destination: self.ident(),
-                    position: 0,
-                })
-                .collect();
-            Mapping::Schemas(schemas)
+                .collect(),
+        )
+    }
+
+    fn mapping(&mut self) -> Mapping {
+        if self.chance() {
+            return self.tables_mapping();
         }
+        let count = 1 + self.below(3);
+        let schemas = (0..count)
+            .map(|_| SchemaMapping {
+                source: self.ident(),
+                destination: self.ident(),
+                position: 0,
+            })
+            .collect();
+        Mapping::Schemas(schemas)
+    }
+
+    /// Query text with the characters dollar quoting must get around.
+    fn query(&mut self) -> String {
+        let parts = [
+            "SELECT ",
+            "$",
+            "$$",
+            "$q$",
+            "'x'",
+            " {{.start}}",
+            "\n",
+            "é",
+            "--c\n",
+        ];
+        (0..self.below(6))
+            .map(|_| self.pick(&parts))
+            .collect::<String>()
     }
 
     fn statement(&mut self) -> Statement {
-        match self.below(7) {
+        match self.below(10) {
             0 => Statement::CreatePeer(CreatePeer {
                 if_not_exists: self.chance(),
                 name: self.ident(),
@@ -237,6 +260,38 @@ impl Rng {
             }),
             4 => Statement::PauseMirror(MirrorName { name: self.ident() }),
             5 => Statement::ResumeMirror(MirrorName { name: self.ident() }),
+            6 => Statement::AlterMirror(AlterMirror {
+                name: self.ident(),
+                action: match self.below(3) {
+                    0 => AlterMirrorAction::AddTables(match self.tables_mapping() {
+                        Mapping::Tables(t) => t,
+                        Mapping::Schemas(_) => unreachable!(),
+                    }),
+                    1 => AlterMirrorAction::DropTables(
+                        (0..1 + self.below(3)).map(|_| self.table()).collect(),
+                    ),
+                    _ => {
+                        let mut o = self.options();
+                        if o.is_empty() {
+                            o.push(SqlOption {
+                                name: "sync_interval".into(),
+                                value: OptionValue::Number("5".into()),
+                                position: 0,
+                            });
+                        }
+                        AlterMirrorAction::Set(o)
+                    }
+                },
+            }),
+            7 => Statement::ExecuteMirror(MirrorName { name: self.ident() }),
+            8 => Statement::CreateQueryMirror(CreateQueryMirror {
+                if_not_exists: self.chance(),
+                name: self.ident(),
+                source: self.ident(),
+                destination: self.ident(),
+                query: self.query(),
+                options: self.options(),
+            }),
             _ => Statement::ResyncMirror(ResyncMirror {
                 name: self.ident(),
                 tables: (0..self.below(3)).map(|_| self.table()).collect(),

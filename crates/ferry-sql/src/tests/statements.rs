@@ -22,6 +22,29 @@ fn table(schema: Option<&str>, name: &str) -> QualifiedName {
 }
 
 #[test]
+fn query_mirrors_and_execute() {
+    let sql = "CREATE MIRROR q FROM s TO d FOR $$SELECT * FROM t WHERE id BETWEEN {{.start}} AND \
+               {{.end}}$$ WITH (destination_table_name = 't')";
+    let Statement::CreateQueryMirror(m) = parse_one(sql) else {
+        panic!("{sql}")
+    };
+    assert_eq!(
+        m.query,
+        "SELECT * FROM t WHERE id BETWEEN {{.start}} AND {{.end}}"
+    );
+    assert_eq!(m.options[0].name, "destination_table_name");
+    assert_eq!(
+        parse_one("execute mirror Q"),
+        Statement::ExecuteMirror(MirrorName {
+            name: Ident::new("q")
+        })
+    );
+    // PostgreSQL's EXECUTE of a prepared statement stays SQL.
+    assert!(matches!(parse_one("EXECUTE mirror"), Statement::Sql(_)));
+    assert!(matches!(parse_one("EXECUTE stmt(1)"), Statement::Sql(_)));
+}
+
+#[test]
 fn create_peer_values() {
     let sql = "CREATE PEER IF NOT EXISTS Src FROM postgres WITH (Host = 'db', port = 5432, \
                ssl = true, mode = Prefer, neg = -1, frac = 0.5)";
