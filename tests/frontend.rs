@@ -323,3 +323,114 @@ async fn extended_protocol_passes_typed_values_and_parameters() {
     assert_eq!(sqlstate(&n), "3D000");
     ferry.stop().await;
 }
+
+#[tokio::test]
+async fn option_values_are_strict_and_shown_under_create_peer_names() {
+    let ferry = TestFerry::start().await;
+    let source = PgServer::from_env().temp_database("ferry_src").await;
+    let dest = ChServer::from_env().temp_database("ferry_dst").await;
+    let pg = PgServer::from_env();
+    let ch = ChServer::from_env();
+    let client = ferry.connect().await;
+    let pg_peer = |name: &str, extra: &str| {
+        format!(
+            "CREATE PEER {name} FROM POSTGRES WITH (host = '{}', port = {}, user = '{}', password = '{}', database = '{}'{extra})",
+            pg.host, pg.port, pg.user, pg.password, source.name
+        )
+    };
+    let ch_peer = |name: &str, extra: &str| {
+        format!(
+            "CREATE PEER {name} FROM CLICKHOUSE WITH (host = '{}', port = {}, database = '{}'{extra})",
+            ch.host, ch.http_port, dest.name
+        )
+    };
+    let missing_root = "sslrootcert = '/nonexistent/root.crt'";
+    let failures: Vec<(String, &str, &str)> = vec![
+        (
+            ch_peer("bad", ", disable_tls = 'yes'"),
+            "22023",
+            "must be true or false (unquoted), got the string 'yes'",
+        ),
+        (
+            ch_peer("bad", ", disable_tls = 'true'"),
+            "22023",
+            "true or false",
+        ),
+        (
+            ch_peer("bad", ", disable_tls = on"),
+            "22023",
+            "true or false",
+        ),
+        (
+            ch_peer("bad", ", disable_tls = 1"),
+            "22023",
+            "true or false",
+        ),
+        // A root file that cannot be read is refused whatever the mode.
+        (
+            ch_peer("bad", &format!(", disable_tls = true, {missing_root}")),
+            "22023",
+            "could not read sslrootcert",
+        ),
+        (
+            pg_peer("bad", &format!(", sslmode = 'disable', {missing_root}")),
+            "22023",
+            "could not read sslrootcert",
+        ),
+        (
+            pg_peer("bad", &format!(", sslmode = 'prefer', {missing_root}")),
+            "22023",
+            "could not read sslrootcert",
+        ),
+        (
+            pg_peer("bad", &format!(", sslmode = 'require', {missing_root}")),
+            "22023",
+            "could not read sslrootcert",
+        ),
+    ];
+    for (sql, code, text) in &failures {
+        let e = client
+            .batch_execute(sql)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("should fail: {sql}"));
+        let message = e
+            .as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_default();
+        assert_eq!(sqlstate(&e), *code, "{sql}: {message}");
+        assert!(message.contains(text), "{sql}: {message:?} lacks {text:?}");
+    }
+    assert!(stored_peers(&ferry).await.is_empty());
+
+    // sslmode = 'allow' connects as libpq does (plain first, which this server takes).
+    client
+        .batch_execute(&pg_peer("src", ", sslmode = 'allow'"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&ch_peer(
+            "dst",
+            ", disable_tls = true, compression = 'none'",
+        ))
+        .await
+        .unwrap();
+    // The view shows each option under the name CREATE PEER takes.
+    let shown: Vec<(String, String)> = client
+        .query("SELECT name, options::text FROM peers ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let (dst, src) = (&shown[0].1, &shown[1].1);
+    assert!(
+        src.contains("\"sslmode\": \"allow\"") && !src.contains("ssl_mode"),
+        "{src}"
+    );
+    assert!(
+        dst.contains("\"compression\": \"none\"") && dst.contains("\"disable_tls\": true"),
+        "{dst}"
+    );
+    ferry.stop().await;
+}

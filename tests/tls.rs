@@ -126,8 +126,22 @@ async fn sslmodes_and_a_mirror_over_tls() {
     .await;
     assert_eq!(e.code().code(), "22023");
 
-    // What is accepted: verify-ca checks only the issuer; require and prefer check nothing.
+    // A root file that cannot be read is refused even where the mode would not use it.
+    let e = refused(
+        &client,
+        peer(
+            "unread_root",
+            "127.0.0.1",
+            ", sslmode = 'require', sslrootcert = '/nonexistent/root.crt'",
+        ),
+    )
+    .await;
+    assert_eq!(e.code().code(), "22023");
+
+    // What is accepted: verify-ca checks only the issuer; require and prefer check nothing;
+    // allow tries plain first, and TLS when the server refuses plain (as it does this role).
     for (name, host, tls) in [
+        ("allowed", "127.0.0.1", ", sslmode = 'allow'".to_owned()),
         (
             "by_address_ca",
             "127.0.0.1",
@@ -153,7 +167,10 @@ async fn sslmodes_and_a_mirror_over_tls() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(names, ["by_address_ca", "preferred", "required", "src"]);
+    assert_eq!(
+        names,
+        ["allowed", "by_address_ca", "preferred", "required", "src"]
+    );
 
     // A mirror from the verify-full peer: snapshot, then streaming, all through TLS.
     client

@@ -22,6 +22,8 @@ pub const KEY: &str = "5f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbcc
 /// A running daemon; stopped when dropped.
 pub struct TestFerry {
     pub addr: SocketAddr,
+    /// The metrics listener (`/metrics`, `/healthz`, `/readyz`), as `--metrics-listen` serves it.
+    pub metrics_addr: SocketAddr,
     pub catalog_db: TempPgDatabase,
     shutdown: Shutdown,
     runtime: Option<tokio::runtime::Runtime>,
@@ -68,20 +70,34 @@ impl TestFerry {
                 .await
                 .expect("bind");
             let addr = listener.local_addr().expect("addr");
+            let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind metrics");
+            let metrics_addr = metrics.local_addr().expect("metrics addr");
             let shared = Shared::with_settings(catalog, settings);
+            tokio::spawn(ferry_server::metrics::serve(
+                metrics,
+                ferry_server::metrics::Endpoints {
+                    metrics: shared.metrics.clone(),
+                    catalog: shared.catalog.clone(),
+                    engine: shared.engine.clone(),
+                },
+                waiter.subscribe(),
+            ));
             if resume {
                 shared.engine.resume_all().await.expect("resume mirrors");
             }
             let engine = shared.engine.clone();
-            let _ = ready_tx.send(addr);
+            let _ = ready_tx.send((addr, metrics_addr));
             let served = run(listener, shared, async move { waiter.wait().await }).await;
             engine.shutdown().await;
             served.expect("server result");
             let _ = stopped_tx.send(());
         });
-        let addr = ready_rx.await.expect("the daemon did not start");
+        let (addr, metrics_addr) = ready_rx.await.expect("the daemon did not start");
         TestFerry {
             addr,
+            metrics_addr,
             catalog_db,
             shutdown,
             runtime: Some(runtime),

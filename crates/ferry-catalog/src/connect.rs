@@ -43,7 +43,7 @@ impl Target {
             None => SslMode::Prefer,
             Some(s) => SslMode::parse(s).ok_or_else(|| {
                 invalid(format!(
-                    "sslmode must be one of disable, prefer, require, verify-ca, verify-full, not \"{s}\""
+                    "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full, not \"{s}\""
                 ))
             })?,
         };
@@ -88,6 +88,25 @@ impl Target {
                 return Ok(client);
             };
             let stream = ferry_postgres::tls::open(tcp).await.map_err(from_source)?;
+            let refused = match self.config.connect_raw(stream, NoTls).await {
+                Ok((client, connection)) => {
+                    spawn(connection);
+                    return Ok(client);
+                }
+                Err(e) => e,
+            };
+            // sslmode=allow: once more with TLS if the server refused the plain connection.
+            let retry = ferry_postgres::tls::allow_fallback(tcp).filter(|_| {
+                refused
+                    .code()
+                    .is_some_and(|c| ferry_postgres::tls::refused_in_plain(c.code()))
+            });
+            let Some(with_tls) = retry else {
+                return Err(refused.into());
+            };
+            let stream = ferry_postgres::tls::open(&with_tls)
+                .await
+                .map_err(from_source)?;
             let (client, connection) = self.config.connect_raw(stream, NoTls).await?;
             spawn(connection);
             Ok(client)

@@ -17,6 +17,9 @@ pub enum CatalogError {
     /// The secret key does not open what the catalog holds, or sealing failed.
     #[error("{0}")]
     Secret(String),
+    /// Another daemon holds the catalog's lease ([`crate::Lease`]).
+    #[error("another Ferry daemon is running on this catalog: {holder}")]
+    LeaseHeld { holder: String },
 }
 
 impl CatalogError {
@@ -26,6 +29,7 @@ impl CatalogError {
             CatalogError::Database { kind, .. } => *kind,
             CatalogError::Corrupt(_) => ErrorKind::Internal,
             CatalogError::Secret(_) => ErrorKind::Misconfigured,
+            CatalogError::LeaseHeld { .. } => ErrorKind::AlreadyExists,
         }
     }
 

@@ -8,17 +8,23 @@
 
 mod connect;
 mod error;
+mod lease;
 pub mod migrate;
 mod mirrors;
+mod monitor;
 mod peers;
 mod pool;
+mod qrep;
 pub mod reader;
 pub mod secret;
 
 pub use error::CatalogError;
+pub use lease::Lease;
 pub use migrate::{migrate, MigrationReport};
 pub use mirrors::{BatchRecord, MirrorRow, NewTable, PartitionRow, TableRow};
+pub use monitor::{MonitoredMirror, SlotSample, StreamFigures, TableFigures, Warning};
 pub use peers::StoredPeer;
 pub use pool::{Catalog, CatalogOptions};
+pub use qrep::{NewRun, QueryMirrorRow, QueryPartitionRow, QueryRunRow};
 pub use reader::{ReadTransaction, ReaderError, ReaderPool, ReaderSettings};
 pub use secret::SecretKey;

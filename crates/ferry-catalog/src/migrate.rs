@@ -75,6 +75,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tables",
         sql: include_str!("../../../migrations/0007_tables.sql"),
     },
+    Migration {
+        version: 8,
+        name: "qrep",
+        sql: include_str!("../../../migrations/0008_qrep.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "observability",
+        sql: include_str!("../../../migrations/0009_observability.sql"),
+    },
 ];
 
 /// Arbitrary key of the advisory lock that serialises migration runs.

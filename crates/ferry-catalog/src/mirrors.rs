@@ -1,6 +1,6 @@
 //! Mirrors, their tables and their partitions in the catalog.
 
-use ferry_core::mirror::{MirrorState, PartitionState, TableState};
+use ferry_core::mirror::{MirrorKind, MirrorState, PartitionState, TableState};
 use ferry_core::{Lsn, TableName};
 use tokio_postgres::Row;
 
@@ -22,6 +22,7 @@ pub struct MirrorRow {
     pub confirmed_lsn: Option<Lsn>,
     /// While tables load on their own: the slot is not confirmed past here.
     pub hold_lsn: Option<Lsn>,
+    pub kind: MirrorKind,
 }
 
 /// A table of a mirror, to be stored.
@@ -80,7 +81,7 @@ pub struct PartitionRow {
 
 const MIRROR_COLUMNS: &str =
     "id, name, source_peer, destination_peer, spec, state, publication_name, \
-     created_publication, slot_name, snapshot_lsn::text, confirmed_lsn::text, hold_lsn::text";
+     created_publication, slot_name, snapshot_lsn::text, confirmed_lsn::text, hold_lsn::text, kind";
 
 fn mirror_from_row(row: &Row) -> Result<MirrorRow, CatalogError> {
     let state: String = row.get(5);
@@ -98,6 +99,11 @@ fn mirror_from_row(row: &Row) -> Result<MirrorRow, CatalogError> {
         snapshot_lsn: lsn(row.get(9))?,
         confirmed_lsn: lsn(row.get(10))?,
         hold_lsn: lsn(row.get(11))?,
+        kind: {
+            let kind: String = row.get(12);
+            MirrorKind::parse(&kind)
+                .ok_or_else(|| CatalogError::Corrupt(format!("mirror has unknown kind {kind:?}")))?
+        },
     })
 }
 
@@ -583,28 +589,6 @@ impl Catalog {
             .execute(
                 "UPDATE ferry.mirror_table SET columns = $2 WHERE id = $1",
                 &[&table_id, columns],
-            )
-            .await?;
-        Ok(())
-    }
-}
-
-impl Catalog {
-    /// Sets or clears a warning on a mirror (shown as its last error) without changing its state.
-    pub async fn set_mirror_warning(
-        &self,
-        mirror_id: i64,
-        warning: Option<(&str, &str)>,
-    ) -> Result<(), CatalogError> {
-        let client = self.client().await?;
-        let (message, hint) = match warning {
-            Some((m, h)) => (Some(m), Some(h)),
-            None => (None, None),
-        };
-        client
-            .execute(
-                "UPDATE ferry.mirrors SET error = $2, error_hint = $3 WHERE id = $1 AND error IS DISTINCT FROM $2",
-                &[&mirror_id, &message, &hint],
             )
             .await?;
         Ok(())

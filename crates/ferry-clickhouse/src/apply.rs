@@ -31,6 +31,8 @@ use async_trait::async_trait;
 use ferry_core::change::{ChangeKind, Field, Op, Row, RowChange, TableChanges};
 use ferry_core::destination::{Apply, ApplyError, Summary};
 use ferry_core::ident::ch_qualified;
+use ferry_core::layout::Layouts;
+use ferry_core::TableName;
 use ferry_core::{canonical, ColumnSchema, Error, ErrorKind, Lsn, Numeric, Value, ValueKind};
 use futures::StreamExt;
 
@@ -52,11 +54,21 @@ const TABLES_AT_ONCE: usize = 4;
 pub struct ClickHouseApply {
     pub(crate) ch: ClickHouse,
     policy: UnrepresentablePolicy,
+    /// The mirror's tables' layouts: a column whose type was chosen is converted on insert.
+    layouts: Layouts,
 }
 
 impl ClickHouseApply {
-    pub(crate) fn new(ch: ClickHouse, policy: UnrepresentablePolicy) -> ClickHouseApply {
-        ClickHouseApply { ch, policy }
+    pub(crate) fn new(
+        ch: ClickHouse,
+        policy: UnrepresentablePolicy,
+        layouts: Layouts,
+    ) -> ClickHouseApply {
+        ClickHouseApply {
+            ch,
+            policy,
+            layouts,
+        }
     }
 
     pub(crate) fn policy(&self) -> UnrepresentablePolicy {
@@ -64,7 +76,30 @@ impl ClickHouseApply {
     }
 
     pub(crate) fn insert(&self, db: &str, table: &str, columns: &[ColumnSchema]) -> RowInsert {
-        self.ch.insert(db, table, columns).with_policy(self.policy)
+        self.insert_converting(db, table, columns, false)
+    }
+
+    /// [`ClickHouseApply::insert`] whose rows ClickHouse converts to the column types chosen
+    /// in place of the mapped ones when `converts`.
+    fn insert_converting(
+        &self,
+        db: &str,
+        table: &str,
+        columns: &[ColumnSchema],
+        converts: bool,
+    ) -> RowInsert {
+        self.ch
+            .insert_for(db, table, columns, false, converts)
+            .with_policy(self.policy)
+    }
+
+    /// Per column of `columns`, whether its type was chosen in place of the mapped one.
+    fn converted(&self, table: &TableName, columns: &[ColumnSchema]) -> Vec<bool> {
+        let chosen = self.layouts.of(table).column_types;
+        columns
+            .iter()
+            .map(|c| chosen.iter().any(|(n, _)| *n == c.name))
+            .collect()
     }
 }
 
@@ -235,7 +270,13 @@ impl ClickHouseApply {
             })?;
             stand_ins.push(b);
         }
-        let mut insert = self.insert(db, table, &columns);
+        let converts = self.converted(&spec.source, &columns).contains(&true);
+        // Columns the table is sorted by beyond its key: a row moves when one changes, and a
+        // deletion must carry them (ClickHouse keeps one row per ORDER BY value).
+        let extras = sort_extras(&self.layouts.of(&spec.source), &columns);
+        let mut moved_slots = key_slots.clone();
+        moved_slots.extend(&extras);
+        let mut insert = self.insert_converting(db, table, &columns, converts);
         let mut buf: Vec<u8> = Vec::with_capacity(SEND_BYTES + (64 << 10));
         let mut pending = 0u64;
         let mut written = 0u64;
@@ -254,7 +295,10 @@ impl ClickHouseApply {
                             .await?;
                         pending = 0;
                     }
-                    let done = std::mem::replace(&mut insert, self.insert(db, table, &columns));
+                    let done = std::mem::replace(
+                        &mut insert,
+                        self.insert_converting(db, table, &columns, converts),
+                    );
                     written += done.finish().await?;
                     self.ch
                         .execute(&format!("TRUNCATE TABLE {}", ch_qualified(db, table)))
@@ -267,8 +311,11 @@ impl ClickHouseApply {
             if let Some(old) = change.old {
                 let old = tc.tuple(old);
                 if change.kind == ChangeKind::Delete
-                    || key_moved(change, &old, tc, &key_slots, keyed)
+                    || key_moved(change, &old, tc, &moved_slots, keyed)
                 {
+                    if !extras.is_empty() && !change.old_is_full {
+                        return Err(Failure::Table(sorted_beyond_key(spec, &columns, &extras)));
+                    }
                     let fields = (0..columns.len()).map(|s| match old.get(s) {
                         Field::Value(b) => TField::Binary(b),
                         Field::Null if columns[s].nullable => TField::Null,
@@ -460,6 +507,7 @@ impl ClickHouseApply {
         let keys: Vec<(Vec<Value>, u64)> =
             needy.iter().map(|(_, k, b, _)| (k.clone(), *b)).collect();
         let spec = &tc.table;
+        let converted = self.converted(&spec.source, &value_columns);
         let found = self
             .ch
             .stored_values(
@@ -467,6 +515,7 @@ impl ClickHouseApply {
                 &spec.target.table,
                 &key_columns,
                 &value_columns,
+                &converted,
                 &keys,
             )
             .await?;
@@ -500,8 +549,48 @@ impl ClickHouseApply {
     }
 }
 
+/// The positions in `columns` of the columns `layout` sorts by that are not key columns.
+fn sort_extras(layout: &ferry_core::layout::TableLayout, columns: &[ColumnSchema]) -> Vec<usize> {
+    let Some(order) = &layout.order_by else {
+        return Vec::new();
+    };
+    order
+        .iter()
+        .filter_map(|n| {
+            columns
+                .iter()
+                .position(|c| &c.name == n)
+                .or_else(|| columns.iter().position(|c| c.name.eq_ignore_ascii_case(n)))
+        })
+        .filter(|&s| columns[s].key_position.is_none())
+        .collect()
+}
+
+fn sorted_beyond_key(
+    spec: &ferry_core::destination::TableSpec,
+    columns: &[ColumnSchema],
+    extras: &[usize],
+) -> Error {
+    let names: Vec<&str> = extras.iter().map(|&s| columns[s].name.as_str()).collect();
+    Error::new(
+        ErrorKind::Misconfigured,
+        "55000",
+        format!(
+            "table {} is sorted by {} beyond its key (order_by), and a deletion or key change arrived without the row's old values of them",
+            spec.source,
+            names.join(", ")
+        ),
+    )
+    .with_hint(format!(
+        "Run ALTER TABLE {} REPLICA IDENTITY FULL at the source, then RESYNC MIRROR … TABLE {}.",
+        spec.source.quoted(),
+        spec.source
+    ))
+}
+
 /// Whether an update moved the row: its key (for a table without a key, any column) differs
-/// between the old and the new row.
+/// between the old and the new row; `key_slots` holds too the columns the table is sorted by
+/// beyond its key.
 fn key_moved(
     change: &RowChange,
     old: &Row<'_>,

@@ -178,18 +178,26 @@ pub fn client(cfg: &ClickhouseConfig) -> Result<clickhouse::Client, DestinationE
     http.set_nodelay(true);
     let mut builder = HyperClient::builder(TokioExecutor::new());
     builder.pool_idle_timeout(POOL_IDLE_TIMEOUT);
+    let roots = |root: Option<&str>| {
+        ferry_core::tls::root_store(root).map_err(|e| DestinationError {
+            kind: ErrorKind::InvalidInput,
+            code: None,
+            message: format!("TLS settings for ClickHouse at {}: {e}", cfg.url()),
+            hint: None,
+            source: None,
+        })
+    };
     let base = if cfg.disable_tls {
+        // A root file that was named must be readable even when TLS is off: naming one that
+        // cannot be used is a mistake to report, not to ignore until TLS is turned on.
+        if let Some(root) = cfg.ssl_root_cert.as_deref() {
+            if root != ferry_core::peer::SYSTEM_ROOT_CERTS {
+                roots(Some(root))?;
+            }
+        }
         clickhouse::Client::with_http_client(builder.build(http))
     } else {
-        let roots = ferry_core::tls::root_store(cfg.ssl_root_cert.as_deref()).map_err(|e| {
-            DestinationError {
-                kind: ErrorKind::InvalidInput,
-                code: None,
-                message: format!("TLS settings for ClickHouse at {}: {e}", cfg.url()),
-                hint: None,
-                source: None,
-            }
-        })?;
+        let roots = roots(cfg.ssl_root_cert.as_deref())?;
         let tls = rustls::ClientConfig::builder_with_provider(ferry_core::tls::crypto_provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| DestinationError {

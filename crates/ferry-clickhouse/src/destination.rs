@@ -9,22 +9,29 @@
 //!   values are read back from ClickHouse ([`crate::lookup`]).
 //! - ClickHouse keeps no position of its own: the engine's catalog is the position, and
 //!   replaying WAL after a crash writes rows identical to those written before.
+//! - A query mirror's table and partitions: [`crate::qrep`].
 //! - Destination databases are never created: a mirror's databases must exist, so that a typo
 //!   in a mapping is an error, not a stray database.
+//! - Each table is laid out as its mirror says ([`crate::layout`]): checked, with ClickHouse
+//!   asked about what only it can judge (a setting's name, a cast, a function), before
+//!   anything is created.
 
 use async_trait::async_trait;
 use ferry_core::destination::{
-    Apply, Destination, Load, MirrorContext, TableSpec, TableToken, TargetName, Wire,
+    Apply, Destination, Load, MirrorContext, QueryDestination, TableSpec, TableToken, TargetName,
+    Wire,
 };
-use ferry_core::ident::{ch_ident, ch_qualified};
+use ferry_core::ident::{ch_ident, ch_literal, ch_qualified};
 use ferry_core::peer::ClickhouseConfig;
 use ferry_core::{ColumnSchema, Error, ErrorKind};
 use tracing::info;
 
+use crate::layout::{resolve, Meta, Resolved};
 use crate::table::{ClickHouse, IS_DELETED_COLUMN, SYNCED_AT_COLUMN, VERSION_COLUMN};
 use crate::types::clickhouse_type;
 
-/// Ferry's own columns in every destination table.
+/// Ferry's own columns in every destination table (the first three unless the mirror renames
+/// them; the last two in tables without a key).
 pub const RESERVED_COLUMNS: [&str; 5] = [
     VERSION_COLUMN,
     IS_DELETED_COLUMN,
@@ -37,7 +44,7 @@ pub const RESERVED_COLUMNS: [&str; 5] = [
 pub struct ClickHouseDestination {
     pub(crate) ch: ClickHouse,
     cfg: ClickhouseConfig,
-    mirror: MirrorContext,
+    pub(crate) mirror: MirrorContext,
 }
 
 impl ClickHouseDestination {
@@ -46,11 +53,115 @@ impl ClickHouseDestination {
         mirror: MirrorContext,
     ) -> Result<ClickHouseDestination, Error> {
         Ok(ClickHouseDestination {
-            ch: ClickHouse::new(cfg)?,
+            ch: ClickHouse::new(cfg)?.with_meta(Meta::new(&mirror.meta_columns)),
             cfg: cfg.clone(),
             mirror,
         })
     }
+
+    /// A table's layout, checked against it.
+    fn layout(&self, table: &TableSpec) -> Result<Resolved, Error> {
+        resolve(
+            &self.mirror.layouts.of(&table.source),
+            table,
+            self.ch.meta(),
+        )
+    }
+
+    /// What only ClickHouse can judge of a table's layout: its settings' names, that each
+    /// chosen column type is one the mapped type converts to, and the partition expression.
+    async fn check_with_clickhouse(
+        &self,
+        table: &TableSpec,
+        layout: &Resolved,
+    ) -> Result<(), Error> {
+        let invalid = |what: &str, message: String| {
+            Error::invalid(
+                "22023",
+                format!("{what} of table {}: {message}", table.source),
+            )
+        };
+        if !layout.settings.is_empty() {
+            let names: Vec<String> = layout.settings.iter().map(|(n, _)| ch_literal(n)).collect();
+            let known: Vec<String> = self
+                .ch
+                .client()
+                .query(&format!(
+                    "SELECT name FROM system.merge_tree_settings WHERE name IN ({})",
+                    names.join(", ")
+                ))
+                .fetch_all()
+                .await
+                .map_err(|e| self.ch.err(e))?;
+            if let Some((unknown, _)) = layout.settings.iter().find(|(n, _)| !known.contains(n)) {
+                return Err(invalid(
+                    "settings",
+                    format!("\"{unknown}\" is not a MergeTree setting of this ClickHouse"),
+                )
+                .with_hint("SELECT name FROM system.merge_tree_settings lists them."));
+            }
+        }
+        for (c, chosen) in table.columns.iter().zip(&layout.column_types) {
+            let Some(chosen) = chosen else { continue };
+            let from = ch_literal(&clickhouse_type(&c.kind, false));
+            let to = ch_literal(&chosen.base);
+            // A cast that fails on the mapped type's default value (a text to a number) may
+            // still be right for the real values: then only the kind of cast is checked.
+            let exact = format!("SELECT toTypeName(CAST(defaultValueOfTypeName({from}), {to}))");
+            if self.ch.execute(&exact).await.is_ok() {
+                continue;
+            }
+            let lenient = format!(
+                "SELECT toTypeName(accurateCastOrNull(defaultValueOfTypeName({from}), {to}))"
+            );
+            if let Err(e) = self.ch.execute(&lenient).await {
+                return Err(invalid(
+                    "column_types",
+                    format!(
+                        "ClickHouse cannot convert column \"{}\" from {} to {}: {}",
+                        c.name,
+                        clickhouse_type(&c.kind, false),
+                        chosen.base,
+                        reason(&e.message)
+                    ),
+                ));
+            }
+        }
+        if let Some(expr) = &layout.partition_by {
+            let meta = self.ch.meta();
+            let mut values: Vec<String> = table
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    format!(
+                        "defaultValueOfTypeName({}) AS {}",
+                        ch_literal(&layout.column_type(i, c)),
+                        ch_ident(&c.name)
+                    )
+                })
+                .collect();
+            values.push(format!("toUInt64(0) AS {}", ch_ident(&meta.version)));
+            values.push(format!("now64(9) AS {}", ch_ident(&meta.synced_at)));
+            let sql = format!("SELECT {expr} FROM (SELECT {}) WHERE 0", values.join(", "));
+            if let Err(e) = self.ch.execute(&sql).await {
+                return Err(invalid("partition_by", reason(&e.message)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What ClickHouse said, without the query it quotes back (which is Ferry's, not the user's).
+fn reason(message: &str) -> String {
+    let m = message
+        .split_once("DB::Exception: ")
+        .map_or(message, |(_, after)| after);
+    let m = m.split(" In scope ").next().unwrap_or(m);
+    m.trim_end_matches([':', '.', ' '])
+        .chars()
+        .take(300)
+        .collect()
 }
 
 #[async_trait]
@@ -68,11 +179,22 @@ impl Destination for ClickHouseDestination {
     }
 
     async fn check(&self, tables: &[TableSpec]) -> Result<(), Error> {
+        let own = self.ch.meta().names();
+        if own[1] == own[0] || own[2] == own[0] || own[1] == own[2] {
+            return Err(Error::invalid(
+                "42701",
+                "soft_delete_col_name and synced_at_col_name must differ from each other and from _ferry_version",
+            ));
+        }
         for t in tables {
+            let identity = [
+                crate::identity::ROW_HASH_COLUMN,
+                crate::identity::ROW_ID_COLUMN,
+            ];
             if let Some(c) = t
                 .columns
                 .iter()
-                .find(|c| RESERVED_COLUMNS.contains(&c.name.as_str()))
+                .find(|c| own.contains(&c.name.as_str()) || identity.contains(&c.name.as_str()))
             {
                 return Err(Error::invalid(
                     "42939",
@@ -82,10 +204,12 @@ impl Destination for ClickHouseDestination {
                     ),
                 )
                 .with_hint(format!(
-                    "Leave it out with {{ from: {}, to: {}, exclude: [{}] }}, or rename it at the source.",
+                    "Leave it out with {{ from: {}, to: {}, exclude: [{}] }}, rename it at the source, or give Ferry's column another name (soft_delete_col_name, synced_at_col_name).",
                     t.source, t.target.table, c.name
                 )));
             }
+            let layout = self.layout(t)?;
+            self.check_with_clickhouse(t, &layout).await?;
             let db = &t.target.namespace;
             if !self.ch.database_exists(db).await? {
                 return Err(Error::new(
@@ -116,11 +240,13 @@ impl Destination for ClickHouseDestination {
         into: &TargetName,
     ) -> Result<TableToken, Error> {
         if !self.ch.table_exists(&into.namespace, &into.table).await? {
+            let layout = self.layout(table)?;
             self.ch
                 .create_table(
                     &into.namespace,
                     &into.table,
                     &crate::identity::storage_columns(&table.columns),
+                    &layout,
                 )
                 .await?;
         }
@@ -174,12 +300,14 @@ impl Destination for ClickHouseDestination {
     }
 
     async fn load(&self, table: &TableSpec, into: &TargetName, range: i32) -> Result<Load, Error> {
+        let converts = self.layout(table)?.converts();
         Ok(Load::Sink(Box::new(crate::load::RangeSink::new(
             &self.ch,
             table,
             into,
             range,
             crate::load::policy(self.mirror.unrepresentable),
+            converts,
         )?)))
     }
 
@@ -207,6 +335,12 @@ impl Destination for ClickHouseDestination {
         Ok(Box::new(crate::apply::ClickHouseApply::new(
             self.ch.clone(),
             crate::load::policy(self.mirror.unrepresentable),
+            self.mirror.layouts.clone(),
         )))
+    }
+
+    /// Query mirrors: [`crate::qrep`].
+    fn query(&self) -> Option<&dyn QueryDestination> {
+        Some(self)
     }
 }

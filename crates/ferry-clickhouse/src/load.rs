@@ -22,8 +22,8 @@ use crate::transcode::{TranscodeError, Transcoder};
 use crate::unrepresentable::{Substitutions, UnrepresentablePolicy};
 
 /// Rows of a `Native` block, and its bytes, at most: memory is bounded by workers × block.
-const BLOCK_ROWS: usize = 65_536;
-const BLOCK_BYTES: usize = 1 << 20;
+pub(crate) const BLOCK_ROWS: usize = 65_536;
+pub(crate) const BLOCK_BYTES: usize = 1 << 20;
 
 /// The mirror's policy, as this crate names it.
 pub(crate) fn policy(p: Unrepresentable) -> UnrepresentablePolicy {
@@ -68,20 +68,24 @@ pub struct RangeSink {
 }
 
 impl RangeSink {
+    /// `converts`: some of the table's column types were chosen in place of the mapped ones,
+    /// and ClickHouse converts the rows as they arrive.
     pub(crate) fn new(
         ch: &ClickHouse,
         table: &TableSpec,
         into: &TargetName,
         range: i32,
         policy: UnrepresentablePolicy,
+        converts: bool,
     ) -> Result<RangeSink, Error> {
+        let meta = [ch.meta().version.as_str(), ch.meta().is_deleted.as_str()];
         let stored = identity::storage_columns(&table.columns);
         Ok(RangeSink {
             framer: CopyFramer::new(table.columns.len(), DEFAULT_MAX_ROW_BYTES),
             transcoder: Transcoder::new(&stored, policy).map_err(transcode_error)?,
-            block: NativeBlock::new(&stored, BLOCK_ROWS, BLOCK_BYTES),
+            block: NativeBlock::named(&stored, meta, BLOCK_ROWS, BLOCK_BYTES),
             out: Vec::new(),
-            insert: ch.insert_native(&into.namespace, &into.table, &stored),
+            insert: ch.insert_for(&into.namespace, &into.table, &stored, true, converts),
             columns: table.columns.clone(),
             table: table.id,
             identity: identity::keyless(&table.columns).then_some(range),
@@ -91,23 +95,30 @@ impl RangeSink {
 
     /// Sends the block's rows.
     async fn send_block(&mut self) -> Result<(), Error> {
-        let n = self.block.rows() as u64;
-        if n == 0 {
-            return Ok(());
-        }
-        self.block.finish(&mut self.out);
-        self.insert
-            .send_encoded(std::mem::take(&mut self.out), n)
-            .await?;
-        Ok(())
+        send_block(&mut self.block, &mut self.out, &mut self.insert).await
     }
 }
 
-fn frame_error(e: FrameError) -> Error {
+/// Sends a block's rows as the next piece of `insert` (`out` is scratch space).
+pub(crate) async fn send_block(
+    block: &mut NativeBlock,
+    out: &mut Vec<u8>,
+    insert: &mut RowInsert,
+) -> Result<(), Error> {
+    let n = block.rows() as u64;
+    if n == 0 {
+        return Ok(());
+    }
+    block.finish(out);
+    insert.send_encoded(std::mem::take(out), n).await?;
+    Ok(())
+}
+
+pub(crate) fn frame_error(e: FrameError) -> Error {
     Error::new(e.kind(), "XX000", format!("reading the COPY stream: {e}"))
 }
 
-fn transcode_error(e: TranscodeError) -> Error {
+pub(crate) fn transcode_error(e: TranscodeError) -> Error {
     Error::new(e.kind(), "22000", e.to_string())
 }
 

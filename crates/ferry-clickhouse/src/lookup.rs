@@ -22,7 +22,7 @@ use ferry_core::{ColumnSchema, Value};
 
 use crate::connect::DestinationError;
 use crate::rowbinary::encode;
-use crate::table::{ClickHouse, WriteError, IS_DELETED_COLUMN, VERSION_COLUMN};
+use crate::table::{ClickHouse, WriteError};
 use crate::types::clickhouse_type;
 
 /// Bytes of encoded keys sent in one query (each byte may become four in the literal).
@@ -38,12 +38,15 @@ impl ClickHouse {
     /// `key_columns`, in order, each with its bound), taken from the newest row older than the
     /// bound (see the module doc): per key, in the order of `keys`, the RowBinary of each
     /// column, or `None` when the table has no live row for it. A key is asked for once.
+    /// The columns whose type was chosen in place of the mapped one (`converted`) are read
+    /// back cast to the mapped type, the type inserts send.
     pub async fn stored_values(
         &self,
         database: &str,
         table: &str,
         key_columns: &[ColumnSchema],
         columns: &[ColumnSchema],
+        converted: &[bool],
         keys: &[(Vec<Value>, u64)],
     ) -> Result<Vec<Option<Vec<Vec<u8>>>>, WriteError> {
         let mut found = StoredValues::new();
@@ -58,24 +61,42 @@ impl ClickHouse {
             encoded_keys.push(chunk[start..].to_vec());
             chunk.extend_from_slice(&bound.to_le_bytes());
             if chunk.len() >= KEYS_PER_QUERY_BYTES {
-                self.stored_chunk(database, table, key_columns, columns, &chunk, &mut found)
-                    .await?;
+                self.stored_chunk(
+                    database,
+                    table,
+                    key_columns,
+                    columns,
+                    converted,
+                    &chunk,
+                    &mut found,
+                )
+                .await?;
                 chunk.clear();
             }
         }
         if !chunk.is_empty() {
-            self.stored_chunk(database, table, key_columns, columns, &chunk, &mut found)
-                .await?;
+            self.stored_chunk(
+                database,
+                table,
+                key_columns,
+                columns,
+                converted,
+                &chunk,
+                &mut found,
+            )
+            .await?;
         }
         Ok(encoded_keys.iter().map(|k| found.get(k).cloned()).collect())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn stored_chunk(
         &self,
         database: &str,
         table: &str,
         key_columns: &[ColumnSchema],
         columns: &[ColumnSchema],
+        converted: &[bool],
         encoded_keys: &[u8],
         found: &mut StoredValues,
     ) -> Result<(), WriteError> {
@@ -93,8 +114,8 @@ impl ClickHouse {
             })
             .collect();
         structure.push("_ferry_bound UInt64".into());
-        let version = format!("t.{}", ch_ident(VERSION_COLUMN));
-        let deleted = format!("t.{}", ch_ident(IS_DELETED_COLUMN));
+        let version = format!("t.{}", ch_ident(&self.meta().version));
+        let deleted = format!("t.{}", ch_ident(&self.meta().is_deleted));
         let before = "b._ferry_bound";
         // The newest row below the key's bound, else the newest row: of a column `x`.
         let newest = |x: &str| {
@@ -105,7 +126,19 @@ impl ClickHouse {
         };
         let values: Vec<String> = columns
             .iter()
-            .map(|c| newest(&format!("formatRow('RowBinary', t.{})", ch_ident(&c.name))))
+            .enumerate()
+            .map(|(i, c)| {
+                let column = format!("t.{}", ch_ident(&c.name));
+                let column = if converted.get(i).copied().unwrap_or(false) {
+                    format!(
+                        "CAST({column}, {})",
+                        ferry_core::ident::ch_literal(&clickhouse_type(&c.kind, c.nullable))
+                    )
+                } else {
+                    column
+                };
+                newest(&format!("formatRow('RowBinary', {column})"))
+            })
             .collect();
         let data = format!(
             "format(RowBinary, {}, {})",
@@ -177,8 +210,8 @@ impl ClickHouse {
         let (h, id, v, d) = (
             ch_ident(ROW_HASH_COLUMN),
             ch_ident(ROW_ID_COLUMN),
-            ch_ident(VERSION_COLUMN),
-            ch_ident(IS_DELETED_COLUMN),
+            ch_ident(&self.meta().version),
+            ch_ident(&self.meta().is_deleted),
         );
         let mut found = Vec::new();
         for chunk in hashes.chunks(HASHES_PER_QUERY) {

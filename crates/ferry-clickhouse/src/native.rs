@@ -417,6 +417,21 @@ impl NativeBlock {
     /// `_ferry_is_deleted` after them (the columns [`crate::table::Destination::insert`]
     /// names); full at `max_rows` rows or `max_bytes` bytes of data, whichever comes first.
     pub fn new(columns: &[ColumnSchema], max_rows: usize, max_bytes: usize) -> NativeBlock {
+        Self::named(
+            columns,
+            [VERSION_COLUMN, IS_DELETED_COLUMN],
+            max_rows,
+            max_bytes,
+        )
+    }
+
+    /// [`NativeBlock::new`], with the version and deletion columns named `meta`.
+    pub fn named(
+        columns: &[ColumnSchema],
+        meta: [&str; 2],
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> NativeBlock {
         let mut headers = Vec::new();
         let mut layouts = Vec::new();
         let mut header = |name: &str, ty: &str, layout: Layout| {
@@ -433,8 +448,8 @@ impl NativeBlock {
                 Layout::of(&c.kind, c.nullable),
             );
         }
-        header(VERSION_COLUMN, "UInt64", Layout::Fixed(8));
-        header(IS_DELETED_COLUMN, "UInt8", Layout::Fixed(1));
+        header(meta[0], "UInt64", Layout::Fixed(8));
+        header(meta[1], "UInt8", Layout::Fixed(1));
         NativeBlock {
             headers,
             columns: layouts.iter().map(Column::new).collect(),
@@ -449,10 +464,15 @@ impl NativeBlock {
 
     /// The column list for `INSERT INTO t (…) FORMAT Native`, quoted.
     pub fn column_list(columns: &[ColumnSchema]) -> String {
+        Self::column_list_named(columns, [VERSION_COLUMN, IS_DELETED_COLUMN])
+    }
+
+    /// [`NativeBlock::column_list`] with the version and deletion columns named `meta`.
+    pub fn column_list_named(columns: &[ColumnSchema], meta: [&str; 2]) -> String {
         columns
             .iter()
             .map(|c| c.name.as_str())
-            .chain([VERSION_COLUMN, IS_DELETED_COLUMN])
+            .chain(meta)
             .map(ch_ident)
             .collect::<Vec<_>>()
             .join(", ")

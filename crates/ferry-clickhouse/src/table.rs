@@ -12,6 +12,11 @@
 //! ClickHouse keeps, per key, the row with the highest version (after merges, or at once with
 //! `FINAL`), so the current state of a table is
 //! `SELECT … FROM t FINAL WHERE _ferry_is_deleted = 0`.
+//!
+//! A mirror may rename the last two columns and keep deleted rows visible under `FINAL`
+//! (`soft_delete`), and choose each table's sort key, partitioning, settings and column types
+//! ([`crate::layout`]). A column whose type was chosen is converted by ClickHouse as the rows
+//! arrive: inserts then send the mapped types through `input()`, and ClickHouse casts them.
 
 use bytes::Bytes;
 use ferry_core::ident::{ch_ident, ch_literal, ch_qualified};
@@ -20,6 +25,7 @@ use ferry_core::{ColumnSchema, Value};
 
 use crate::connect::DestinationError;
 use crate::identity::{ROW_HASH_COLUMN, ROW_ID_COLUMN};
+use crate::layout::{Meta, Resolved};
 use crate::rowbinary::{encode_with_policy, render_value, EncodeError};
 use crate::types::clickhouse_type;
 use crate::unrepresentable::{self, Substitutions, UnrepresentablePolicy};
@@ -34,24 +40,25 @@ pub const SYNCED_AT_COLUMN: &str = "_ferry_synced_at";
 /// Bytes of RowBinary gathered before they are sent as one chunk of an insert.
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// `CREATE TABLE` for a replicated table; `columns` as [`crate::identity::storage_columns`]
-/// gives them.
-pub fn create_table_sql(database: &str, table: &str, columns: &[ColumnSchema]) -> String {
+/// `CREATE TABLE` for a replicated table, laid out as `layout` says; `columns` as
+/// [`crate::identity::storage_columns`] gives them.
+pub fn create_table_sql(
+    database: &str,
+    table: &str,
+    columns: &[ColumnSchema],
+    layout: &Resolved,
+    meta: &Meta,
+) -> String {
     let mut defs: Vec<String> = columns
         .iter()
-        .map(|c| {
-            format!(
-                "{} {}",
-                ch_ident(&c.name),
-                clickhouse_type(&c.kind, c.nullable)
-            )
-        })
+        .enumerate()
+        .map(|(i, c)| format!("{} {}", ch_ident(&c.name), layout.column_type(i, c)))
         .collect();
-    defs.push(format!("{} UInt64", ch_ident(VERSION_COLUMN)));
-    defs.push(format!("{} UInt8", ch_ident(IS_DELETED_COLUMN)));
+    defs.push(format!("{} UInt64", ch_ident(&meta.version)));
+    defs.push(format!("{} UInt8", ch_ident(&meta.is_deleted)));
     defs.push(format!(
         "{} DateTime64(9) DEFAULT now64(9)",
-        ch_ident(SYNCED_AT_COLUMN)
+        ch_ident(&meta.synced_at)
     ));
     let mut keys: Vec<&ColumnSchema> = columns
         .iter()
@@ -68,21 +75,46 @@ pub fn create_table_sql(database: &str, table: &str, columns: &[ColumnSchema]) -
     } else {
         keys
     };
-    let order_by: Vec<String> = key_columns.iter().map(|c| ch_ident(&c.name)).collect();
-    let nullable_key = key_columns.iter().any(|c| c.nullable);
-    format!(
-        "CREATE TABLE {} (\n  {}\n) ENGINE = ReplacingMergeTree({}, {})\nORDER BY ({}){}",
+    let order_by: Vec<String> = if layout.order_by.is_empty() {
+        key_columns.iter().map(|c| ch_ident(&c.name)).collect()
+    } else {
+        layout.order_by.clone()
+    };
+    let sorted_by_nullable = if layout.order_by.is_empty() {
+        key_columns.iter().any(|c| c.nullable)
+    } else {
+        columns
+            .iter()
+            .any(|c| c.nullable && layout.order_by.contains(&ch_ident(&c.name)))
+    };
+    let mut settings = layout.settings.clone();
+    if sorted_by_nullable && !settings.iter().any(|(n, _)| n == "allow_nullable_key") {
+        settings.insert(0, ("allow_nullable_key".into(), "1".into()));
+    }
+    // Without soft deletes the engine drops a deleted row's last version (FINAL hides it).
+    let engine = if meta.soft_delete {
+        format!("ReplacingMergeTree({})", ch_ident(&meta.version))
+    } else {
+        format!(
+            "ReplacingMergeTree({}, {})",
+            ch_ident(&meta.version),
+            ch_ident(&meta.is_deleted)
+        )
+    };
+    let mut sql = format!(
+        "CREATE TABLE {} (\n  {}\n) ENGINE = {engine}",
         ch_qualified(database, table),
         defs.join(",\n  "),
-        ch_ident(VERSION_COLUMN),
-        ch_ident(IS_DELETED_COLUMN),
-        order_by.join(", "),
-        if nullable_key {
-            "\nSETTINGS allow_nullable_key = 1"
-        } else {
-            ""
-        }
-    )
+    );
+    if let Some(p) = &layout.partition_by {
+        sql.push_str(&format!("\nPARTITION BY {p}"));
+    }
+    sql.push_str(&format!("\nORDER BY ({})", order_by.join(", ")));
+    if !settings.is_empty() {
+        let list: Vec<String> = settings.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+        sql.push_str(&format!("\nSETTINGS {}", list.join(", ")));
+    }
+    sql
 }
 
 /// A destination ClickHouse: DDL and inserts, with errors classified.
@@ -90,6 +122,7 @@ pub fn create_table_sql(database: &str, table: &str, columns: &[ColumnSchema]) -
 pub struct ClickHouse {
     cfg: ClickhouseConfig,
     client: clickhouse::Client,
+    meta: Meta,
 }
 
 impl ClickHouse {
@@ -98,7 +131,19 @@ impl ClickHouse {
         Ok(ClickHouse {
             cfg: cfg.clone(),
             client: crate::connect::client(cfg)?,
+            meta: Meta::default(),
         })
+    }
+
+    /// With Ferry's own columns named (and deletions kept) as a mirror asks.
+    pub fn with_meta(mut self, meta: Meta) -> ClickHouse {
+        self.meta = meta;
+        self
+    }
+
+    /// Ferry's own columns in this mirror's tables.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
     }
 
     /// The peer's own database, where unqualified destination names go.
@@ -171,9 +216,12 @@ impl ClickHouse {
         database: &str,
         table: &str,
         columns: &[ColumnSchema],
+        layout: &Resolved,
     ) -> Result<(), DestinationError> {
-        self.execute(&create_table_sql(database, table, columns))
-            .await
+        self.execute(&create_table_sql(
+            database, table, columns, layout, &self.meta,
+        ))
+        .await
     }
 
     /// A table's UUID, or `None` when there is no such table.
@@ -221,7 +269,7 @@ impl ClickHouse {
 
     /// Starts one insert into a replicated table, streamed in chunks.
     pub fn insert(&self, database: &str, table: &str, columns: &[ColumnSchema]) -> RowInsert {
-        self.insert_as(database, table, columns, "RowBinary")
+        self.insert_as(database, table, columns, "RowBinary", false)
     }
 
     /// Starts one insert of `Native` blocks (see [`crate::native::NativeBlock`]) into a
@@ -232,7 +280,23 @@ impl ClickHouse {
         table: &str,
         columns: &[ColumnSchema],
     ) -> RowInsert {
-        self.insert_as(database, table, columns, "Native")
+        self.insert_as(database, table, columns, "Native", false)
+    }
+
+    /// An insert ([`ClickHouse::insert`] with `native` false, else
+    /// [`ClickHouse::insert_native`]) whose rows ClickHouse converts to the table's column
+    /// types when `converts` (some were chosen in place of the mapped ones): the rows, in the
+    /// mapped types, are read through `input()` and cast by `INSERT … SELECT`.
+    pub fn insert_for(
+        &self,
+        database: &str,
+        table: &str,
+        columns: &[ColumnSchema],
+        native: bool,
+        converts: bool,
+    ) -> RowInsert {
+        let format = if native { "Native" } else { "RowBinary" };
+        self.insert_as(database, table, columns, format, converts)
     }
 
     fn insert_as(
@@ -241,12 +305,34 @@ impl ClickHouse {
         table: &str,
         columns: &[ColumnSchema],
         format: &str,
+        converts: bool,
     ) -> RowInsert {
-        let sql = format!(
-            "INSERT INTO {} ({}) FORMAT {format}",
-            ch_qualified(database, table),
-            crate::native::NativeBlock::column_list(columns)
-        );
+        let names = [self.meta.version.as_str(), self.meta.is_deleted.as_str()];
+        let list = crate::native::NativeBlock::column_list_named(columns, names);
+        let sql = if converts {
+            let mut structure: Vec<String> = columns
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {}",
+                        ch_ident(&c.name),
+                        clickhouse_type(&c.kind, c.nullable)
+                    )
+                })
+                .collect();
+            structure.push(format!("{} UInt64", ch_ident(names[0])));
+            structure.push(format!("{} UInt8", ch_ident(names[1])));
+            format!(
+                "INSERT INTO {} ({list}) SELECT * FROM input({}) FORMAT {format}",
+                ch_qualified(database, table),
+                ch_literal(&structure.join(", "))
+            )
+        } else {
+            format!(
+                "INSERT INTO {} ({list}) FORMAT {format}",
+                ch_qualified(database, table)
+            )
+        };
         RowInsert {
             destination: self.clone(),
             insert: Some(self.client.insert_formatted_with(sql)),

@@ -33,6 +33,23 @@
 //!   from there.
 //! - An error says whether it concerns one table ([`ApplyError::table`]): the engine then
 //!   fails that table alone and goes on with the others.
+//!
+//! # Query mirrors
+//!
+//! A destination that can hold a query mirror's table answers [`Destination::query`] with
+//! its [`QueryDestination`]. A query mirror's run is cut into partitions, each a binary COPY
+//! stream of the query's result (fields in the form [`Destination::wire`] asks for) handed to
+//! a [`LoadSink`] from [`QueryDestination::load_partition`], with the same durability
+//! contract as a range of the initial load: `finish` returns once the partition's rows are
+//! durable, and the engine records the partition as done only after that. A partition may be
+//! handed over again after a crash (read again, possibly seeing newer rows): the destination
+//! must then end with that partition's rows once — by recognising a partition it recorded
+//! with its rows ([`Load::Done`]), or by replacing what an earlier attempt left
+//! ([`QueryPartition::attempt`]). What "once" means depends on the mode
+//! ([`crate::qrep::QueryMode`]): in append mode each row of the partition is added once; in
+//! upsert mode the row with the highest version per key is kept ([`QueryTable::version`]); in
+//! overwrite mode partitions load into a fresh table, swapped in by [`Destination::swap_in`]
+//! once all are in.
 
 use std::sync::Arc;
 
@@ -40,6 +57,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::change::TableChanges;
+use crate::qrep::QueryMode;
 use crate::{ColumnSchema, Error, Lsn, TableName};
 
 /// What a destination is told about the mirror it serves, when it is built.
@@ -50,6 +68,11 @@ pub struct MirrorContext {
     pub mirror: String,
     /// What a value the destination cannot hold does.
     pub unrepresentable: crate::mirror::Unrepresentable,
+    /// How each table is laid out ([`crate::layout`]); a destination refuses in
+    /// [`Destination::check`] what it cannot honour.
+    pub layouts: crate::layout::Layouts,
+    /// Its own columns' names and whether deleted rows stay visible; likewise checked.
+    pub meta_columns: crate::layout::MetaColumns,
 }
 
 /// Where a table lives in the destination: a namespace (a ClickHouse database, a PostgreSQL
@@ -236,6 +259,89 @@ pub trait Destination: Send + Sync {
     async fn forget(&self) -> Result<(), Error> {
         Ok(())
     }
+
+    /// Query mirrors into this destination; `None` when it cannot hold them.
+    fn query(&self) -> Option<&dyn QueryDestination> {
+        None
+    }
+}
+
+/// A query mirror's destination table, as a destination needs to know it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryTable {
+    /// The id of its row in the catalog's tables (values replaced are counted under it).
+    pub id: i64,
+    /// The live table.
+    pub target: TargetName,
+    /// The query's result columns, in its order. In upsert mode `key_position` marks the
+    /// unique key's columns, in `unique_key_columns` order; otherwise no column has one.
+    pub columns: Vec<ColumnSchema>,
+    pub mode: QueryMode,
+    /// How upsert mode orders the versions of a key's row.
+    pub version: VersionSource,
+}
+
+impl QueryTable {
+    /// The table as [`Destination::swap_in`] and [`Destination::drop_table`] take it.
+    pub fn spec(&self) -> TableSpec {
+        TableSpec {
+            id: self.id,
+            source: TableName::new("query", &self.target.table),
+            target: self.target.clone(),
+            columns: self.columns.clone(),
+        }
+    }
+}
+
+/// Where a row's version (upsert mode: the highest wins) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionSource {
+    /// The query returns the watermark column, at this index: each row's own watermark
+    /// (order-preserving, see [`crate::qrep::Watermark::version`]).
+    Column(usize),
+    /// The run's: [`QueryPartition::version`] (a later run read a later state).
+    Run,
+}
+
+/// One partition of a query mirror's run, as a destination tells its rows apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryPartition {
+    /// The run's id: unique in the catalog, across mirrors, never reused.
+    pub run: i64,
+    pub partition: i32,
+    /// How many attempts at this partition came before (0 the first time). An attempt after
+    /// the first may find rows an interrupted one left.
+    pub attempt: i32,
+    /// The run's version (its upper watermark, order-preserving): rows of later runs have
+    /// higher ones.
+    pub version: u64,
+}
+
+/// What a destination does for query mirrors. The engine asks a destination for it through
+/// [`Destination::query`].
+#[async_trait]
+pub trait QueryDestination: Send + Sync {
+    /// Checks the destination table without changing anything. With `create`, a missing
+    /// table must be creatable (its namespace exists, every type can be held, no column
+    /// clashes with the destination's own); a table that exists, and every table without
+    /// `create`, must fit: every result column there with its type, and what the mode needs.
+    async fn check_query_table(&self, table: &QueryTable, create: bool) -> Result<(), Error>;
+
+    /// Creates `into` (the live table, or overwrite's fresh one) with the mode's layout
+    /// unless a table of that name exists; returns its identity.
+    async fn create_query_table(
+        &self,
+        table: &QueryTable,
+        into: &TargetName,
+    ) -> Result<TableToken, Error>;
+
+    /// Starts loading one partition into `into`.
+    async fn load_partition(
+        &self,
+        table: &QueryTable,
+        into: &TargetName,
+        partition: &QueryPartition,
+    ) -> Result<Load, Error>;
 }
 
 /// One range of the initial load on its way in.

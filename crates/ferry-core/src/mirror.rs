@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::layout::{parse_column_list, parse_settings, MetaColumns, TableLayout};
 use crate::peer::{OptionError, OptionReader, OptionValue};
 use crate::schema::TableName;
 
@@ -32,6 +33,14 @@ pub struct MirrorOptions {
     /// or failing its table.
     #[serde(default)]
     pub unrepresentable_values: Unrepresentable,
+    /// The layout of every destination table unless its mapping says otherwise (`order_by`,
+    /// `partition_by`, `table_settings`).
+    #[serde(default, skip_serializing_if = "TableLayout::is_default")]
+    pub table_defaults: TableLayout,
+    /// Ferry's own columns and what a deletion does (`soft_delete`, `soft_delete_col_name`,
+    /// `synced_at_col_name`).
+    #[serde(default)]
+    pub meta_columns: MetaColumns,
     /// A PostgreSQL destination: create the primary key before the initial load instead of
     /// building it after (slower to load; the table has its key throughout).
     #[serde(default)]
@@ -133,12 +142,18 @@ impl MirrorOptions {
         &self,
         changes: &[(String, OptionValue)],
     ) -> Result<MirrorOptions, Result<String, OptionError>> {
-        const FIXED: [&str; 5] = [
+        const FIXED: [&str; 11] = [
             "do_initial_copy",
             "initial_copy_only",
             "publication_name",
             "replication_slot_name",
             "primary_key_during_load",
+            "order_by",
+            "partition_by",
+            "table_settings",
+            "soft_delete",
+            "soft_delete_col_name",
+            "synced_at_col_name",
         ];
         let mut merged = self.to_options();
         for (name, value) in changes {
@@ -157,7 +172,11 @@ impl MirrorOptions {
             merged.retain(|(n, _)| n != name);
             merged.push((name.clone(), value.clone()));
         }
-        MirrorOptions::from_options(&merged).map_err(Err)
+        let mut o = MirrorOptions::from_options(&merged).map_err(Err)?;
+        // The tables' layout and Ferry's columns are fixed when the tables are created.
+        o.table_defaults = self.table_defaults.clone();
+        o.meta_columns = self.meta_columns.clone();
+        Ok(o)
     }
 
     /// Types and checks a `CREATE MIRROR … WITH (…)` option list.
@@ -201,6 +220,26 @@ impl MirrorOptions {
                     })
                 }
             },
+            table_defaults: TableLayout {
+                order_by: r
+                    .string("order_by")?
+                    .map(|t| parse_column_list(&t))
+                    .transpose()
+                    .map_err(|e| layout_error("order_by", "a list of column names", e))?,
+                partition_by: r.string("partition_by")?.filter(|s| !s.trim().is_empty()),
+                settings: r
+                    .string("table_settings")?
+                    .map(|t| parse_settings(&t))
+                    .transpose()
+                    .map_err(|e| layout_error("table_settings", "a list of name = value", e))?
+                    .unwrap_or_default(),
+                column_types: Vec::new(),
+            },
+            meta_columns: MetaColumns {
+                soft_delete: r.boolean("soft_delete")?.unwrap_or(false),
+                is_deleted: column_name(&mut r, "soft_delete_col_name")?,
+                synced_at: column_name(&mut r, "synced_at_col_name")?,
+            },
             primary_key_during_load: r.boolean("primary_key_during_load")?.unwrap_or(false),
         };
         r.finish()?;
@@ -212,6 +251,30 @@ impl MirrorOptions {
             });
         }
         Ok(o)
+    }
+}
+
+fn layout_error(name: &str, expected: &'static str, e: crate::layout::LayoutError) -> OptionError {
+    OptionError::WrongType {
+        name: name.into(),
+        expected,
+        got: format!("text where {e}"),
+    }
+}
+
+/// A column name option: not empty, and no longer than a PostgreSQL name.
+fn column_name(
+    r: &mut OptionReader<'_>,
+    name: &'static str,
+) -> Result<Option<String>, OptionError> {
+    match r.string(name)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() || s.len() > 63 => Err(OptionError::WrongType {
+            name: name.into(),
+            expected: "a column name of 1 to 63 bytes",
+            got: format!("{} bytes", s.len()),
+        }),
+        Some(s) => Ok(Some(s)),
     }
 }
 
@@ -229,6 +292,9 @@ pub struct TableMapping {
     pub destination: Destination,
     /// Source columns not copied.
     pub exclude: Vec<String>,
+    /// The destination table's layout, over the mirror's `table_defaults`.
+    #[serde(default, skip_serializing_if = "TableLayout::is_default")]
+    pub layout: TableLayout,
 }
 
 /// A change `ALTER MIRROR` makes.
@@ -255,6 +321,17 @@ pub enum Mapping {
 pub struct MirrorSpec {
     pub mapping: Mapping,
     pub options: MirrorOptions,
+}
+
+impl MirrorSpec {
+    /// Its tables' layouts: the mirror's defaults, and each mapped table's own.
+    pub fn layouts(&self) -> crate::layout::Layouts {
+        let mapped = match &self.mapping {
+            Mapping::Tables(t) => t.as_slice(),
+            Mapping::Schemas(_) => &[],
+        };
+        crate::layout::Layouts::new(&self.options.table_defaults, mapped)
+    }
 }
 
 /// Declares a state enum stored in the catalog as text.
@@ -313,6 +390,16 @@ impl TableState {
     /// Whether the stream applies this table's changes.
     pub fn streams(self) -> bool {
         matches!(self, TableState::Done | TableState::Catchup)
+    }
+}
+
+catalog_state! {
+    /// What a mirror copies, as `mirror_status.kind` shows it.
+    MirrorKind {
+        /// Tables, loaded and then followed through logical replication.
+        Cdc = "cdc",
+        /// A query's result, run over the next range of a watermark again and again.
+        Query = "query",
     }
 }
 
@@ -433,6 +520,11 @@ mod tests {
                     table: "t".into(),
                 },
                 exclude: vec!["x".into()],
+                layout: TableLayout {
+                    order_by: Some(vec!["a".into(), "id".into()]),
+                    column_types: vec![("n".into(), "Float64".into())],
+                    ..Default::default()
+                },
             }]),
             options: MirrorOptions::from_options(&opts(&[(
                 "do_initial_copy",

@@ -192,23 +192,25 @@ impl<'a> OptionReader<'a> {
         Ok(Some(n))
     }
 
-    /// A boolean option: `true`/`false`, or the strings `'true'`/`'false'`.
+    /// A boolean option: `true` or `false`, unquoted. Nothing else is taken for one (not
+    /// `'true'`, `'yes'`, `on` or `1`), so that a value is never read as what it was not meant.
     pub fn boolean(&mut self, name: &'static str) -> Result<Option<bool>, OptionError> {
+        let expected = "true or false (unquoted)";
         match self.find(name) {
             None => Ok(None),
             Some(OptionValue::Bool(b)) => Ok(Some(*b)),
-            Some(OptionValue::String(s)) | Some(OptionValue::Ident(s)) => {
-                match s.to_ascii_lowercase().as_str() {
-                    "true" | "on" | "yes" => Ok(Some(true)),
-                    "false" | "off" | "no" => Ok(Some(false)),
-                    _ => Err(OptionError::WrongType {
-                        name: name.to_owned(),
-                        expected: "a boolean",
-                        got: format!("{s:?}"),
-                    }),
-                }
+            Some(OptionValue::String(s)) => Err(OptionError::WrongType {
+                name: name.to_owned(),
+                expected,
+                got: format!("the string '{}'", s.replace('\'', "''")),
+            }),
+            Some(OptionValue::Ident(s)) | Some(OptionValue::Number(s)) => {
+                Err(OptionError::WrongType {
+                    name: name.to_owned(),
+                    expected,
+                    got: s.clone(),
+                })
             }
-            Some(v) => Err(Self::wrong(name, "a boolean", v)),
         }
     }
 
@@ -230,12 +232,15 @@ impl<'a> OptionReader<'a> {
 }
 
 /// Whether and how a connection to a PostgreSQL peer uses TLS: libpq's `sslmode`, whose
-/// names and meanings users know (`allow` is left out: it only ever downgrades).
+/// names and meanings users know.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     /// Plain TCP only.
     Disable,
+    /// Plain TCP first; TLS (certificate not checked) only when the server refuses a plain
+    /// connection.
+    Allow,
     /// TLS when the server offers it, plain otherwise; the certificate is not checked.
     #[default]
     Prefer,
@@ -252,6 +257,7 @@ impl SslMode {
     pub fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
             SslMode::Prefer => "prefer",
             SslMode::Require => "require",
             SslMode::VerifyCa => "verify-ca",
@@ -263,6 +269,7 @@ impl SslMode {
     pub fn parse(s: &str) -> Option<SslMode> {
         [
             SslMode::Disable,
+            SslMode::Allow,
             SslMode::Prefer,
             SslMode::Require,
             SslMode::VerifyCa,
@@ -439,7 +446,8 @@ impl PeerConfig {
                         None => SslMode::default(),
                         Some(s) => SslMode::parse(&s).ok_or_else(|| OptionError::WrongType {
                             name: "sslmode".into(),
-                            expected: "one of disable, prefer, require, verify-ca, verify-full",
+                            expected:
+                                "one of disable, allow, prefer, require, verify-ca, verify-full",
                             got: format!("{s:?}"),
                         })?,
                     },
@@ -561,6 +569,65 @@ mod tests {
             matches!(&e, OptionError::WrongType { name, .. } if name == "disable_tls"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn booleans_are_only_true_and_false() {
+        let with = |v: OptionValue| {
+            let o = opts(&[("host", s("h")), ("disable_tls", v)]);
+            PeerConfig::from_options(PeerKind::Clickhouse, &o)
+        };
+        assert!(matches!(
+            with(OptionValue::Bool(true)),
+            Ok(PeerConfig::Clickhouse(ClickhouseConfig {
+                disable_tls: true,
+                ..
+            }))
+        ));
+        for v in [
+            s("yes"),
+            s("true"),
+            s("on"),
+            OptionValue::Ident("on".into()),
+            OptionValue::Ident("yes".into()),
+            OptionValue::Number("1".into()),
+        ] {
+            let e = with(v.clone()).unwrap_err();
+            assert!(
+                matches!(&e, OptionError::WrongType { name, expected, .. }
+                    if name == "disable_tls" && expected.contains("true or false")),
+                "{v:?}: {e}"
+            );
+        }
+        let e = with(s("yes")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "option \"disable_tls\" must be true or false (unquoted), got the string 'yes'"
+        );
+    }
+
+    #[test]
+    fn sslmode_takes_libpq_names_including_allow() {
+        for name in ["disable", "allow", "prefer", "require"] {
+            let o = opts(&[
+                ("host", s("h")),
+                ("user", s("u")),
+                ("database", s("d")),
+                ("sslmode", s(name)),
+            ]);
+            let Ok(PeerConfig::Postgres(c)) = PeerConfig::from_options(PeerKind::Postgres, &o)
+            else {
+                panic!("sslmode {name} refused");
+            };
+            assert_eq!(c.ssl_mode.as_str(), name);
+        }
+        let o = opts(&[
+            ("host", s("h")),
+            ("user", s("u")),
+            ("database", s("d")),
+            ("sslmode", s("sometimes")),
+        ]);
+        assert!(PeerConfig::from_options(PeerKind::Postgres, &o).is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use ferry_catalog::NewTable;
 use ferry_core::destination::TargetName;
-use ferry_core::mirror::{Mapping, MirrorChange, MirrorOptions, MirrorState};
+use ferry_core::mirror::{Mapping, MirrorChange, MirrorKind, MirrorOptions, MirrorState};
 use ferry_core::peer::OptionValue;
 use ferry_core::{ErrorKind, TableName};
 use ferry_postgres::connect::connect;
@@ -41,6 +41,9 @@ impl Engine {
             .mirror(name)
             .await?
             .ok_or_else(|| not_found(name))?;
+        if row.kind == MirrorKind::Query {
+            return Err(crate::qrep::tables_only(name, "ALTER MIRROR"));
+        }
         if matches!(row.state, MirrorState::SettingUp | MirrorState::Completed) {
             return Err(FlowError::invalid(
                 "55000",
@@ -77,6 +80,10 @@ impl Engine {
                     return Err(schema_mapping(name));
                 }
                 let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
+                // The destination and the checks see the new tables' layouts too.
+                if let Mapping::Tables(current) = &mut spec.mapping {
+                    current.extend(entries.iter().cloned());
+                }
                 let dest = self.destination_of(&row, &spec).await?;
                 let known = self.catalog.mirror_tables(row.id).await?;
                 let mut sources: HashSet<TableName> =
@@ -123,6 +130,7 @@ impl Engine {
                     dest.as_ref(),
                     planned_entries,
                     money_scale,
+                    &spec.layouts(),
                 )
                 .await?;
                 drop(client);
@@ -147,9 +155,6 @@ impl Engine {
                             .map_err(|e| FlowError::internal(e.to_string()))?,
                         rows_estimated: t.source.estimated_rows() as i64,
                     });
-                }
-                if let Mapping::Tables(current) = &mut spec.mapping {
-                    current.extend(entries);
                 }
                 let json =
                     serde_json::to_value(&spec).map_err(|e| FlowError::internal(e.to_string()))?;

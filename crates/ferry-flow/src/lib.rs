@@ -10,12 +10,22 @@
 //!                   │  └─paused◄─┘        initial_copy_only: snapshot ──► completed
 //!                   └──► failed (a table failed; RESUME MIRROR tries it again)
 //! ```
+//!
+//! Beside the mirrors' tasks, one [`monitor`] per daemon samples every mirror's figures from
+//! the source and from each stream's [`progress`], on a timer of its own, in every state.
+//!
+//! A query mirror (`CREATE MIRROR … FOR $$query$$`) is a task of its own too: `setting_up ──►
+//! running` (a run now and then, see [`qrep`]) `──► completed` after its one run with
+//! `initial_copy_only`; paused, failed and resumed as a mirror of tables.
 
 mod alter;
 mod error;
 pub mod load;
 mod mirror;
+pub mod monitor;
 mod peers;
+pub mod progress;
+pub mod qrep;
 pub mod setup;
 pub mod stream;
 pub mod sync;
@@ -26,7 +36,7 @@ use std::time::Duration;
 
 use ferry_catalog::{Catalog, MirrorRow, StoredPeer, TableRow};
 use ferry_core::destination::{Destination, TableSpec, TargetName};
-use ferry_core::mirror::{Mapping, MirrorSpec, MirrorState, TableState};
+use ferry_core::mirror::{Mapping, MirrorKind, MirrorSpec, MirrorState, TableState};
 use ferry_core::ErrorKind;
 use ferry_postgres::publication;
 use ferry_postgres::replication::ReplicationConnection;
@@ -37,6 +47,7 @@ use tracing::{error, info, warn, Instrument};
 use mirror::MirrorTask;
 
 pub use error::FlowError;
+pub use qrep::CreateQueryMirror;
 
 /// How long a stopping mirror task gets before it is aborted.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -61,14 +72,73 @@ struct Running {
 pub struct Engine {
     catalog: Catalog,
     running: Mutex<HashMap<String, Running>>,
+    /// Each mirror's progress, by id, for as long as the daemon runs ([`progress`]).
+    progress: monitor::Registry,
+    /// Stops the monitor ([`monitor`]); it also stops when the engine is dropped.
+    monitor_stop: watch::Sender<bool>,
+    monitor: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Engine {
+    /// The engine of a daemon; inside a Tokio runtime it starts the monitor.
     pub fn new(catalog: Catalog) -> Arc<Engine> {
-        Arc::new(Engine {
+        let (monitor_stop, stop) = watch::channel(false);
+        let engine = Arc::new(Engine {
             catalog,
             running: Mutex::new(HashMap::new()),
-        })
+            progress: Default::default(),
+            monitor_stop,
+            monitor: Mutex::new(None),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let task = tokio::spawn(
+                monitor::run(engine.catalog.clone(), engine.progress.clone(), stop)
+                    .instrument(tracing::info_span!("monitor")),
+            );
+            *engine.monitor.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
+        engine
+    }
+
+    /// A mirror's progress, kept across its task's restarts.
+    fn progress_of(&self, mirror_id: i64) -> Arc<progress::MirrorProgress> {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(mirror_id)
+            .or_default()
+            .clone()
+    }
+
+    /// What keeps this daemon from being ready, if anything: the monitor is not running, or
+    /// a mirror that should run has no live task.
+    pub async fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let monitor_alive = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|t| !t.is_finished());
+        if !monitor_alive {
+            problems.push("the monitor is not running".to_owned());
+        }
+        match self.catalog.mirrors_to_run().await {
+            Ok(names) => {
+                let running = self.lock();
+                for n in names {
+                    if running.get(&n).is_none_or(|r| r.task.is_finished()) {
+                        problems.push(format!("mirror \"{n}\" should run but has no task"));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("the catalog cannot be read: {e}")),
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// Picks up every mirror that has work to do (at daemon start).
@@ -120,7 +190,7 @@ impl Engine {
             &peers::MirrorRef {
                 name: &req.name,
                 id: None,
-                options: &req.spec.options,
+                spec: &req.spec,
             },
         )?;
         let plan = setup::plan(&req.name, &src_cfg, dest.as_ref(), &req.spec).await?;
@@ -161,6 +231,10 @@ impl Engine {
             return Err(not_found(name));
         };
         self.stop(name).await;
+        if row.kind == MirrorKind::Query {
+            self.drop_query_mirror(&row).await?;
+            return Ok(true);
+        }
         let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
         let dest = self.destination_of(&row, &stored_spec(&row)?).await?;
         let created_publication = if row.created_publication {
@@ -172,6 +246,10 @@ impl Engine {
             .await?;
         dest.forget().await?;
         self.catalog.delete_mirror(row.id).await?;
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&row.id);
         info!(mirror = %name, "mirror dropped");
         Ok(true)
     }
@@ -213,6 +291,9 @@ impl Engine {
                 "55000",
                 format!("mirror \"{name}\" is {} and not paused", row.state),
             ));
+        }
+        if row.kind == MirrorKind::Query {
+            return self.resume_query_mirror(row).await;
         }
         let src_cfg = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
         if let Some(slot) = &row.slot_name {
@@ -270,6 +351,9 @@ impl Engine {
             .mirror(name)
             .await?
             .ok_or_else(|| not_found(name))?;
+        if row.kind == MirrorKind::Query {
+            return Err(qrep::tables_only(name, "RESYNC MIRROR … TABLE"));
+        }
         match row.state {
             MirrorState::Running | MirrorState::Snapshot => {}
             MirrorState::Paused => {
@@ -315,7 +399,8 @@ impl Engine {
         if let Some(r) = self.lock().get(name) {
             r.wake.notify_one();
         }
-        info!(mirror = %name, tables = ?tables, "tables are loaded again on their own");
+        let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+        info!(mirror = %name, tables = %names.join(", "), "tables are loaded again on their own");
         Ok(())
     }
 
@@ -327,6 +412,9 @@ impl Engine {
             .mirror(name)
             .await?
             .ok_or_else(|| not_found(name))?;
+        if row.kind == MirrorKind::Query {
+            return Err(qrep::tables_only(name, "RESYNC MIRROR"));
+        }
         if row.state == MirrorState::SettingUp {
             return Err(FlowError::invalid(
                 "55000",
@@ -408,11 +496,20 @@ impl Engine {
         self.spawn(row, Some((repl, created.snapshot_name))).await
     }
 
-    /// Stops every mirror task, keeping their state for the next start.
+    /// Stops every mirror task, keeping their state for the next start, and the monitor.
     pub async fn shutdown(&self) {
         let names: Vec<String> = self.lock().keys().cloned().collect();
         for n in names {
             self.stop(&n).await;
+        }
+        self.monitor_stop.send_replace(true);
+        let monitor = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(m) = monitor {
+            let _ = tokio::time::timeout(STOP_GRACE, m).await;
         }
     }
 
@@ -443,7 +540,7 @@ impl Engine {
             &peers::MirrorRef {
                 name: &row.name,
                 id: Some(row.id),
-                options: &spec.options,
+                spec,
             },
         )
     }
@@ -459,6 +556,9 @@ impl Engine {
         row: MirrorRow,
         snapshot: Option<(ReplicationConnection, Option<String>)>,
     ) -> Result<(), FlowError> {
+        if row.kind == MirrorKind::Query {
+            return self.spawn_query(row).await;
+        }
         let spec = stored_spec(&row)?;
         let source = peers::source_config(&self.peer_by_id(row.source_peer).await?)?;
         let destination = self.destination_of(&row, &spec).await?;
@@ -472,20 +572,26 @@ impl Engine {
             destination,
             stop: stop_rx,
             wake: wake.clone(),
+            progress: self.progress_of(row.id),
         };
-        let span = tracing::info_span!("mirror", mirror = %row.name);
-        let handle = tokio::spawn(task.run(snapshot).instrument(span));
-        if let Some(old) = self.lock().insert(
-            row.name.clone(),
-            Running {
-                stop: stop_tx,
-                wake,
-                task: handle,
-            },
-        ) {
+        self.register(&row.name, stop_tx, wake, task.run(snapshot));
+        Ok(())
+    }
+
+    /// Runs a mirror's task, under the mirror's name (a task already there is told to stop).
+    fn register(
+        &self,
+        name: &str,
+        stop: watch::Sender<bool>,
+        wake: Arc<Notify>,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let span = tracing::info_span!("mirror", mirror = %name);
+        let task = tokio::spawn(task.instrument(span));
+        let running = Running { stop, wake, task };
+        if let Some(old) = self.lock().insert(name.to_owned(), running) {
             old.stop.send_replace(true);
         }
-        Ok(())
     }
 }
 

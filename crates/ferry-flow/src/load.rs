@@ -52,8 +52,8 @@ use crate::FlowError;
 
 /// Attempts at one range before its table is failed.
 pub const MAX_ATTEMPTS: i32 = 5;
-/// How often progress is written to the catalog and the log.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How often progress is written to the catalog (and every fifth time, to the log).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// What the load needs to know about its mirror.
 pub struct LoadContext {
@@ -190,6 +190,7 @@ pub async fn run(ctx: Arc<LoadContext>) -> Result<LoadOutcome, FlowError> {
     let mut stopped = false;
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     ticker.tick().await;
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             next = tasks.join_next() => {
@@ -205,10 +206,13 @@ pub async fn run(ctx: Arc<LoadContext>) -> Result<LoadOutcome, FlowError> {
                     }
                 }
             }
-            _ = ticker.tick() => report(&ctx, &jobs, total, started).await,
+            _ = ticker.tick() => {
+                ticks += 1;
+                report(&ctx, &jobs, total, started, ticks % 5 == 0).await;
+            }
         }
     }
-    report(&ctx, &jobs, total, started).await;
+    report(&ctx, &jobs, total, started, true).await;
     Ok(if stopped || *ctx.stop.borrow() {
         LoadOutcome::Stopped
     } else if failed.is_empty() {
@@ -223,6 +227,7 @@ async fn report(
     jobs: &[Arc<(TableJob, SourceTable)>],
     before: u64,
     started: Instant,
+    log: bool,
 ) {
     let mut rows = 0;
     for j in jobs {
@@ -232,6 +237,9 @@ async fn report(
         if let Err(e) = ctx.catalog.set_table_progress(t.row.id, n as i64).await {
             debug!(error = %e, "could not record progress");
         }
+    }
+    if !log {
+        return;
     }
     let secs = started.elapsed().as_secs_f64().max(0.001);
     info!(
@@ -312,6 +320,12 @@ async fn copy_table(
             joined.map_err(|e| FlowError::internal(format!("copy task failed: {e}")))?;
         match result {
             Ok(Some(rows)) => {
+                // The count, with the range's rows, is recorded first, so that it never
+                // trails the ranges recorded done.
+                table.done.fetch_add(rows, Ordering::Relaxed);
+                catalog
+                    .set_table_progress(table.row.id, table.rows() as i64)
+                    .await?;
                 catalog
                     .finish_partition(
                         p.table_id,
@@ -320,7 +334,6 @@ async fn copy_table(
                         ctx.snapshot.as_deref(),
                     )
                     .await?;
-                table.done.fetch_add(rows, Ordering::Relaxed);
             }
             Ok(None) => stopped = true,
             Err(e) => {
@@ -411,7 +424,7 @@ async fn copy_partition_with_retries(
                     return Err(e.context(format!("partition {} ({range})", p.partition_no)));
                 }
                 let delay = backoff.next_delay();
-                warn!(partition = p.partition_no, attempt, error = %e, retry_in = ?delay, "partition failed; trying it again");
+                warn!(partition = p.partition_no, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "partition failed; trying it again");
                 tokio::time::sleep(delay).await;
             }
         }

@@ -28,6 +28,8 @@ pub(crate) struct MirrorTask {
     pub stop: watch::Receiver<bool>,
     /// Wakes the stream so that it starts again with the tables' new states.
     pub wake: Arc<Notify>,
+    /// What the monitor reads of the stream, kept across the task's restarts.
+    pub progress: Arc<crate::progress::MirrorProgress>,
 }
 
 impl MirrorTask {
@@ -47,11 +49,16 @@ impl MirrorTask {
                 Ok(Some(next)) => {
                     state = next;
                     backoff = Backoff::default();
+                    self.progress.settled();
                 }
-                Ok(None) => return,
+                Ok(None) => {
+                    self.progress.settled();
+                    return;
+                }
                 Err(e) if e.kind.is_retryable() => {
                     let delay = backoff.next_delay();
-                    warn!(error = %e, retry_in = ?delay, "mirror hit a transient error; trying again");
+                    self.progress.retrying(&e.message);
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "mirror hit a transient error; trying again");
                     let mut stop = self.stop.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -59,6 +66,7 @@ impl MirrorTask {
                     }
                 }
                 Err(e) => {
+                    self.progress.settled();
                     error!(error = %e, "mirror failed");
                     let _ = self
                         .catalog
@@ -100,6 +108,14 @@ impl MirrorTask {
             });
             load::run(ctx).await?
         } else {
+            // Nothing is copied: the tables stream from the slot's position on.
+            for t in self.catalog.mirror_tables(self.row.id).await? {
+                if matches!(t.state, TableState::Pending | TableState::Copying) {
+                    self.catalog
+                        .set_table_state(t.id, TableState::Done, None)
+                        .await?;
+                }
+            }
             load::LoadOutcome::Done
         };
         // The exported snapshot is no longer needed.
@@ -111,7 +127,7 @@ impl MirrorTask {
         // The other tables go on: the mirror streams them, and says which failed.
         let warning = match &outcome {
             load::LoadOutcome::Failed { tables } => {
-                warn!(tables = ?tables, "the initial load of some tables failed; the others go on");
+                warn!(tables = %tables.join(", "), "the initial load of some tables failed; the others go on");
                 Some(format!(
                     "the initial load of {} failed: {}",
                     plural(tables.len()),
@@ -282,7 +298,6 @@ impl MirrorTask {
                 hold,
                 sync_interval: Duration::from_secs(u64::from(self.spec.options.sync_interval_secs)),
                 max_batch_size: self.spec.options.max_batch_size as usize,
-                max_slot_lag_bytes: self.spec.options.max_slot_lag_bytes,
                 until,
                 schemas: match &self.spec.mapping {
                     Mapping::Schemas(pairs) => pairs.clone(),
@@ -291,6 +306,7 @@ impl MirrorTask {
                 excludes: excludes.clone(),
                 stop: self.stop.clone(),
                 wake: self.wake.clone(),
+                progress: self.progress.clone(),
             });
             match stream::Streamer::new(ctx).await?.run().await? {
                 stream::StreamEnd::Restart => continue,

@@ -120,7 +120,15 @@ pub async fn plan(
     let money_scale = source::money_scale(&client, src_cfg).await?;
     let entries =
         resolve_mapping(&client, src_cfg, &spec.mapping, dest.default_namespace()).await?;
-    let tables = plan_tables(&client, src_cfg, dest, entries, money_scale).await?;
+    let tables = plan_tables(
+        &client,
+        src_cfg,
+        dest,
+        entries,
+        money_scale,
+        &spec.layouts(),
+    )
+    .await?;
     // A publication the user named must publish every table, or their changes never come.
     let (publication, _) = mirror_names(mirror, spec);
     let names: Vec<TableName> = tables.iter().map(|t| t.spec.source.clone()).collect();
@@ -160,15 +168,17 @@ pub async fn check_published(
 }
 
 /// Checks tables a mirror is to copy (they exist, can be replicated, and the destination can
-/// hold them), and describes them; creates nothing.
+/// hold them, laid out as `layouts` says), and describes them; creates nothing.
 pub async fn plan_tables(
     client: &Client,
     src_cfg: &PostgresConfig,
     dest: &dyn Destination,
     entries: Vec<(TableName, TargetName, Vec<String>)>,
     money_scale: u8,
+    layouts: &ferry_core::layout::Layouts,
 ) -> Result<Vec<PlannedTable>, FlowError> {
     let mut tables = Vec::with_capacity(entries.len());
+    let mut sorted_beyond_key: Vec<(TableName, Vec<String>)> = Vec::new();
     for (name, target, exclude) in entries {
         let Some(t) = source::describe_table(client, src_cfg, &name, &exclude, money_scale).await?
         else {
@@ -195,6 +205,21 @@ pub async fn plan_tables(
                 format!("table {name} has no columns to copy"),
             ));
         }
+        // Sorting by columns beyond the key needs whole old rows (checked below).
+        if let Some(order) = &layouts.of(&name).order_by {
+            let beyond: Vec<String> = order
+                .iter()
+                .filter(|o| {
+                    t.columns
+                        .iter()
+                        .any(|c| c.key_position.is_none() && c.name.eq_ignore_ascii_case(o))
+                })
+                .cloned()
+                .collect();
+            if !beyond.is_empty() && t.replica_identity != 'f' {
+                sorted_beyond_key.push((name.clone(), beyond));
+            }
+        }
         let spec = TableSpec {
             id: 0,
             source: name,
@@ -205,6 +230,22 @@ pub async fn plan_tables(
     }
     let specs: Vec<TableSpec> = tables.iter().map(|t| t.spec.clone()).collect();
     dest.check(&specs).await?;
+    // A table sorted by columns beyond its key (order_by) keeps one row per sort value: a
+    // deletion or a change of those columns must carry the row's old values of them, which
+    // the source sends only with REPLICA IDENTITY FULL.
+    if let Some((name, beyond)) = sorted_beyond_key.first() {
+        return Err(FlowError::invalid(
+            "55000",
+            format!(
+                "order_by of table {name} sorts by {} beyond its key, which deletions carry only with REPLICA IDENTITY FULL",
+                beyond.join(", ")
+            ),
+        )
+        .with_hint(format!(
+            "Run ALTER TABLE {} REPLICA IDENTITY FULL at the source, or sort by the key columns alone.",
+            name.quoted()
+        )));
+    }
     Ok(tables)
 }
 

@@ -99,6 +99,16 @@ pub fn pg_config(cfg: &PostgresConfig, application_name: &str) -> Config {
 /// asks, so ordinary and replication connections share one TLS path; a socket directory as
 /// `host` connects through tokio-postgres directly (no TLS there, as with libpq).
 pub async fn connect(cfg: &PostgresConfig, application_name: &str) -> Result<Client, SourceError> {
+    match connect_once(cfg, application_name).await {
+        Err(e) if tls::refused_in_plain(&e.sqlstate) => match tls::allow_fallback(cfg) {
+            Some(with_tls) => connect_once(&with_tls, application_name).await,
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
+async fn connect_once(cfg: &PostgresConfig, application_name: &str) -> Result<Client, SourceError> {
     let mut pg = pg_config(cfg, application_name);
     let attempt = tokio::time::timeout(CONNECT_TIMEOUT, async {
         if cfg.host.starts_with('/') {

@@ -4,6 +4,7 @@
 //!   classifier of the server's errors;
 //! - [`source`]: checks and table descriptions; [`types`]: how each type is carried;
 //! - [`snapshot`] and [`ctid`]: reading the initial load's ranges under one snapshot;
+//! - [`query`]: query mirrors' queries, their runs' snapshots and partitions;
 //! - [`publication`]: the publication, dropping slots, the few look-ups the stream needs;
 //! - [`replication`] and [`pgoutput`]: the replication connection and its messages;
 //! - [`copy`]: decoding a binary COPY stream into values (tests and tools).
@@ -13,6 +14,7 @@ pub mod copy;
 pub mod ctid;
 pub mod pgoutput;
 pub mod publication;
+pub mod query;
 pub mod replication;
 pub mod snapshot;
 pub mod source;

@@ -121,6 +121,68 @@ pub async fn current_wal_lsn(cfg: &PostgresConfig) -> Result<Lsn, SourceError> {
     })
 }
 
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotStatus {
+    pub name: String,
+    /// The oldest WAL the slot needs: the server keeps everything from here.
+    pub restart_lsn: Option<Lsn>,
+    /// What the slot's consumer confirmed.
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL 13 and later).
+    pub wal_status: Option<String>,
+    /// Bytes of WAL that can still be written before the slot is at risk of being lost,
+    /// under `max_slot_wal_keep_size` (NULL when unlimited).
+    pub safe_wal_size: Option<i64>,
+    /// Whether a connection is reading it.
+    pub active: bool,
+}
+
+/// The server's WAL end and those of `slots` that exist, read in one statement (on a
+/// connection the caller keeps, since this is sampled every few seconds).
+pub async fn sample_slots(
+    client: &Client,
+    cfg: &PostgresConfig,
+    slots: &[String],
+) -> Result<(Lsn, Vec<SlotStatus>), SourceError> {
+    // to_jsonb(s) reads the columns PostgreSQL 13 added as NULL on older servers.
+    let rows = client
+        .query(
+            "SELECT pg_current_wal_lsn()::text, s.slot_name::text, s.restart_lsn::text,
+                    s.confirmed_flush_lsn::text, to_jsonb(s) ->> 'wal_status',
+                    (to_jsonb(s) ->> 'safe_wal_size')::int8, coalesce(s.active, false)
+             FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots s ON s.slot_name = ANY($1)",
+            &[&slots],
+        )
+        .await
+        .map_err(pg_err(cfg))?;
+    let unreadable = |e: ferry_core::lsn::ParseLsnError| SourceError {
+        kind: ferry_core::ErrorKind::Internal,
+        sqlstate: "XX000".into(),
+        message: format!("the source answered an unreadable WAL position: {e}"),
+        hint: None,
+        source: None,
+    };
+    let lsn = |t: Option<String>| t.map(|t| t.parse::<Lsn>()).transpose().map_err(unreadable);
+    let mut current = Lsn::ZERO;
+    let mut found = Vec::new();
+    for r in &rows {
+        current = lsn(Some(r.get(0)))?.unwrap_or(Lsn::ZERO);
+        let Some(name) = r.get::<_, Option<String>>(1) else {
+            continue;
+        };
+        found.push(SlotStatus {
+            name,
+            restart_lsn: lsn(r.get(2))?,
+            confirmed_flush_lsn: lsn(r.get(3))?,
+            wal_status: r.get(4),
+            safe_wal_size: r.get(5),
+            active: r.get(6),
+        });
+    }
+    Ok((current, found))
+}
+
 /// The base type of a domain (through domains over domains); any other type itself.
 pub async fn base_type(cfg: &PostgresConfig, oid: u32) -> Result<u32, SourceError> {
     let client = connect(cfg, "ferry type lookup").await?;

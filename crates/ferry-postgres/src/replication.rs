@@ -151,7 +151,18 @@ impl ReplicationConnection {
             hint: Some("Check that the host is reachable from Ferry.".into()),
             source: None,
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(cfg, peer.clone())).await {
+        let attempt = async {
+            match Self::connect_inner(cfg, peer.clone()).await {
+                Err(e) if crate::tls::refused_in_plain(&e.sqlstate) => {
+                    match crate::tls::allow_fallback(cfg) {
+                        Some(with_tls) => Self::connect_inner(&with_tls, peer.clone()).await,
+                        None => Err(e),
+                    }
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
             Ok(r) => r,
             Err(_) => Err(timed_out()),
         }

@@ -71,6 +71,12 @@ impl RangeReader {
         Ok(stream.map(move |r| r.map_err(|e| SourceError::from_pg(&cfg, e))))
     }
 
+    /// The reading transaction's connection (a query mirror's partition sets its bounds on it
+    /// before it copies).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Ends the transaction.
     pub async fn close(self) -> Result<(), SourceError> {
         self.client

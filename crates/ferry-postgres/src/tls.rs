@@ -9,6 +9,7 @@
 //! | sslmode       | server says `N`   | certificate check                               |
 //! |---------------|-------------------|-------------------------------------------------|
 //! | `disable`     | (no SSLRequest)   | none                                            |
+//! | `allow`       | (no SSLRequest)   | none; TLS only when the server refuses plain ([`allow_fallback`]) |
 //! | `prefer`      | continue in plain | none (encryption against passive listeners)     |
 //! | `require`     | refuse            | none                                            |
 //! | `verify-ca`   | refuse            | chain to a root in `sslrootcert`                 |
@@ -95,8 +96,15 @@ impl AsyncWrite for Stream {
 pub async fn open(cfg: &PostgresConfig) -> Result<Stream, SourceError> {
     let peer = format!("{}:{}", cfg.host, cfg.port);
     // Settle the TLS settings first: a missing root file is the user's to fix, not the network's.
+    // A root file that was named must be readable whatever the mode: naming one that cannot
+    // be used is a mistake to report, not to ignore until the mode changes.
+    if let Some(root) = cfg.ssl_root_cert.as_deref() {
+        if root != ferry_core::peer::SYSTEM_ROOT_CERTS {
+            ferry_core::tls::root_store(Some(root)).map_err(|e| config_error(cfg, e))?;
+        }
+    }
     let tls = match cfg.ssl_mode {
-        SslMode::Disable => None,
+        SslMode::Disable | SslMode::Allow => None,
         mode => Some((client_config(cfg)?, server_name(cfg)?, mode)),
     };
     let mut tcp = TcpStream::connect((cfg.host.as_str(), cfg.port))
@@ -161,6 +169,21 @@ pub async fn open(cfg: &PostgresConfig) -> Result<Stream, SourceError> {
         Ok(tls) => Ok(Stream::Tls(Box::new(tls))),
         Err(e) => Err(handshake_error(cfg, &peer, e)),
     }
+}
+
+/// For `sslmode = allow`, the settings of the second attempt: TLS without a certificate check,
+/// once the server refused the plain connection ([`refused_in_plain`]). `None` for other modes.
+pub fn allow_fallback(cfg: &PostgresConfig) -> Option<PostgresConfig> {
+    (cfg.ssl_mode == SslMode::Allow).then(|| PostgresConfig {
+        ssl_mode: SslMode::Require,
+        ..cfg.clone()
+    })
+}
+
+/// Whether the server refused a connection at authorisation (SQLSTATE class 28: `pg_hba.conf`
+/// has no entry for a plain connection, say), which TLS may change.
+pub fn refused_in_plain(sqlstate: &str) -> bool {
+    sqlstate.starts_with("28")
 }
 
 /// Describes a failed handshake; a certificate that fails its check is for a person to fix.

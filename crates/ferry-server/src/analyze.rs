@@ -4,9 +4,13 @@
 //! what the peer kind accepts, names are checked, and every statement becomes a [`Command`]
 //! that the executor runs. Nothing here does I/O.
 
+use ferry_core::layout::{parse_settings, TableLayout};
 use ferry_core::mirror::{Destination, Mapping, MirrorOptions, MirrorSpec, TableMapping};
 use ferry_core::peer::{OptionValue, PeerConfig, PeerKind};
+use ferry_core::qrep::{QueryOptions, QuerySpec, WatermarkSource};
 use ferry_core::TableName;
+use ferry_sql::query::{parse_query, Placeholder};
+use ferry_sql::MappingValue;
 use ferry_sql::{Parsed, PassThrough, PeerType, SqlOption, Statement};
 
 use crate::error::{code, ClientError};
@@ -33,6 +37,14 @@ pub enum Command {
         destination: String,
         spec: MirrorSpec,
     },
+    /// `CREATE MIRROR … FOR $$query$$`: a query mirror.
+    CreateQueryMirror {
+        name: String,
+        if_not_exists: bool,
+        source: String,
+        destination: String,
+        spec: QuerySpec,
+    },
     DropMirror {
         name: String,
         if_exists: bool,
@@ -51,6 +63,10 @@ pub enum Command {
         name: String,
         /// The tables to load again (an unqualified name means `public`); empty for all.
         tables: Vec<ferry_core::TableName>,
+    },
+    /// A query mirror's next run, now.
+    ExecuteMirror {
+        name: String,
     },
     /// A statement run against the catalog database in a read-only transaction, as the
     /// reader role; the parser's allow-list passed it (`ferry_sql::pass_through`).
@@ -93,6 +109,10 @@ pub fn analyze(parsed: &Parsed<'_>) -> Result<Command, ClientError> {
             if_exists: p.if_exists,
         },
         Statement::CreateMirror(m) => analyze_create_mirror(m)?,
+        Statement::CreateQueryMirror(m) => analyze_create_query_mirror(m)?,
+        Statement::ExecuteMirror(m) => Command::ExecuteMirror {
+            name: m.name.value.clone(),
+        },
         Statement::DropMirror(m) => Command::DropMirror {
             name: m.name.value.clone(),
             if_exists: m.if_exists,
@@ -134,7 +154,7 @@ fn analyze_create_mirror(m: &ferry_sql::CreateMirror) -> Result<Command, ClientE
         c
     })?;
     let mapping = match &m.mapping {
-        ferry_sql::Mapping::Tables(entries) => Mapping::Tables(table_mappings(entries)),
+        ferry_sql::Mapping::Tables(entries) => Mapping::Tables(table_mappings(entries)?),
         ferry_sql::Mapping::Schemas(pairs) => Mapping::Schemas(
             pairs
                 .iter()
@@ -151,18 +171,58 @@ fn analyze_create_mirror(m: &ferry_sql::CreateMirror) -> Result<Command, ClientE
     })
 }
 
+/// A mapping entry's layout keys, typed; a settings text that cannot be read is an error at
+/// its key.
+fn table_layout(e: &ferry_sql::TableMapping) -> Result<TableLayout, ClientError> {
+    let mut layout = TableLayout::default();
+    for o in &e.options {
+        match (o.key.as_str(), &o.value) {
+            ("order_by", MappingValue::Columns(c)) => {
+                layout.order_by = Some(c.iter().map(|c| c.value.clone()).collect());
+            }
+            ("partition_by", MappingValue::Text(t)) => layout.partition_by = Some(t.clone()),
+            ("settings", MappingValue::Text(t)) => {
+                layout.settings = parse_settings(t).map_err(|err| {
+                    let mut c = ClientError::new(
+                        "22023",
+                        format!("settings of the mapping of {}: {err}", e.source),
+                    );
+                    c.position = Some(o.position).filter(|p| *p > 0);
+                    c
+                })?;
+            }
+            ("column_types", MappingValue::Types(t)) => {
+                layout.column_types = t
+                    .iter()
+                    .map(|(c, ty)| (c.value.clone(), ty.clone()))
+                    .collect();
+            }
+            (key, _) => {
+                return Err(ClientError::new(
+                    code::SYNTAX_ERROR,
+                    format!("unexpected value for {key} in a table mapping"),
+                ))
+            }
+        }
+    }
+    Ok(layout)
+}
+
 /// Table mapping entries, typed. An unqualified source table is in public, as PostgreSQL's
 /// search path has it.
-fn table_mappings(entries: &[ferry_sql::TableMapping]) -> Vec<TableMapping> {
+fn table_mappings(entries: &[ferry_sql::TableMapping]) -> Result<Vec<TableMapping>, ClientError> {
     entries
         .iter()
-        .map(|e| TableMapping {
-            source: source_table(&e.source),
-            destination: Destination {
-                database: e.destination.schema.as_ref().map(|s| s.value.clone()),
-                table: e.destination.name.value.clone(),
-            },
-            exclude: e.exclude.iter().map(|c| c.value.clone()).collect(),
+        .map(|e| {
+            Ok(TableMapping {
+                source: source_table(&e.source),
+                destination: Destination {
+                    database: e.destination.schema.as_ref().map(|s| s.value.clone()),
+                    table: e.destination.name.value.clone(),
+                },
+                exclude: e.exclude.iter().map(|c| c.value.clone()).collect(),
+                layout: table_layout(e)?,
+            })
         })
         .collect()
 }
@@ -178,7 +238,7 @@ fn source_table(name: &ferry_sql::QualifiedName) -> TableName {
 fn analyze_alter_mirror(m: &ferry_sql::AlterMirror) -> Result<Command, ClientError> {
     use ferry_core::mirror::MirrorChange;
     let change = match &m.action {
-        ferry_sql::AlterMirrorAction::AddTables(t) => MirrorChange::AddTables(table_mappings(t)),
+        ferry_sql::AlterMirrorAction::AddTables(t) => MirrorChange::AddTables(table_mappings(t)?),
         ferry_sql::AlterMirrorAction::DropTables(t) => {
             MirrorChange::DropTables(t.iter().map(source_table).collect())
         }
@@ -187,6 +247,117 @@ fn analyze_alter_mirror(m: &ferry_sql::AlterMirror) -> Result<Command, ClientErr
     Ok(Command::AlterMirror {
         name: check_name("mirror", &m.name.value)?,
         change,
+    })
+}
+
+/// A query mirror: its options typed, its query checked against them. What needs the servers
+/// (the query's columns, the watermark column's type, the destination table) is checked by
+/// the engine before anything is created.
+fn analyze_create_query_mirror(m: &ferry_sql::CreateQueryMirror) -> Result<Command, ClientError> {
+    let name = check_name("mirror", &m.name.value)?;
+    let query = parse_query(&m.query).map_err(|e| {
+        let mut c = ClientError::new(
+            code::SYNTAX_ERROR,
+            format!("the query of mirror \"{name}\": {}", e.message),
+        );
+        c.hint = e.hint;
+        c
+    })?;
+    // PeerDB's scripts often leave watermark_table_name out: it is the table the query reads.
+    let read = query
+        .single_table()
+        .map(|(schema, table)| TableName::new(schema.unwrap_or("public"), table));
+    let options = typed_options(&m.options);
+    let options = QueryOptions::from_options(&options, read).map_err(|e| {
+        let position = option_position(&e, &m.options);
+        let mut c = ClientError::from(e);
+        c.position = position;
+        c
+    })?;
+    let invalid = |message: String, hint: &str| {
+        ClientError::new(code::INVALID_PARAMETER_VALUE, message).with_hint(hint)
+    };
+    let (start, end) = (query.has(Placeholder::Start), query.has(Placeholder::End));
+    match &options.watermark {
+        Some(WatermarkSource::Xmin { table }) => {
+            if start || end {
+                return Err(invalid(
+                    "with watermark_column = 'xmin' the query takes no {{.start}} or {{.end}}: \
+                     Ferry picks each run's rows by their transaction id"
+                        .into(),
+                    "Write the query without placeholders: SELECT … FROM table [WHERE …].",
+                ));
+            }
+            let Some((schema, read)) = query.single_table() else {
+                return Err(ClientError::new(
+                    code::FEATURE_NOT_SUPPORTED,
+                    "with watermark_column = 'xmin' the query must read one table: \
+                     SELECT … FROM table [[AS] alias] [WHERE condition]",
+                )
+                .with_hint(
+                    "Ferry adds its own condition on the table's xmin to the query's WHERE; \
+                     joins, grouping, ordering and set operations leave no place for it.",
+                ));
+            };
+            if read != table.name || schema.is_some_and(|s| s != table.schema) {
+                return Err(invalid(
+                    format!(
+                        "the query reads {}{read}, but watermark_table_name is {table}",
+                        schema.map(|s| format!("{s}.")).unwrap_or_default()
+                    ),
+                    "With xmin the watermark table is the table the query reads.",
+                ));
+            }
+        }
+        Some(WatermarkSource::Column { table, column }) => {
+            // Both placeholders, or (a query read whole, once) neither.
+            let whole = options.initial_copy_only && !start && !end;
+            if !(start && end || whole) {
+                let missing = if start { "{{.end}}" } else { "{{.start}}" };
+                return Err(invalid(
+                    format!(
+                        "the query has no {missing}: each run reads the rows whose {column} is \
+                         between {{{{.start}}}} and {{{{.end}}}}"
+                    ),
+                    &format!(
+                        "Write the range into the query, e.g. WHERE {column} BETWEEN {{{{.start}}}} AND {{{{.end}}}}."
+                    ),
+                ));
+            }
+            if start && !query.mentions(&table.name) {
+                return Err(invalid(
+                    format!("the query does not mention the watermark table {table}"),
+                    "watermark_table_name names the table whose watermark_column the query's range is on.",
+                ));
+            }
+            if start && !query.mentions(column) {
+                return Err(invalid(
+                    format!("the query does not mention the watermark column {column}"),
+                    &format!(
+                        "Compare the column with the placeholders: WHERE {column} BETWEEN {{{{.start}}}} AND {{{{.end}}}}."
+                    ),
+                ));
+            }
+        }
+        None => {
+            if start || end {
+                return Err(invalid(
+                    "the query has {{.start}} or {{.end}}, but no watermark_column gives them values"
+                        .into(),
+                    "Name the column and its table: watermark_column = '…', watermark_table_name = '…'.",
+                ));
+            }
+        }
+    }
+    Ok(Command::CreateQueryMirror {
+        name,
+        if_not_exists: m.if_not_exists,
+        source: m.source.value.clone(),
+        destination: m.destination.value.clone(),
+        spec: QuerySpec {
+            query: m.query.clone(),
+            options,
+        },
     })
 }
 
@@ -309,6 +480,35 @@ mod tests {
         );
         let e = one("CREATE MIRROR m FROM s TO d WITH TABLE MAPPING (a:b)").unwrap_err();
         assert!(e.message.contains("do_initial_copy"), "{e:?}");
+    }
+
+    #[test]
+    fn query_mirrors_are_typed_and_checked() {
+        let c = one(
+            "CREATE MIRROR q FROM s TO d FOR $$SELECT * FROM public.ev WHERE at BETWEEN {{.start}} AND {{.end}}$$
+             WITH (destination_table_name = 'dw.ev', watermark_column = 'at', watermark_table_name = 'ev',
+                   mode = 'upsert', unique_key_columns = 'id')",
+        )
+        .unwrap();
+        let Command::CreateQueryMirror { spec, .. } = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(spec.options.mode.unique_key(), ["id"]);
+        assert_eq!(
+            spec.options.watermark,
+            Some(WatermarkSource::Column {
+                table: TableName::new("public", "ev"),
+                column: "at".into()
+            })
+        );
+        let sql = "CREATE MIRROR q FROM s TO d FOR $$SELECT 1$$ WITH (initial_copy_only = true, \
+                   destination_table_name = 't', sideways = 1)";
+        let e = one(sql).unwrap_err();
+        assert_eq!(e.position, Some(sql.find("sideways").unwrap() + 1));
+        assert_eq!(
+            one("EXECUTE MIRROR q").unwrap(),
+            Command::ExecuteMirror { name: "q".into() }
+        );
     }
 
     #[test]

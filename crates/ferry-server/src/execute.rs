@@ -5,7 +5,8 @@ use std::sync::Arc;
 use ferry_catalog::{Catalog, StoredPeer};
 use ferry_core::mirror::MirrorSpec;
 use ferry_core::peer::PeerConfig;
-use ferry_flow::{CreateMirror, Engine, FlowError};
+use ferry_core::qrep::QuerySpec;
+use ferry_flow::{CreateMirror, CreateQueryMirror, Engine, FlowError};
 use tracing::info;
 
 use crate::error::{code, ClientError};
@@ -159,9 +160,7 @@ pub async fn create_mirror(
     destination: &str,
     spec: MirrorSpec,
 ) -> Result<Outcome, ClientError> {
-    const TAG: &str = "CREATE MIRROR";
-    let source = existing_peer(catalog, source).await?;
-    let destination = existing_peer(catalog, destination).await?;
+    let (source, destination) = mirror_peers(catalog, source, destination).await?;
     let req = CreateMirror {
         name: name.to_owned(),
         if_not_exists,
@@ -169,14 +168,55 @@ pub async fn create_mirror(
         destination,
         spec,
     };
-    if engine.create_mirror(req).await? {
-        Ok(Outcome::done(TAG))
+    Ok(mirror_created(engine.create_mirror(req).await?, name))
+}
+
+/// Checks and sets a query mirror up; its runs then go on in the background.
+pub async fn create_query_mirror(
+    catalog: &Catalog,
+    engine: &Arc<Engine>,
+    name: &str,
+    if_not_exists: bool,
+    source: &str,
+    destination: &str,
+    spec: QuerySpec,
+) -> Result<Outcome, ClientError> {
+    let (source, destination) = mirror_peers(catalog, source, destination).await?;
+    let req = CreateQueryMirror {
+        name: name.to_owned(),
+        if_not_exists,
+        source,
+        destination,
+        spec,
+    };
+    Ok(mirror_created(engine.create_query_mirror(req).await?, name))
+}
+
+async fn mirror_peers(
+    catalog: &Catalog,
+    source: &str,
+    destination: &str,
+) -> Result<(StoredPeer, StoredPeer), ClientError> {
+    Ok((
+        existing_peer(catalog, source).await?,
+        existing_peer(catalog, destination).await?,
+    ))
+}
+
+/// `CREATE MIRROR`'s answer: done, or skipped (`IF NOT EXISTS` and the mirror exists).
+fn mirror_created(created: bool, name: &str) -> Outcome {
+    const TAG: &str = "CREATE MIRROR";
+    if created {
+        Outcome::done(TAG)
     } else {
-        Ok(Outcome::skipped(
-            TAG,
-            format!("mirror \"{name}\" already exists, skipping"),
-        ))
+        Outcome::skipped(TAG, format!("mirror \"{name}\" already exists, skipping"))
     }
+}
+
+/// A query mirror's next run, now.
+pub async fn execute_mirror(engine: &Engine, name: &str) -> Result<Outcome, ClientError> {
+    engine.execute_mirror(name).await?;
+    Ok(Outcome::done("EXECUTE MIRROR"))
 }
 
 pub async fn drop_mirror(

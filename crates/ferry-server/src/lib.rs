@@ -12,6 +12,7 @@ pub mod analyze;
 pub mod catalog_sql;
 pub mod error;
 pub mod execute;
+pub mod figures;
 pub mod frontdoor;
 pub mod metrics;
 pub mod session;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use ferry_catalog::{Catalog, CatalogOptions, ReaderSettings, SecretKey};
+use ferry_catalog::{Catalog, CatalogOptions, Lease, ReaderSettings, SecretKey};
 use ferry_server::{frontdoor, metrics, run, Limits, Settings, Shared, Shutdown};
 use tokio::net::TcpListener;
 use tracing::{error, info};
@@ -27,9 +27,20 @@ struct Cli {
     command: Cmd,
 }
 
+/// What `ferry server --help` says after the flags: settings read only from the environment.
+const SERVER_ENVIRONMENT: &str = "\
+Environment:
+  FERRY_SECRET_KEY   The 64-hex-character key that seals peer passwords in the catalog
+                     (or --secret-key-file); required, and never given as a flag.
+  FERRY_LOG          What to log: a level or a filter, e.g. `info` (the default) or
+                     `info,ferry_flow=debug`.
+  FERRY_PASSWORD     Give the clients' password here (or in FERRY_PASSWORD_FILE's file)
+                     rather than as --password, which other users can read in `ps`.";
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Runs the daemon: the PostgreSQL-protocol front end and the mirrors.
+    #[command(after_help = SERVER_ENVIRONMENT)]
     Server(ServerArgs),
 }
 
@@ -50,10 +61,21 @@ struct ServerArgs {
     /// User name clients log in with.
     #[arg(long, env = "FERRY_USER", default_value = "ferry")]
     user: String,
-    /// Password clients log in with (SCRAM-SHA-256).
-    #[arg(long, env = "FERRY_PASSWORD", hide_env_values = true)]
-    password: String,
-    /// Address for the Prometheus endpoint (/metrics); off when not given.
+    /// Password clients log in with (SCRAM-SHA-256); prefer the environment or
+    /// --password-file, which `ps` does not show.
+    #[arg(
+        long,
+        env = "FERRY_PASSWORD",
+        hide_env_values = true,
+        required_unless_present = "password_file",
+        conflicts_with = "password_file"
+    )]
+    password: Option<String>,
+    /// File holding the password clients log in with (its first line).
+    #[arg(long, env = "FERRY_PASSWORD_FILE")]
+    password_file: Option<PathBuf>,
+    /// Address for the Prometheus endpoint (/metrics) and the health checks (/healthz,
+    /// /readyz); off when not given.
     #[arg(long, env = "FERRY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// File with the 64-hex-character key that seals peer passwords in the catalog.
@@ -103,6 +125,10 @@ struct ServerArgs {
     /// How long sessions get to end after SIGTERM before they are closed.
     #[arg(long, env = "FERRY_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+    /// How long to wait at start for another daemon on the same catalog to let its lease go
+    /// (one that is stopping, or was killed) before refusing to start.
+    #[arg(long, env = "FERRY_LEASE_WAIT", default_value = "10s", value_parser = parse_duration)]
+    lease_wait: Duration,
 }
 
 impl ServerArgs {
@@ -124,9 +150,21 @@ impl ServerArgs {
                 "give both --tls-cert and --tls-key (FERRY_TLS_CERT, FERRY_TLS_KEY), or neither"
             ),
         };
+        let password = match (&self.password, &self.password_file) {
+            (Some(p), None) => p.clone(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the password file {}", path.display()))?;
+                text.lines().next().unwrap_or_default().to_owned()
+            }
+            _ => bail!("give the password in FERRY_PASSWORD (or --password) or --password-file"),
+        };
+        if password.is_empty() {
+            bail!("the clients' password is empty");
+        }
         Ok(Settings {
             user: self.user.clone(),
-            password: self.password.clone(),
+            password,
             limits: Limits {
                 max_sessions: self.max_sessions,
                 max_startup_message: self.max_startup_message_size,
@@ -170,8 +208,8 @@ fn secret_key(file: Option<&PathBuf>) -> Result<SecretKey> {
         (Some(hex), None) => SecretKey::from_hex(&hex).context("FERRY_SECRET_KEY"),
         (None, Some(path)) => Ok(SecretKey::from_file(path)?),
         (None, None) => bail!(
-            "no secret key: Ferry seals peer passwords in the catalog and will not store them in clear.\n\
-             Set FERRY_SECRET_KEY to 64 hex characters (e.g. `openssl rand -hex 32`) or pass --secret-key-file."
+            "no secret key: Ferry seals peer passwords in the catalog and will not store them in clear; \
+             set FERRY_SECRET_KEY to 64 hex characters (e.g. `openssl rand -hex 32`) or pass --secret-key-file"
         ),
     }
 }
@@ -194,16 +232,40 @@ fn log_panics() {
     }));
 }
 
+/// This daemon as the catalog's lease names it: host and process.
+fn holder_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "an unknown host".to_owned());
+    format!("on {host} pid {}", std::process::id())
+}
+
+/// How often the lease's session is checked.
+const LEASE_CHECK_EVERY: Duration = Duration::from_secs(5);
+
 async fn serve(args: ServerArgs) -> Result<()> {
     let key = secret_key(args.secret_key_file.as_ref())?;
     let settings = args.settings()?;
     let options = CatalogOptions {
         reader_role: args.catalog_reader_role.clone(),
     };
+    // One daemon per catalog: the lease comes first, before the migrations.
+    let lease = Lease::acquire(&args.catalog_url, &holder_name(), args.lease_wait)
+        .await
+        .map_err(|e| match e {
+            ferry_catalog::CatalogError::LeaseHeld { .. } => anyhow::anyhow!(
+                "{e}. Only one daemon may run per catalog: stop the other one, or give this one a catalog database of its own"
+            ),
+            e => anyhow::Error::new(e).context("taking the catalog's lease"),
+        })?;
     let (catalog, report) = Catalog::open_with(&args.catalog_url, key, options)
         .await
         .context("opening the catalog")?;
-    info!(applied = ?report.applied, already = report.already.len(), "catalog ready");
+    let applied: Vec<String> = report.applied.iter().map(ToString::to_string).collect();
+    info!(migrations_applied = %applied.join(", "), already = report.already.len(), "catalog ready");
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -217,6 +279,17 @@ async fn serve(args: ServerArgs) -> Result<()> {
         info!(mirrors = resumed, "resumed mirrors");
     }
     let shutdown = Shutdown::default();
+    // A lease lost to another daemon stops this one.
+    let lost = Arc::new(std::sync::Mutex::new(None));
+    {
+        let (lost, shutdown) = (lost.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let e = lease.keep(LEASE_CHECK_EVERY).await;
+            error!(error = %e, "the catalog's lease is lost; stopping");
+            *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            shutdown.trigger();
+        });
+    }
 
     if let Some(addr) = args.metrics_listen {
         let l = TcpListener::bind(addr)
@@ -224,8 +297,11 @@ async fn serve(args: ServerArgs) -> Result<()> {
             .with_context(|| format!("listening on {addr} for metrics"))?;
         tokio::spawn(metrics::serve(
             l,
-            shared.metrics.clone(),
-            shared.catalog.clone(),
+            metrics::Endpoints {
+                metrics: shared.metrics.clone(),
+                catalog: shared.catalog.clone(),
+                engine: shared.engine.clone(),
+            },
             shutdown.subscribe(),
         ));
     }
@@ -246,6 +322,9 @@ async fn serve(args: ServerArgs) -> Result<()> {
     let grace = shared.front.limits().shutdown_grace;
     let _ = tokio::time::timeout(grace, shared.reader.settle()).await;
     shared.engine.shutdown().await;
+    if let Some(e) = lost.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        bail!("the catalog's lease was lost: {e}");
+    }
     info!("stopped");
     Ok(())
 }
@@ -290,7 +369,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            error!(error = format!("{e:#}"), "ferry stopped");
+            error!(error = %format!("{e:#}"), "ferry stopped");
             std::process::ExitCode::FAILURE
         }
     }

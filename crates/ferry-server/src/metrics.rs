@@ -1,9 +1,9 @@
-//! Prometheus metrics, served as text on `--metrics-listen`.
+//! Prometheus metrics and health checks, served over HTTP on `--metrics-listen`.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use ferry_catalog::Catalog;
+use ferry_flow::Engine;
 
 use crate::analyze::Command;
 
@@ -158,15 +159,34 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` until `shutdown` turns true.
+/// What the metrics listener answers besides the front end's counters: the mirrors'
+/// figures and the daemon's health.
+#[derive(Clone)]
+pub struct Endpoints {
+    pub metrics: Arc<Metrics>,
+    pub catalog: Catalog,
+    pub engine: Arc<Engine>,
+}
+
+/// How long a readiness check may take before it counts as failed.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` turns true:
+///
+/// - `GET /metrics`: Prometheus' text format, the front end's counters and the mirrors'
+///   figures ([`crate::figures`]);
+/// - `GET /healthz`: `200 ok` while the process serves;
+/// - `GET /readyz`: `200 ready` when the catalog answers and every mirror that should run has
+///   a live task (and the monitor runs); else `503` with what is wrong, one line each.
 pub async fn serve(
     listener: TcpListener,
-    metrics: Arc<Metrics>,
-    catalog: Catalog,
+    endpoints: Endpoints,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    info!(addr = ?addr, "metrics endpoint listening");
+    match listener.local_addr() {
+        Ok(addr) => info!(%addr, "metrics endpoint listening"),
+        Err(e) => info!(error = %e, "metrics endpoint listening"),
+    }
     loop {
         let (mut socket, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -175,33 +195,16 @@ pub async fn serve(
             },
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let metrics = metrics.clone();
-        let catalog = catalog.clone();
+        let endpoints = endpoints.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
-            let n = match tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                socket.read(&mut buf),
-            )
-            .await
+            let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await
             {
                 Ok(Ok(n)) => n,
                 _ => return,
             };
             let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if request.starts_with("GET ")
-                && (path == "/metrics" || path.starts_with("/metrics?"))
-            {
-                let mut body = metrics.render();
-                match mirror_metrics(&catalog).await {
-                    Ok(m) => body.push_str(&m),
-                    Err(e) => debug!(error = %e, "mirror metrics unavailable"),
-                }
-                ("200 OK", body)
-            } else {
-                ("404 Not Found", "not found\n".to_owned())
-            };
+            let (status, body) = answer(&endpoints, &request).await;
             let response = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -212,87 +215,53 @@ pub async fn serve(
     }
 }
 
-/// The mirrors' figures, read from the catalog at each scrape (`mirror_status`).
-async fn mirror_metrics(catalog: &Catalog) -> Result<String, ferry_catalog::CatalogError> {
-    let client = catalog.client().await?;
-    let rows = client
-        .query(
-            "SELECT mirror, state, rows_copied::float8, rows_inserted::float8, rows_updated::float8,
-                    rows_deleted::float8, coalesce(slot_lag_bytes, 0)::float8, coalesce(lag_seconds, 0)::float8,
-                    coalesce(confirmed_lsn - '0/0', 0)::float8,
-                    coalesce(extract(epoch FROM last_batch_at), 0)::float8
-             FROM public.mirror_status ORDER BY mirror",
-            &[],
-        )
-        .await?;
-    // (name, type, help, column of the query; MAX: the state label)
-    let series: [(&str, &str, &str, usize); 7] = [
-        (
-            "ferry_mirror_rows_copied",
-            "gauge",
-            "Rows copied by the initial load.",
-            2,
-        ),
-        (
-            "ferry_mirror_rows_applied_total",
-            "counter",
-            "Changes applied, by kind.",
-            3,
-        ),
-        (
-            "ferry_mirror_slot_lag_bytes",
-            "gauge",
-            "WAL the slot retains beyond the confirmed position.",
-            6,
-        ),
-        (
-            "ferry_mirror_lag_seconds",
-            "gauge",
-            "Source commit to ClickHouse, for the last batch.",
-            7,
-        ),
-        (
-            "ferry_mirror_confirmed_lsn",
-            "gauge",
-            "The confirmed LSN, as a byte position.",
-            8,
-        ),
-        (
-            "ferry_mirror_last_batch_timestamp_seconds",
-            "gauge",
-            "When the last batch was written.",
-            9,
-        ),
-        (
-            "ferry_mirror_up",
-            "gauge",
-            "1 for each mirror, labelled with its state.",
-            usize::MAX,
-        ),
-    ];
-    let mut out = String::new();
-    for (name, kind, help, col) in &series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for r in &rows {
-            let mirror: String = r.get(0);
-            let mirror = mirror.replace('\\', "\\\\").replace('"', "\\\"");
-            match *col {
-                usize::MAX => {
-                    let state: String = r.get(1);
-                    let _ = writeln!(out, "{name}{{mirror=\"{mirror}\",state=\"{state}\"}} 1");
-                }
-                3 => {
-                    for (kind, c) in [("insert", 3), ("update", 4), ("delete", 5)] {
-                        let v: f64 = r.get(c);
-                        let _ = writeln!(out, "{name}{{mirror=\"{mirror}\",kind=\"{kind}\"}} {v}");
-                    }
-                }
-                c => {
-                    let v: f64 = r.get(c);
-                    let _ = writeln!(out, "{name}{{mirror=\"{mirror}\"}} {v}");
-                }
-            }
-        }
+/// The status line and body for a request.
+async fn answer(endpoints: &Endpoints, request: &str) -> (&'static str, String) {
+    if !request.starts_with("GET ") {
+        return ("405 Method Not Allowed", "only GET\n".to_owned());
     }
-    Ok(out)
+    let target = request.split_whitespace().nth(1).unwrap_or("");
+    let path = target.split('?').next().unwrap_or("");
+    match path {
+        "/metrics" => {
+            let mut body = endpoints.metrics.render();
+            match crate::figures::render(&endpoints.catalog).await {
+                Ok(m) => body.push_str(&m),
+                Err(e) => debug!(error = %e, "mirror metrics unavailable"),
+            }
+            ("200 OK", body)
+        }
+        "/healthz" => ("200 OK", "ok\n".to_owned()),
+        "/readyz" => match ready(endpoints).await {
+            Ok(()) => ("200 OK", "ready\n".to_owned()),
+            Err(problems) => (
+                "503 Service Unavailable",
+                problems.iter().map(|p| format!("{p}\n")).collect(),
+            ),
+        },
+        _ => ("404 Not Found", "not found\n".to_owned()),
+    }
+}
+
+async fn ready(endpoints: &Endpoints) -> Result<(), Vec<String>> {
+    let check = async {
+        let client = endpoints
+            .catalog
+            .client()
+            .await
+            .map_err(|e| vec![format!("the catalog cannot be reached: {e}")])?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| vec![format!("the catalog does not answer: {e}")])?;
+        drop(client);
+        endpoints.engine.readiness().await
+    };
+    match tokio::time::timeout(READY_TIMEOUT, check).await {
+        Ok(r) => r,
+        Err(_) => Err(vec![format!(
+            "the catalog did not answer within {}s",
+            READY_TIMEOUT.as_secs()
+        )]),
+    }
 }

@@ -157,6 +157,31 @@ impl Session {
                 })
                 .await?
             }
+            Command::CreateQueryMirror {
+                name,
+                if_not_exists,
+                source,
+                destination,
+                spec,
+            } => {
+                self.shielded(async move {
+                    execute::create_query_mirror(
+                        &catalog,
+                        &engine,
+                        &name,
+                        if_not_exists,
+                        &source,
+                        &destination,
+                        spec,
+                    )
+                    .await
+                })
+                .await?
+            }
+            Command::ExecuteMirror { name } => {
+                self.shielded(async move { execute::execute_mirror(&engine, &name).await })
+                    .await?
+            }
             Command::DropMirror { name, if_exists } => {
                 self.shielded(async move { execute::drop_mirror(&engine, &name, if_exists).await })
                     .await?

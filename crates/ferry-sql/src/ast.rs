@@ -18,6 +18,8 @@ pub enum Statement {
     DropPeer(DropPeer),
     /// `CREATE MIRROR … FROM source TO destination WITH … MAPPING (…) [WITH (options)]`
     CreateMirror(CreateMirror),
+    /// `CREATE MIRROR … FROM source TO destination FOR $$query$$ [WITH (options)]`
+    CreateQueryMirror(CreateQueryMirror),
     /// `DROP MIRROR [IF EXISTS] name`
     DropMirror(DropMirror),
     /// `PAUSE MIRROR name`
@@ -28,6 +30,8 @@ pub enum Statement {
     ResyncMirror(ResyncMirror),
     /// `ALTER MIRROR name {ADD TABLE MAPPING (…) | DROP TABLE MAPPING (…) | SET (…)}`
     AlterMirror(AlterMirror),
+    /// `EXECUTE MIRROR name`: a query mirror's next run, now.
+    ExecuteMirror(MirrorName),
     /// `RESET name` or `RESET ALL`: PostgreSQL's, which sqlparser does not read.
     Reset(Reset),
     /// Any other statement, parsed by sqlparser with its PostgreSQL dialect.
@@ -40,11 +44,13 @@ impl fmt::Display for Statement {
             Statement::CreatePeer(s) => s.fmt(f),
             Statement::DropPeer(s) => s.fmt(f),
             Statement::CreateMirror(s) => s.fmt(f),
+            Statement::CreateQueryMirror(s) => s.fmt(f),
             Statement::DropMirror(s) => s.fmt(f),
             Statement::PauseMirror(m) => write!(f, "PAUSE MIRROR {}", m.name),
             Statement::ResumeMirror(m) => write!(f, "RESUME MIRROR {}", m.name),
             Statement::ResyncMirror(m) => m.fmt(f),
             Statement::AlterMirror(m) => m.fmt(f),
+            Statement::ExecuteMirror(m) => write!(f, "EXECUTE MIRROR {}", m.name),
             Statement::Reset(r) => write!(f, "RESET {}", r.target),
             Statement::Sql(s) => s.fmt(f),
         }
@@ -258,6 +264,56 @@ impl fmt::Display for CreateMirror {
     }
 }
 
+/// `CREATE MIRROR [IF NOT EXISTS] name FROM source TO destination FOR $$query$$
+/// [WITH (options)]`: a query mirror (PeerDB's query replication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateQueryMirror {
+    /// `IF NOT EXISTS` was given.
+    pub if_not_exists: bool,
+    /// The mirror's name.
+    pub name: Ident,
+    /// The source peer.
+    pub source: Ident,
+    /// The destination peer.
+    pub destination: Ident,
+    /// The query as written between the dollar quotes (see [`crate::query`]).
+    pub query: String,
+    /// Mirror options in the order written; names are unique.
+    pub options: Vec<SqlOption>,
+}
+
+impl fmt::Display for CreateQueryMirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CREATE MIRROR ")?;
+        if self.if_not_exists {
+            f.write_str("IF NOT EXISTS ")?;
+        }
+        write!(
+            f,
+            "{} FROM {} TO {} FOR ",
+            self.name, self.source, self.destination
+        )?;
+        write_dollar_quoted(f, &self.query)?;
+        write_options(f, &self.options)
+    }
+}
+
+/// `$$text$$`, or `$q$text$q$` (`$q1$`, …) when the text holds `$$`, ends in `$` or holds
+/// the tag: the body of a dollar-quoted string ends at the first closing tag.
+fn write_dollar_quoted(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    let mut tag = String::new();
+    let mut n = 0u32;
+    while text.contains(&format!("${tag}$")) || (tag.is_empty() && text.ends_with('$')) {
+        tag = if n == 0 {
+            "q".to_owned()
+        } else {
+            format!("q{n}")
+        };
+        n += 1;
+    }
+    write!(f, "${tag}${text}${tag}$")
+}
+
 /// The mapping of a mirror: a list of tables or a list of whole schemas.
 /// The parser never produces an empty list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,7 +341,7 @@ impl fmt::Display for Mapping {
 }
 
 /// One table of a table mapping: `source:destination`, or
-/// `{ from: source, to: destination, exclude: [column, …] }`.
+/// `{ from: source, to: destination, exclude: [column, …], layout keys… }`.
 #[derive(Debug, Clone, Eq)]
 pub struct TableMapping {
     /// The source table; without a schema when none was written.
@@ -294,6 +350,9 @@ pub struct TableMapping {
     pub destination: QualifiedName,
     /// Source columns not to replicate.
     pub exclude: Vec<Ident>,
+    /// How the destination table is laid out (`order_by`, `partition_by`, `settings`,
+    /// `column_types`), in the order written.
+    pub options: Vec<MappingOption>,
     /// 1-based character offset of the entry in the input (0 if built in code).
     pub position: usize,
 }
@@ -304,21 +363,85 @@ impl PartialEq for TableMapping {
         self.source == other.source
             && self.destination == other.destination
             && self.exclude == other.exclude
+            && self.options == other.options
     }
 }
 
 impl fmt::Display for TableMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.exclude.is_empty() {
+        if self.exclude.is_empty() && self.options.is_empty() {
             return write!(f, "{}:{}", self.source, self.destination);
         }
-        write!(
-            f,
-            "{{from: {}, to: {}, exclude: [",
-            self.source, self.destination
-        )?;
-        write_list(f, &self.exclude)?;
-        f.write_str("]}")
+        write!(f, "{{from: {}, to: {}", self.source, self.destination)?;
+        if !self.exclude.is_empty() {
+            f.write_str(", exclude: [")?;
+            write_list(f, &self.exclude)?;
+            f.write_str("]")?;
+        }
+        for o in &self.options {
+            write!(f, ", {o}")?;
+        }
+        f.write_str("}")
+    }
+}
+
+/// A layout key of a table mapping entry.
+#[derive(Debug, Clone, Eq)]
+pub struct MappingOption {
+    /// `order_by`, `partition_by`, `settings` or `column_types`.
+    pub key: String,
+    /// What follows the colon.
+    pub value: MappingValue,
+    /// 1-based character offset of the key in the input (0 if built in code).
+    pub position: usize,
+}
+
+/// Ignores `position`.
+impl PartialEq for MappingOption {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.value == other.value
+    }
+}
+
+/// The value of a mapping's layout key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MappingValue {
+    /// `[a, b]`
+    Columns(Vec<Ident>),
+    /// `'text'`
+    Text(String),
+    /// `{column: 'Type', …}`
+    Types(Vec<(Ident, String)>),
+}
+
+fn write_text(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    f.write_str("'")?;
+    f.write_str(&s.replace('\'', "''"))?;
+    f.write_str("'")
+}
+
+impl fmt::Display for MappingOption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.key)?;
+        match &self.value {
+            MappingValue::Columns(c) => {
+                f.write_str("[")?;
+                write_list(f, c)?;
+                f.write_str("]")
+            }
+            MappingValue::Text(s) => write_text(f, s),
+            MappingValue::Types(types) => {
+                f.write_str("{")?;
+                for (i, (c, t)) in types.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{c}: ")?;
+                    write_text(f, t)?;
+                }
+                f.write_str("}")
+            }
+        }
     }
 }
 

@@ -97,6 +97,12 @@ fn convert_error(source: &Source<'_>, chunk: &Chunk, error: ParserError) -> Pars
             position.unwrap_or(statement_start),
         ),
     };
+    // A list of alternatives is sqlparser's grammar for every dialect it knows (ICEBERG,
+    // CONNECTOR, STAGE …), not what Ferry or PostgreSQL accept: say only where the error is,
+    // as PostgreSQL does.
+    if expected.starts_with("one of ") || expected.contains(", ") {
+        return ParseError::new(near, position);
+    }
     ParseError::new(format!("{near}: expected {expected}"), position)
 }
 

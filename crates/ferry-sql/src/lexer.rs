@@ -65,7 +65,7 @@ impl<'a> Source<'a> {
     }
 
     /// The byte offset of a location, clamped to the input.
-    fn byte_offset(&self, loc: Location) -> usize {
+    pub(crate) fn byte_offset(&self, loc: Location) -> usize {
         let Some(line) = self.line(loc) else {
             return self.sql.len();
         };

@@ -12,10 +12,13 @@
 //! CREATE MIRROR [IF NOT EXISTS] name FROM source_peer TO destination_peer
 //!     WITH TABLE MAPPING (table_entry, …)  |  WITH SCHEMA MAPPING (schema:schema, …)
 //!     [WITH (option, …)]
+//! CREATE MIRROR [IF NOT EXISTS] name FROM source_peer TO destination_peer
+//!     FOR $$query$$ [WITH (option, …)]      a query mirror; the query: see [`query`]
 //! DROP MIRROR [IF EXISTS] name
 //! PAUSE MIRROR name
 //! RESUME MIRROR name
-//! RESYNC MIRROR name
+//! RESYNC MIRROR name [TABLE table_name, …]
+//! EXECUTE MIRROR name                       a query mirror's next run, now
 //! RESET { name | ALL }        PostgreSQL's, which sqlparser does not read
 //!
 //! table_entry := table_name ':' table_name
@@ -50,14 +53,15 @@ mod fallthrough;
 mod ident;
 mod lexer;
 mod parser;
+pub mod query;
 
 #[cfg(test)]
 mod tests;
 
 pub use ast::{
-    AlterMirror, AlterMirrorAction, CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping,
-    MirrorName, OptionValue, PeerType, QualifiedName, Reset, ResyncMirror, SchemaMapping,
-    SqlOption, Statement, TableMapping,
+    AlterMirror, AlterMirrorAction, CreateMirror, CreatePeer, CreateQueryMirror, DropMirror,
+    DropPeer, Ident, Mapping, MappingOption, MappingValue, MirrorName, OptionValue, PeerType,
+    QualifiedName, Reset, ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
 };
 pub use error::ParseError;
 pub use fallthrough::{pass_through, PassThrough, Refusal, RefusalKind, DENIED_FUNCTIONS};

@@ -7,10 +7,13 @@
 use sqlparser::tokenizer::{Location, Token};
 
 use crate::ast::{
-    AlterMirror, AlterMirrorAction, CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping,
-    MirrorName, OptionValue, PeerType, QualifiedName, Reset, ResyncMirror, SchemaMapping,
-    SqlOption, Statement, TableMapping,
+    AlterMirror, AlterMirrorAction, CreateMirror, CreatePeer, CreateQueryMirror, DropMirror,
+    DropPeer, Ident, Mapping, MappingOption, MappingValue, MirrorName, OptionValue, PeerType,
+    QualifiedName, Reset, ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
 };
+
+/// The keys of a `{ … }` table mapping entry, as errors list them.
+const MAPPING_KEYS: &str = "from, to, exclude, order_by, partition_by, settings or column_types";
 use crate::error::ParseError;
 use crate::ident::{fold_case, is_reserved};
 use crate::lexer::{Chunk, End, Source};
@@ -25,6 +28,10 @@ pub(crate) fn is_ferry_statement(chunk: &Chunk) -> bool {
         || word_is(first, "RESYNC")
         || word_is(first, "RESET")
     {
+        return true;
+    }
+    // PostgreSQL's EXECUTE of a prepared statement named `mirror` is not Ferry's.
+    if word_is(first, "EXECUTE") && word_is(second, "MIRROR") && words.next().is_some() {
         return true;
     }
     (word_is(first, "CREATE") || word_is(first, "DROP"))
@@ -85,7 +92,7 @@ impl<'a> FerryParser<'a> {
                 return self.create_peer().map(Statement::CreatePeer);
             }
             self.expect_keyword("MIRROR", "expected PEER or MIRROR after CREATE")?;
-            return self.create_mirror().map(Statement::CreateMirror);
+            return self.create_mirror();
         }
         if self.consume_keyword("DROP") {
             if self.consume_keyword("PEER") {
@@ -109,6 +116,8 @@ impl<'a> FerryParser<'a> {
             Statement::PauseMirror
         } else if self.consume_keyword("RESUME") {
             Statement::ResumeMirror
+        } else if self.consume_keyword("EXECUTE") {
+            Statement::ExecuteMirror
         } else {
             self.expect_keyword("RESYNC", "expected a Ferry statement")?;
             self.expect_keyword("MIRROR", "expected MIRROR")?;
@@ -233,24 +242,50 @@ impl<'a> FerryParser<'a> {
         Ok(peer_type)
     }
 
-    /// After `CREATE MIRROR`.
-    fn create_mirror(&mut self) -> Result<CreateMirror> {
+    /// After `CREATE MIRROR`: a mirror of tables, or of a query (`FOR $$…$$`).
+    fn create_mirror(&mut self) -> Result<Statement> {
         let if_not_exists = self.if_not_exists()?;
         let name = self.ident("mirror name")?;
         self.expect_keyword("FROM", "expected FROM after mirror name")?;
         let source = self.ident("source peer name")?;
         self.expect_keyword("TO", "expected TO after source peer name")?;
         let destination = self.ident("destination peer name")?;
+        if self.consume_keyword("FOR") {
+            let query = self.query_string()?;
+            let options = self.opt_with_options()?;
+            return Ok(Statement::CreateQueryMirror(CreateQueryMirror {
+                if_not_exists,
+                name,
+                source,
+                destination,
+                query,
+                options,
+            }));
+        }
         let mapping = self.mapping()?;
         let options = self.opt_with_options()?;
-        Ok(CreateMirror {
+        Ok(Statement::CreateMirror(CreateMirror {
             if_not_exists,
             name,
             source,
             destination,
             mapping,
             options,
-        })
+        }))
+    }
+
+    /// The query of `FOR`: a string, dollar-quoted as PeerDB writes it (`$$SELECT …$$`), or
+    /// single-quoted.
+    fn query_string(&mut self) -> Result<String> {
+        let expected = "expected the query as a dollar-quoted string after FOR ($$SELECT …$$)";
+        let tok = self.peek().ok_or_else(|| self.error_here(Some(expected)))?;
+        let query = match tok.token {
+            Token::DollarQuotedString(s) => s.value.clone(),
+            Token::SingleQuotedString(s) | Token::EscapedStringLiteral(s) => s.clone(),
+            _ => return Err(self.error_at(tok, Some(expected))),
+        };
+        self.index += 1;
+        Ok(query)
     }
 
     // ---- mappings ---------------------------------------------------------
@@ -286,6 +321,7 @@ impl<'a> FerryParser<'a> {
                 source,
                 destination,
                 exclude: Vec::new(),
+                options: Vec::new(),
                 position,
             });
         }
@@ -293,22 +329,25 @@ impl<'a> FerryParser<'a> {
         let mut from = None;
         let mut to = None;
         let mut exclude = None;
+        let mut options: Vec<MappingOption> = Vec::new();
+        let expected = format!("expected {MAPPING_KEYS}");
         self.list(&Token::RBrace, "}", |p| {
-            let tok = p
-                .peek()
-                .ok_or_else(|| p.error_here(Some("expected from, to or exclude")))?;
+            let tok = p.peek().ok_or_else(|| p.error_here(Some(&expected)))?;
             let Token::Word(word) = tok.token else {
-                return Err(p.error_at(tok, Some("expected from, to or exclude")));
+                return Err(p.error_at(tok, Some(&expected)));
             };
             let key = fold_case(&word.value);
             let duplicate = match key.as_str() {
                 "from" => from.is_some(),
                 "to" => to.is_some(),
                 "exclude" => exclude.is_some(),
+                "order_by" | "partition_by" | "settings" | "column_types" => {
+                    options.iter().any(|o| o.key == key)
+                }
                 _ => {
                     return Err(ParseError::new(
                         format!(
-                            "unknown key \"{}\" in table mapping; expected from, to or exclude",
+                            "unknown key \"{}\" in table mapping; expected {MAPPING_KEYS}",
                             word.value
                         ),
                         tok.position,
@@ -323,10 +362,29 @@ impl<'a> FerryParser<'a> {
             }
             p.index += 1;
             p.expect_token(&Token::Colon, &format!("expected : after {key}"))?;
-            match key.as_str() {
-                "from" => from = Some(p.qualified_name("source table name")?),
-                "to" => to = Some(p.qualified_name("destination table name")?),
-                _ => exclude = Some(p.column_list()?),
+            let value = match key.as_str() {
+                "from" => {
+                    from = Some(p.qualified_name("source table name")?);
+                    None
+                }
+                "to" => {
+                    to = Some(p.qualified_name("destination table name")?);
+                    None
+                }
+                "exclude" => {
+                    exclude = Some(p.column_list("excluded columns")?);
+                    None
+                }
+                "order_by" => Some(MappingValue::Columns(p.column_list("ORDER BY columns")?)),
+                "column_types" => Some(MappingValue::Types(p.column_types()?)),
+                _ => Some(MappingValue::Text(p.text(&key)?)),
+            };
+            if let Some(value) = value {
+                options.push(MappingOption {
+                    key,
+                    value,
+                    position: tok.position,
+                });
             }
             Ok(())
         })?;
@@ -337,13 +395,52 @@ impl<'a> FerryParser<'a> {
             source: from.ok_or_else(|| missing("from"))?,
             destination: to.ok_or_else(|| missing("to"))?,
             exclude: exclude.unwrap_or_default(),
+            options,
             position,
         })
     }
 
+    /// A string literal, the value of `key`.
+    fn text(&mut self, key: &str) -> Result<String> {
+        let expected = format!("expected a string after {key}:");
+        let tok = self
+            .peek()
+            .ok_or_else(|| self.error_here(Some(&expected)))?;
+        let text = match tok.token {
+            Token::SingleQuotedString(s)
+            | Token::EscapedStringLiteral(s)
+            | Token::UnicodeStringLiteral(s)
+            | Token::NationalStringLiteral(s) => s.clone(),
+            Token::DollarQuotedString(s) => s.value.clone(),
+            _ => return Err(self.error_at(tok, Some(&expected))),
+        };
+        self.index += 1;
+        Ok(text)
+    }
+
+    /// `{column: 'Type', …}`.
+    fn column_types(&mut self) -> Result<Vec<(Ident, String)>> {
+        self.expect_token(&Token::LBrace, "expected { before the column types")?;
+        let mut types: Vec<(Ident, String)> = Vec::new();
+        self.list(&Token::RBrace, "}", |p| {
+            let at = p.here();
+            let column = p.ident("column name")?;
+            if types.iter().any(|(c, _)| *c == column) {
+                return Err(ParseError::new(
+                    format!("column \"{}\" is given twice in column_types", column.value),
+                    at,
+                ));
+            }
+            p.expect_token(&Token::Colon, "expected : after the column name")?;
+            types.push((column, p.text("the column name")?));
+            Ok(())
+        })?;
+        Ok(types)
+    }
+
     /// `[column, …]`, possibly empty.
-    fn column_list(&mut self) -> Result<Vec<Ident>> {
-        self.expect_token(&Token::LBracket, "expected [ before the excluded columns")?;
+    fn column_list(&mut self, what: &str) -> Result<Vec<Ident>> {
+        self.expect_token(&Token::LBracket, &format!("expected [ before the {what}"))?;
         if self.consume_token(&Token::RBracket) {
             return Ok(Vec::new());
         }

@@ -43,6 +43,9 @@ pub(super) struct Batch {
     indexed: HashSet<usize>,
     pub chunk_rows: usize,
     chunk_bytes: usize,
+    /// Rows and bytes of the transaction being received, in the chunk.
+    txn_rows: usize,
+    txn_bytes: usize,
     /// Rows since the last commit, written or not.
     pub rows: usize,
     pub first_lsn: Option<Lsn>,
@@ -55,9 +58,21 @@ pub(super) struct Batch {
 }
 
 impl Batch {
-    /// Whether the chunk must be written out before it grows further.
-    pub fn chunk_full(&self, max_rows: usize) -> bool {
-        self.chunk_rows >= max_rows || self.chunk_bytes >= CHUNK_BYTES
+    /// Whether the batch is full: it closes at the next transaction boundary.
+    pub fn full(&self, max_rows: usize) -> bool {
+        self.rows >= max_rows || self.chunk_bytes >= CHUNK_BYTES
+    }
+
+    /// A transaction starts: the batch holds whole transactions until one alone fills it.
+    pub fn begin_transaction(&mut self) {
+        self.txn_rows = 0;
+        self.txn_bytes = 0;
+    }
+
+    /// Whether the transaction being received is too large for a batch on its own, so that
+    /// the chunk (with it) must be written before its commit, to bound memory.
+    pub fn transaction_full(&self, max_rows: usize) -> bool {
+        self.txn_rows >= max_rows || self.txn_bytes >= CHUNK_BYTES
     }
 
     pub fn chunk_has_rows_of(&self, target: usize) -> bool {
@@ -73,6 +88,8 @@ impl Batch {
         self.indexed.clear();
         self.chunk_rows = 0;
         self.chunk_bytes = 0;
+        self.txn_rows = 0;
+        self.txn_bytes = 0;
         std::mem::take(&mut self.tables)
     }
 
@@ -171,8 +188,11 @@ impl Batch {
             old: old_ref,
             old_is_full: old.is_some_and(|(_, full)| full),
         });
-        self.chunk_bytes += tc.data_bytes() - before;
+        let bytes = tc.data_bytes() - before;
+        self.chunk_bytes += bytes;
         self.chunk_rows += 1;
+        self.txn_bytes += bytes;
+        self.txn_rows += 1;
         self.rows += 1;
         match kind {
             ChangeKind::Insert => self.inserted += 1,

@@ -3,8 +3,9 @@
 //! # Checkpoints
 //!
 //! Changes gather in a batch ([`batch`]). A batch closes at a transaction boundary once it
-//! holds `max_batch_size` rows, is `sync_interval` old, or the stream has caught up with the
-//! server (then not more often than every 100 ms); it is handed to the destination
+//! holds `max_batch_size` rows (or 64 MiB), is `sync_interval` old, or the stream has caught
+//! up with the server (then not more often than every 100 ms), so it holds whole transactions
+//! and may pass `max_batch_size` by the rows of its last one; it is handed to the destination
 //! (`Apply::write`) and committed there (`Apply::commit`), in the background ([`writer`]): the
 //! stream receives and decodes the next changes meanwhile. Only after the destination has
 //! acknowledged the commit does the catalog record the commit LSN of the batch's last
@@ -14,10 +15,11 @@
 //! further); what was written after it is written again, and the destination contract makes
 //! that idempotent.
 //!
-//! A transaction too large for one batch is written in several chunks as it arrives (pgoutput
-//! protocol 1 sends a transaction only once it has committed, so nothing written can be rolled
-//! back); it is committed to the destination and confirmed only at its commit. Memory stays
-//! bounded by the chunk size.
+//! Only a transaction that alone holds `max_batch_size` rows (or 64 MiB) is written before its
+//! commit: the batch so far, with that transaction's rows, goes out in several chunks as the
+//! rows arrive (pgoutput protocol 1 sends a transaction only once it has committed, so nothing
+//! written can be rolled back); it is committed to the destination and confirmed only at its
+//! commit. Memory stays bounded by the chunk size.
 //!
 //! When nothing is pending, keepalives move the confirmed LSN to the server's sent position,
 //! so an idle mirror, or one whose tables see no writes, does not hold WAL back.
@@ -88,8 +90,6 @@ pub struct StreamContext {
     pub hold: Option<Lsn>,
     pub sync_interval: Duration,
     pub max_batch_size: usize,
-    /// Warn and mark the mirror when the slot retains more WAL than this.
-    pub max_slot_lag_bytes: Option<u64>,
     /// Stop once everything up to here is applied (catching up after a load); `None`: never.
     pub until: Option<Lsn>,
     /// For a schema mapping: source schema → destination namespace, where new tables are
@@ -101,6 +101,8 @@ pub struct StreamContext {
     /// Asks the stream to end at the next transaction boundary, so that it starts again with
     /// the tables' new states (a table's own load began or ended).
     pub wake: Arc<Notify>,
+    /// What the monitor reads: pending changes, what is applied, rows per table.
+    pub progress: Arc<crate::progress::MirrorProgress>,
 }
 
 /// Why the stream ended without an error.
@@ -165,6 +167,8 @@ pub struct Streamer {
     in_transaction: bool,
     /// The commit position of the transaction being received (its commit record's LSN).
     commit_lsn: Lsn,
+    /// And its commit time (microseconds since 2000-01-01 UTC).
+    commit_micros: i64,
     /// A wake-up came in the middle of a transaction: end at its commit.
     restart_pending: bool,
     /// Everything the server had sent was taken in when last looked.
@@ -177,8 +181,6 @@ pub struct Streamer {
     recorded: Lsn,
     /// The position last reported to the source.
     reported: Lsn,
-    /// Whether the mirror is marked for retaining too much WAL.
-    lag_marked: bool,
     /// When an idle advance was last recorded in the catalog.
     catalog_written: Option<Instant>,
 }
@@ -225,13 +227,13 @@ impl Streamer {
             server_lsn: start,
             in_transaction: false,
             commit_lsn: start,
+            commit_micros: 0,
             restart_pending: false,
             caught_up: false,
             binary: false,
             last_flush: None,
             recorded: applied,
             reported: Lsn::ZERO,
-            lag_marked: false,
             catalog_written: None,
         })
     }
@@ -248,6 +250,7 @@ impl Streamer {
 
     /// Streams until stopped, caught up, woken, or an error.
     pub async fn run(mut self) -> Result<StreamEnd, FlowError> {
+        let _reading = self.ctx.progress.reading(self.applied);
         let result = self.stream_changes().await;
         self.writer.shut_down().await;
         if result.is_err() && self.server_lsn > self.applied {
@@ -468,39 +471,6 @@ impl Streamer {
         let at = self.slot_position();
         stream.send_status(at, at, at, false).await?;
         self.reported = at;
-        self.check_slot_lag().await
-    }
-
-    /// Warns, and marks the mirror, while the slot retains more WAL than allowed.
-    async fn check_slot_lag(&mut self) -> Result<(), FlowError> {
-        let Some(limit) = self.ctx.max_slot_lag_bytes else {
-            return Ok(());
-        };
-        let lag = self.server_lsn.0.saturating_sub(self.slot_position().0);
-        if lag > limit && !self.lag_marked {
-            warn!(
-                lag_bytes = lag,
-                limit_bytes = limit,
-                "the slot retains more WAL than max_slot_lag_bytes"
-            );
-            let message = format!("the replication slot retains {lag} bytes of WAL, more than max_slot_lag_bytes ({limit})");
-            let hint = "The destination may be slow or unreachable; see the daemon's log. The source keeps WAL until Ferry catches up.";
-            self.ctx
-                .catalog
-                .set_mirror_warning(self.ctx.mirror_id, Some((&message, hint)))
-                .await?;
-            self.lag_marked = true;
-        } else if lag <= limit && self.lag_marked {
-            info!(
-                lag_bytes = lag,
-                "the slot's WAL is back under max_slot_lag_bytes"
-            );
-            self.ctx
-                .catalog
-                .set_mirror_warning(self.ctx.mirror_id, None)
-                .await?;
-            self.lag_marked = false;
-        }
         Ok(())
     }
 
@@ -516,6 +486,7 @@ impl Streamer {
     ) -> Result<(), FlowError> {
         self.committed = self.committed.max(to);
         self.applied = self.applied.max(to);
+        self.ctx.progress.caught_up(self.applied);
         self.report(stream).await?;
         self.rejoin().await?;
         if self
@@ -580,13 +551,19 @@ impl Streamer {
 
     async fn handle(&mut self, lsn: Lsn, message: PgOutputMessage) -> Result<(), FlowError> {
         match message {
-            PgOutputMessage::Begin { final_lsn, .. } => {
+            PgOutputMessage::Begin {
+                final_lsn,
+                commit_time_micros,
+                ..
+            } => {
                 // A full batch closes at this transaction boundary.
-                if self.batch.rows >= self.ctx.max_batch_size {
+                if self.batch.full(self.ctx.max_batch_size) {
                     self.flush().await?;
                 }
                 self.in_transaction = true;
                 self.commit_lsn = final_lsn;
+                self.commit_micros = commit_time_micros;
+                self.batch.begin_transaction();
             }
             PgOutputMessage::Commit {
                 end_lsn,
@@ -599,7 +576,7 @@ impl Streamer {
                     self.batch.last_commit_micros = Some(commit_time_micros);
                 }
                 let rejoin_due = self.rejoin_at.is_some_and(|at| self.committed >= at);
-                if self.batch.rows >= self.ctx.max_batch_size || rejoin_due {
+                if self.batch.full(self.ctx.max_batch_size) || rejoin_due {
                     self.flush().await?;
                 }
                 if rejoin_due {
@@ -703,7 +680,11 @@ impl Streamer {
                 .retain(|_, r| r.as_ref().is_none_or(|r| r.target != t));
             return Err(restart(&spec.source));
         }
-        if self.batch.chunk_full(self.ctx.max_batch_size) {
+        self.ctx
+            .progress
+            .pending(self.targets[t].row.id, self.commit_lsn, self.commit_micros);
+        // Only a transaction too large for a batch on its own is written before its commit.
+        if self.batch.transaction_full(self.ctx.max_batch_size) {
             self.write_chunk().await?;
         }
         Ok(())
@@ -769,6 +750,9 @@ impl Streamer {
                 self.catalog_written = Some(Instant::now());
                 self.recorded = position;
                 self.applied = self.applied.max(position);
+                self.ctx
+                    .progress
+                    .applied(position, record.last_commit_micros);
                 debug!(rows = record.rows, lsn = %position, "batch applied");
                 if self.writer.idle() && self.batch.rows == 0 && !self.in_transaction {
                     // Transactions since then had nothing for the mirror.

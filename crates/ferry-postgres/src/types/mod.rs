@@ -148,22 +148,12 @@ pub struct PgColumn {
     pub type_name: String,
 }
 
-/// A table's live columns in `attnum` order, with their types resolved through domains.
-///
-/// `$1::oid` is the table. Each row: `attnum int2, name text, type_oid oid, typname text,
-/// typtype text, typcategory text, typmod int4, ndims int4, not_null bool, key_position int4
-/// (NULL when not in the key), type_name text`, and for arrays the resolved element type
-/// `elem_oid oid, elem_typname text, elem_typtype text, elem_typcategory text, elem_typmod int4,
-/// elem_typdelim text` (NULLs otherwise). The key is the primary key or, if there is none, the
-/// replica identity index. Read rows with [`PgColumn::from_row`].
-pub const COLUMNS_QUERY: &str = r#"
-WITH RECURSIVE
-cols AS (
-    SELECT a.attnum, a.attname, a.atttypid, a.atttypmod, a.attndims, a.attnotnull,
-           pg_catalog.format_type(a.atttypid, a.atttypmod) AS type_name
-    FROM pg_catalog.pg_attribute a
-    WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
-),
+/// The CTEs that walk `cols`' types (and their arrays' element types) down through domains
+/// to their base types; a domain's typmod applies to its base. Shared by [`COLUMNS_QUERY`] and
+/// [`RESULT_COLUMNS_QUERY`].
+macro_rules! resolve_types {
+    () => {
+        r#"
 -- Domains walked down to their base type; a domain's typmod applies to its base.
 col_walk(start, cur, typmod) AS (
     SELECT DISTINCT atttypid, atttypid, -1 FROM cols
@@ -193,13 +183,16 @@ elem_base AS (
     SELECT w.start, t.oid, t.typname, t.typtype, t.typcategory, t.typdelim, w.typmod
     FROM elem_walk w JOIN pg_catalog.pg_type t ON t.oid = w.cur
     WHERE t.typtype <> 'd'
-),
-key_index AS (
-    SELECT i.indkey FROM pg_catalog.pg_index i
-    WHERE i.indrelid = $1::oid AND (i.indisprimary OR i.indisreplident)
-    ORDER BY i.indisprimary DESC
-    LIMIT 1
-)
+)"#
+    };
+}
+
+/// The final `SELECT` over `cols` and the resolved types, with `$key` as each column's
+/// `key_position`.
+macro_rules! select_columns {
+    ($key:literal) => {
+        concat!(
+            r#"
 SELECT c.attnum,
        c.attname::text AS name,
        b.oid AS type_oid,
@@ -209,10 +202,9 @@ SELECT c.attnum,
        CASE WHEN b.typmod <> -1 THEN b.typmod ELSE c.atttypmod END AS typmod,
        c.attndims::int4 AS ndims,
        c.attnotnull AS not_null,
-       (SELECT k.ord::int4
-          FROM key_index ki,
-               unnest(ki.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-         WHERE k.attnum = c.attnum) AS key_position,
+       "#,
+            $key,
+            r#" AS key_position,
        c.type_name,
        e.oid AS elem_oid,
        e.typname::text AS elem_typname,
@@ -227,7 +219,68 @@ JOIN col_base b ON b.start = c.atttypid
 LEFT JOIN elem_base e ON e.start = b.typelem
     AND b.typcategory = 'A' AND b.typlen = -1 AND b.typelem <> 0
 ORDER BY c.attnum
-"#;
+"#
+        )
+    };
+}
+
+/// A table's live columns in `attnum` order, with their types resolved through domains.
+///
+/// `$1::oid` is the table. Each row: `attnum int2, name text, type_oid oid, typname text,
+/// typtype text, typcategory text, typmod int4, ndims int4, not_null bool, key_position int4
+/// (NULL when not in the key), type_name text`, and for arrays the resolved element type
+/// `elem_oid oid, elem_typname text, elem_typtype text, elem_typcategory text, elem_typmod int4,
+/// elem_typdelim text` (NULLs otherwise). The key is the primary key or, if there is none, the
+/// replica identity index. Read rows with [`PgColumn::from_row`].
+pub const COLUMNS_QUERY: &str = concat!(
+    r#"
+WITH RECURSIVE
+cols AS (
+    SELECT a.attnum, a.attname, a.atttypid, a.atttypmod, a.attndims, a.attnotnull,
+           pg_catalog.format_type(a.atttypid, a.atttypmod) AS type_name
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
+),"#,
+    resolve_types!(),
+    r#",
+key_index AS (
+    SELECT i.indkey FROM pg_catalog.pg_index i
+    WHERE i.indrelid = $1::oid AND (i.indisprimary OR i.indisreplident)
+    ORDER BY i.indisprimary DESC
+    LIMIT 1
+)"#,
+    select_columns!(
+        "(SELECT k.ord::int4
+          FROM key_index ki,
+               unnest(ki.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+         WHERE k.attnum = c.attnum)"
+    ),
+);
+
+/// The columns of a query's result, in order, with their types resolved as
+/// [`COLUMNS_QUERY`] resolves a table's, and read with [`PgColumn::from_row`] too.
+///
+/// `$1::text[]` are the columns' names, `$2::oid[]` their types, `$3::int4[]` their type
+/// modifiers (from the query's row description), `$4::oid[]` and `$5::int2[]` the table and
+/// column each comes from (0 when it is not a table's column): a column taken from a table
+/// keeps its `NOT NULL` and its array dimensions; any other is nullable, an array of one
+/// dimension. No column is in a key.
+pub const RESULT_COLUMNS_QUERY: &str = concat!(
+    r#"
+WITH RECURSIVE
+cols AS (
+    SELECT c.ord::int2 AS attnum, c.name AS attname, c.typ AS atttypid, c.typmod AS atttypmod,
+           coalesce(a.attndims, 0)::int4 AS attndims, coalesce(a.attnotnull, false) AS attnotnull,
+           pg_catalog.format_type(c.typ, nullif(c.typmod, -1)) AS type_name
+    FROM unnest($1::text[], $2::oid[], $3::int4[], $4::oid[], $5::int2[])
+             WITH ORDINALITY AS c(name, typ, typmod, relid, relattnum, ord)
+    LEFT JOIN pg_catalog.pg_attribute a
+        ON a.attrelid = c.relid AND a.attnum = c.relattnum AND c.relattnum > 0
+           AND NOT a.attisdropped AND a.atttypid = c.typ
+),"#,
+    resolve_types!(),
+    select_columns!("NULL::int4"),
+);
 
 fn first_char(s: &str) -> char {
     s.chars().next().unwrap_or('\0')

@@ -7,9 +7,9 @@
 
 use super::{parse, parse_one};
 use crate::{
-    AlterMirror, AlterMirrorAction, CreateMirror, CreatePeer, DropMirror, DropPeer, Ident, Mapping,
-    MirrorName, OptionValue, PeerType, QualifiedName, ResyncMirror, SchemaMapping, SqlOption,
-    Statement, TableMapping,
+    AlterMirror, AlterMirrorAction, CreateMirror, CreatePeer, CreateQueryMirror, DropMirror,
+    DropPeer, Ident, Mapping, MappingOption, MappingValue, MirrorName, OptionValue, PeerType,
+    QualifiedName, ResyncMirror, SchemaMapping, SqlOption, Statement, TableMapping,
 };
 
 const NAMES: &[&str] = &[
@@ -155,6 +155,37 @@ impl Rng {
         options
     }
 
+    fn mapping_options(&mut self) -> Vec<MappingOption> {
+        let mut options = Vec::new();
+        if self.chance() {
+            options.push(MappingOption {
+                key: "order_by".into(),
+                value: MappingValue::Columns(
+                    (0..1 + self.below(3)).map(|_| self.ident()).collect(),
+                ),
+                position: 0,
+            });
+        }
+        for key in ["partition_by", "settings"] {
+            if self.chance() {
+                options.push(MappingOption {
+                    key: key.into(),
+                    value: MappingValue::Text(self.pick(STRINGS).to_owned()),
+                    position: 0,
+                });
+            }
+        }
+        if self.chance() {
+            let column = self.ident();
+            options.push(MappingOption {
+                key: "column_types".into(),
+                value: MappingValue::Types(vec![(column, self.pick(STRINGS).to_owned())]),
+                position: 0,
+            });
+        }
+        options
+    }
+
     fn tables_mapping(&mut self) -> Mapping {
         let count = 1 + self.below(3);
         Mapping::Tables(
@@ -163,6 +194,7 @@ impl Rng {
                     source: self.table(),
                     destination: self.table(),
                     exclude: (0..self.below(3)).map(|_| self.ident()).collect(),
+                    options: self.mapping_options(),
                     position: 0,
                 })
                 .collect(),
@@ -184,8 +216,26 @@ impl Rng {
         Mapping::Schemas(schemas)
     }
 
+    /// Query text with the characters dollar quoting must get around.
+    fn query(&mut self) -> String {
+        let parts = [
+            "SELECT ",
+            "$",
+            "$$",
+            "$q$",
+            "'x'",
+            " {{.start}}",
+            "\n",
+            "é",
+            "--c\n",
+        ];
+        (0..self.below(6))
+            .map(|_| self.pick(&parts))
+            .collect::<String>()
+    }
+
     fn statement(&mut self) -> Statement {
-        match self.below(8) {
+        match self.below(10) {
             0 => Statement::CreatePeer(CreatePeer {
                 if_not_exists: self.chance(),
                 name: self.ident(),
@@ -232,6 +282,15 @@ impl Rng {
                         AlterMirrorAction::Set(o)
                     }
                 },
+            }),
+            7 => Statement::ExecuteMirror(MirrorName { name: self.ident() }),
+            8 => Statement::CreateQueryMirror(CreateQueryMirror {
+                if_not_exists: self.chance(),
+                name: self.ident(),
+                source: self.ident(),
+                destination: self.ident(),
+                query: self.query(),
+                options: self.options(),
             }),
             _ => Statement::ResyncMirror(ResyncMirror {
                 name: self.ident(),

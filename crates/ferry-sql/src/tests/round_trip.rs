@@ -59,6 +59,21 @@ const CREATE_MIRRORS: &[&str] = &[
     "create mirror \"M\" from \"PG\" to \"CH\" with schema mapping (a:b)",
 ];
 
+const QUERY_MIRRORS: &[&str] = &[
+    "CREATE MIRROR IF NOT EXISTS m FROM src TO dst FOR
+     $$ SELECT * FROM public.events WHERE updated_at BETWEEN {{.start}} AND {{.end}} $$
+     WITH (destination_table_name = 'events', watermark_column = 'updated_at',
+           watermark_table_name = 'public.events', mode = 'upsert', unique_key_columns = 'id',
+           parallelism = 4, refresh_interval = 10, num_rows_per_partition = 100000,
+           initial_copy_only = false, setup_watermark_table_on_destination = true)",
+    "create mirror q from s to d for $t$select 'a$$b' from t$t$",
+    "CREATE MIRROR q FROM s TO d FOR $q$SELECT '$$' || x || '$' FROM t$q$",
+    "CREATE MIRROR q FROM s TO d FOR $x$SELECT 1 AS \"$q$\"$x$ WITH (a = 1)",
+    "CREATE MIRROR q FROM s TO d FOR 'SELECT ''quoted'' ending in $'",
+    "EXECUTE MIRROR q",
+    "execute mirror \"Q\"",
+];
+
 const PLAIN_SQL: &[&str] = &[
     "SELECT 1",
     "SELECT * FROM peers WHERE name = 'it''s' ORDER BY created_at DESC LIMIT 10",
@@ -98,13 +113,30 @@ fn create_mirror() {
 }
 
 #[test]
+fn query_mirrors() {
+    check_all(QUERY_MIRRORS);
+    let s = &round_trip("CREATE MIRROR m FROM s TO d FOR $$SELECT 1$$")[0];
+    assert_eq!(
+        s.to_string(),
+        "CREATE MIRROR m FROM s TO d FOR $$SELECT 1$$"
+    );
+}
+
+#[test]
 fn plain_sql() {
     check_all(PLAIN_SQL);
 }
 
 #[test]
 fn everything_at_once() {
-    let all: Vec<&str> = [CREATE_PEERS, DROPS_AND_OTHERS, CREATE_MIRRORS, PLAIN_SQL].concat();
+    let all: Vec<&str> = [
+        CREATE_PEERS,
+        DROPS_AND_OTHERS,
+        CREATE_MIRRORS,
+        QUERY_MIRRORS,
+        PLAIN_SQL,
+    ]
+    .concat();
     let joined = all.join(";\n-- next\n");
     assert_eq!(round_trip(&joined).len(), all.len());
 }

@@ -22,6 +22,29 @@ fn table(schema: Option<&str>, name: &str) -> QualifiedName {
 }
 
 #[test]
+fn query_mirrors_and_execute() {
+    let sql = "CREATE MIRROR q FROM s TO d FOR $$SELECT * FROM t WHERE id BETWEEN {{.start}} AND \
+               {{.end}}$$ WITH (destination_table_name = 't')";
+    let Statement::CreateQueryMirror(m) = parse_one(sql) else {
+        panic!("{sql}")
+    };
+    assert_eq!(
+        m.query,
+        "SELECT * FROM t WHERE id BETWEEN {{.start}} AND {{.end}}"
+    );
+    assert_eq!(m.options[0].name, "destination_table_name");
+    assert_eq!(
+        parse_one("execute mirror Q"),
+        Statement::ExecuteMirror(MirrorName {
+            name: Ident::new("q")
+        })
+    );
+    // PostgreSQL's EXECUTE of a prepared statement stays SQL.
+    assert!(matches!(parse_one("EXECUTE mirror"), Statement::Sql(_)));
+    assert!(matches!(parse_one("EXECUTE stmt(1)"), Statement::Sql(_)));
+}
+
+#[test]
 fn create_peer_values() {
     let sql = "CREATE PEER IF NOT EXISTS Src FROM postgres WITH (Host = 'db', port = 5432, \
                ssl = true, mode = Prefer, neg = -1, frac = 0.5)";
@@ -128,12 +151,14 @@ fn create_mirror_values_and_positions() {
                 source: table(Some("public"), "orders"),
                 destination: table(None, "orders"),
                 exclude: vec![],
+                options: vec![],
                 position: 52,
             },
             TableMapping {
                 source: table(Some("public"), "events"),
                 destination: table(None, "events"),
                 exclude: vec![Ident::new("payload_raw"), Ident::quoted("Other Col")],
+                options: vec![],
                 position: 74,
             },
         ]),
@@ -300,5 +325,67 @@ fn spanned_keeps_each_statements_text_and_offset() {
     for p in &parsed {
         let before: String = sql.chars().take(p.offset).collect();
         assert!(sql[before.len()..].starts_with(p.text), "{p:?}");
+    }
+}
+
+#[test]
+fn table_mapping_layout_keys() {
+    use crate::MappingValue;
+    let sql = "CREATE MIRROR m FROM pg TO ch WITH TABLE MAPPING (\
+               {from: public.events, to: events, order_by: [tenant, \"Id\"], \
+                partition_by: 'toYYYYMM(created_at)', settings: 'index_granularity = 1024', \
+                column_types: {amount: 'Float64', note: 'LowCardinality(String)'}}) \
+               WITH (do_initial_copy = true)";
+    let Statement::CreateMirror(m) = parse_one(sql) else {
+        panic!("not a mirror")
+    };
+    let Mapping::Tables(t) = &m.mapping else {
+        panic!("not a table mapping")
+    };
+    let keys: Vec<&str> = t[0].options.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["order_by", "partition_by", "settings", "column_types"]
+    );
+    assert_eq!(
+        t[0].options[0].value,
+        MappingValue::Columns(vec![Ident::new("tenant"), Ident::quoted("Id")])
+    );
+    assert_eq!(
+        t[0].options[3].value,
+        MappingValue::Types(vec![
+            (Ident::new("amount"), "Float64".into()),
+            (Ident::new("note"), "LowCardinality(String)".into()),
+        ])
+    );
+    // Printed and parsed again, the same.
+    let printed = Statement::CreateMirror(m.clone()).to_string();
+    assert_eq!(parse_one(&printed), Statement::CreateMirror(m));
+    for (bad, message) in [
+        (
+            "{from: a, to: b, order_by: 'x'}",
+            "expected [ before the ORDER BY columns",
+        ),
+        (
+            "{from: a, to: b, partition_by: [x]}",
+            "expected a string after partition_by:",
+        ),
+        (
+            "{from: a, to: b, settings: 'x = 1', settings: 'y = 2'}",
+            "duplicate key \"settings\"",
+        ),
+        (
+            "{from: a, to: b, column_types: {x: 'A', x: 'B'}}",
+            "column \"x\" is given twice",
+        ),
+        (
+            "{from: a, to: b, column_types: {x: Float64}}",
+            "expected a string after the column name",
+        ),
+    ] {
+        let e = super::parse_err(&format!(
+            "CREATE MIRROR m FROM pg TO ch WITH TABLE MAPPING ({bad})"
+        ));
+        assert!(e.message.contains(message), "{bad}: {e:?}");
     }
 }
