@@ -442,6 +442,16 @@ async fn unrepresentable_values_are_substituted() {
         "{counts:?}"
     );
     assert!(counts.iter().all(|(c, ..)| c != "id"), "{counts:?}");
+    // The same counts for Prometheus, per table and column.
+    let metrics = s.ferry.metrics().await;
+    let amount_series = format!(
+        "ferry_table_values_substituted_total{{mirror=\"two\",table=\"public.odd\",column=\"amount\"}} {}",
+        amount.1
+    );
+    assert!(
+        metrics.lines().any(|l| l == amount_series),
+        "{amount_series} not in {metrics}"
+    );
 
     let n: u64 = ch
         .client()

@@ -10,10 +10,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{on_every_destination, setup, wait_for_state, Kind, TestFerry};
+use ferry_e2e::{metrics_text, on_every_destination, setup, wait_for_state, Kind, TestFerry};
 use ferry_testkit::private::{PrivateClickHouse, PrivatePostgres, StopMode};
 use ferry_testkit::TempPgDatabase;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 
 on_every_destination!(figures_track_the_slot_under_load_outage_pause_and_failure(
@@ -305,17 +304,7 @@ impl PrivateDest {
 /// `GET /metrics` from the daemon, as Prometheus scrapes it: each sample of `mirror`, by its
 /// series' name (and `kind` label, where there is one).
 async fn scrape(addr: SocketAddr, mirror: &str) -> Vec<(String, f64)> {
-    let mut socket = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("metrics listener");
-    socket
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ferry\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    socket.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let body = metrics_text(addr).await;
     let label = format!("mirror=\"{mirror}\"");
     body.lines()
         .filter(|l| !l.starts_with('#') && l.contains(&label))

@@ -25,7 +25,7 @@ pub use compare::{
     assert_not_failed, converge, converge_exactly, mirror_state, output_rows, table_states,
     wait_table_state, View, CONVERGE_TIMEOUT,
 };
-pub use daemon::{TestFerry, KEY, PASSWORD, USER};
+pub use daemon::{metrics_text, TestFerry, KEY, PASSWORD, USER};
 pub use dest::{source_digests, source_rows, vals, Col, Dest, Kind};
 pub use ferry_testkit::{ChServer, PgServer as Pg};
 

@@ -133,6 +133,11 @@ impl TestFerry {
         Ok(client)
     }
 
+    /// The body of `GET /metrics`, as Prometheus scrapes it.
+    pub async fn metrics(&self) -> String {
+        metrics_text(self.metrics_addr).await
+    }
+
     /// A direct connection to the catalog database, to check what Ferry stored.
     pub async fn catalog(&self) -> Client {
         self.catalog_db.connect().await
@@ -180,4 +185,21 @@ impl Drop for TestFerry {
             rt.shutdown_background();
         }
     }
+}
+
+/// The body of `GET /metrics` from the listener at `addr`; the response must be a 200.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics listener");
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ferry\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }

@@ -159,6 +159,11 @@ const QUERY_SERIES: &[Series] = &[
     ),
 ];
 
+/// Values a destination could not hold, replaced by their stand-ins: mirror, table, column,
+/// count.
+const SUBSTITUTION_SQL: &str = "SELECT mirror, source_table, column_name, values_replaced::float8
+    FROM public.substitutions ORDER BY 1, 2, 3";
+
 /// A label value in Prometheus' text format.
 fn label(value: &str) -> String {
     value
@@ -173,6 +178,7 @@ pub async fn render(catalog: &Catalog) -> Result<String, CatalogError> {
     let mirrors = client.query(MIRROR_SQL, &[]).await?;
     let tables = client.query(TABLE_SQL, &[]).await?;
     let queries = client.query(QUERY_SQL, &[]).await?;
+    let substituted = client.query(SUBSTITUTION_SQL, &[]).await?;
     drop(client);
     let mut out = String::new();
     let _ = writeln!(
@@ -246,6 +252,22 @@ pub async fn render(catalog: &Catalog) -> Result<String, CatalogError> {
             let (mirror, v): (String, f64) = (r.get(0), r.get(s.column));
             let _ = writeln!(out, "{}{{mirror=\"{}\"}} {v}", s.name, label(&mirror));
         }
+    }
+    let name = "ferry_table_values_substituted_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Values the destination could not hold, replaced by their stand-ins (see the substitutions view).\n# TYPE {name} counter"
+    );
+    for r in &substituted {
+        let (mirror, table, column, v): (String, String, String, f64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let _ = writeln!(
+            out,
+            "{name}{{mirror=\"{}\",table=\"{}\",column=\"{}\"}} {v}",
+            label(&mirror),
+            label(&table),
+            label(&column)
+        );
     }
     Ok(out)
 }
