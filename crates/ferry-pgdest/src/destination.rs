@@ -24,6 +24,9 @@ use crate::load::{RangeSink, RangeTarget};
 use crate::recode::Recode;
 use crate::state::{self, Loaded};
 
+/// The longest name PostgreSQL keeps whole (`NAMEDATALEN - 1`).
+const MAX_NAME_BYTES: usize = 63;
+
 /// How a mirror wants its PostgreSQL destination to behave.
 #[derive(Debug, Clone, Default)]
 pub struct PgOptions {
@@ -103,6 +106,17 @@ impl PgDestination {
     ) -> Result<bool, Error> {
         if table_oid(&self.db, client, into).await?.is_some() {
             return Ok(false);
+        }
+        // PostgreSQL would cut a longer name and create a table of another name.
+        if into.table.len() > MAX_NAME_BYTES {
+            return Err(Error::invalid(
+                "42622",
+                format!(
+                    "table name \"{}\" is longer than PostgreSQL's {MAX_NAME_BYTES} bytes",
+                    into.table
+                ),
+            )
+            .with_hint("Give the destination table a shorter name."));
         }
         client.batch_execute("BEGIN").await.map_err(self.db.err())?;
         let result = async {
