@@ -148,3 +148,69 @@ async fn every_wrong_query_mirror_is_refused_by_name() {
         .await
         .unwrap();
 }
+
+/// A PostgreSQL destination table that cannot take the query's result is refused by name, with
+/// the SQLSTATE ClickHouse's would get; a table that fits is used as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_destination_table_that_cannot_take_the_result_is_refused() {
+    let s = setup(Kind::Postgres).await;
+    s.src
+        .batch_execute(
+            "CREATE TABLE t (id int8 PRIMARY KEY, note varchar(20), at timestamptz, v int4);
+             INSERT INTO t VALUES (1, 'a', now(), 1);",
+        )
+        .await
+        .unwrap();
+    let dest = s.dest.pg().connect().await;
+    dest.batch_execute(
+        "CREATE TABLE wrong_type (id text, note varchar(20), at timestamptz, v int4);
+         CREATE TABLE short (id int8, note varchar(20));
+         CREATE TABLE no_key (id int8, note varchar(20), at timestamptz, v int4);
+         CREATE TABLE extra (id int8, note varchar(20), at timestamptz, v int4, must text NOT NULL);
+         CREATE TABLE fits (id int8 PRIMARY KEY, note varchar(20), at timestamptz, v int4,
+                            mine text DEFAULT 'x');",
+    )
+    .await
+    .unwrap();
+    let upsert = "mode = 'upsert', unique_key_columns = 'id'";
+    let cases: Vec<(String, &str, &str)> = vec![
+        (mirror("m", OK_QUERY, &format!("{OK_OPTIONS}, setup_watermark_table_on_destination = false")), "42P01", "does not exist"),
+        (mirror("m", OK_QUERY, "destination_table_name = 'wrong_type', watermark_column = 'id', watermark_table_name = 't'"), "42804", "column \"id\" of destination table public.wrong_type is text; the query's values are bigint"),
+        (mirror("m", OK_QUERY, "destination_table_name = 'short', watermark_column = 'id', watermark_table_name = 't'"), "42703", "no column \"at\""),
+        (mirror("m", OK_QUERY, &format!("destination_table_name = 'no_key', watermark_column = 'id', watermark_table_name = 't', {upsert}")), "42P16", "primary key or unique index on (id)"),
+        (mirror("m", OK_QUERY, "destination_table_name = 'extra', watermark_column = 'id', watermark_table_name = 't'"), "42P16", "\"must\""),
+        (mirror("m", OK_QUERY, "destination_table_name = 'no_such_schema.t', watermark_column = 'id', watermark_table_name = 't'"), "3F000", "no_such_schema"),
+    ];
+    for (sql, state, says) in &cases {
+        let e = s
+            .client
+            .batch_execute(sql)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {sql}"));
+        let message = e
+            .as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_default();
+        assert_eq!(&sqlstate(&e), state, "{sql}: {message}");
+        assert!(message.contains(says), "{sql}: {message}");
+    }
+    assert_eq!(
+        s.dest.tables("public").await,
+        ["extra", "fits", "no_key", "short", "wrong_type"]
+    );
+    // A table that fits (its own column has a default) takes the result in every mode.
+    for (name, mode) in [("a", ""), ("u", upsert)] {
+        let options =
+            format!("destination_table_name = 'fits', watermark_column = 'id', watermark_table_name = 't', {mode}");
+        s.client
+            .batch_execute(&mirror(name, OK_QUERY, options.trim_end_matches(", ")))
+            .await
+            .unwrap();
+        s.client
+            .batch_execute(&format!("DROP MIRROR {name}"))
+            .await
+            .unwrap();
+    }
+    s.ferry.stop().await;
+}

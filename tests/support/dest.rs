@@ -4,7 +4,8 @@
 //! ([`crate::on_every_destination`]). It reads a destination's current rows through
 //! [`Dest::rows`], which renders each row as text the same way for every destination (and for
 //! the source, [`source_rows`]): a ClickHouse table's current rows are those of `FINAL` not
-//! marked deleted, a PostgreSQL table's rows are its rows.
+//! marked deleted (every row of a plain `MergeTree`, a query mirror's append table), a
+//! PostgreSQL table's rows are its rows.
 
 use ferry_core::ident::{ch_ident, ch_qualified, pg_ident, pg_qualified};
 use ferry_testkit::{ChServer, PgServer, TempChDatabase, TempPgDatabase};
@@ -204,9 +205,9 @@ impl Dest {
             }
             Dest::ClickHouse(d) => {
                 let sql = format!(
-                    "SELECT {} FROM {} FINAL WHERE _ferry_is_deleted = 0 ORDER BY {order}",
+                    "SELECT {} FROM {} ORDER BY {order}",
                     ch_render(cols),
-                    self.ch_table(table)
+                    self.ch_current(table).await
                 );
                 d.client()
                     .query(&sql)
@@ -244,9 +245,9 @@ impl Dest {
                     "SELECT toInt64(intDiv({k}, {bucket})) AS b, toInt64(count()),
                             lower(hex(MD5(arrayStringConcat(arrayMap(x -> x.2, arraySort(x -> x.1,
                               groupArray(({k}, {})))), '\\n'))))
-                     FROM {} FINAL WHERE _ferry_is_deleted = 0 GROUP BY b ORDER BY b",
+                     FROM {} GROUP BY b ORDER BY b",
                     ch_render(cols),
-                    self.ch_table(table)
+                    self.ch_current(table).await
                 );
                 d.client()
                     .query(&sql)
@@ -261,6 +262,27 @@ impl Dest {
         match table.split_once('.') {
             Some((db, t)) => ch_qualified(db, t),
             None => ch_qualified(self.namespace(), table),
+        }
+    }
+
+    /// A ClickHouse table's current rows, as a `FROM` clause: `FINAL` of the rows not marked
+    /// deleted, or every row of a plain `MergeTree` (a query mirror's append table).
+    async fn ch_current(&self, table: &str) -> String {
+        let (db, t) = table.split_once('.').unwrap_or((self.namespace(), table));
+        let engine = ChServer::from_env()
+            .client()
+            .query("SELECT engine FROM system.tables WHERE database = ? AND name = ?")
+            .bind(db)
+            .bind(t)
+            .fetch_optional::<String>()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if engine == "MergeTree" {
+            self.ch_table(table)
+        } else {
+            format!("{} FINAL WHERE _ferry_is_deleted = 0", self.ch_table(table))
         }
     }
 
@@ -318,6 +340,30 @@ impl Dest {
         }
     }
 
+    /// The number of current rows of `table` and the sum of an integer column of theirs;
+    /// `None` while the table cannot be read.
+    pub async fn count_and_sum(&self, table: &str, column: &str) -> Option<(i64, i64)> {
+        match self {
+            Dest::Postgres(d) => {
+                let sql = format!(
+                    "SELECT count(*), coalesce(sum({}), 0)::int8 FROM {}",
+                    pg_ident(column),
+                    pg_table(table, "public")
+                );
+                let r = d.connect().await.query_one(&sql, &[]).await.ok()?;
+                Some((r.get(0), r.get(1)))
+            }
+            Dest::ClickHouse(d) => {
+                let sql = format!(
+                    "SELECT toInt64(count()), toInt64(ifNull(sum({}), 0)) FROM {}",
+                    ch_ident(column),
+                    self.ch_current(table).await
+                );
+                d.client().query(&sql).fetch_one::<(i64, i64)>().await.ok()
+            }
+        }
+    }
+
     /// How many current rows `table` has.
     pub async fn count(&self, table: &str) -> i64 {
         match self {
@@ -334,8 +380,8 @@ impl Dest {
             Dest::ClickHouse(d) => {
                 d.client()
                     .query(&format!(
-                        "SELECT count() FROM {} FINAL WHERE _ferry_is_deleted = 0",
-                        self.ch_table(table)
+                        "SELECT count() FROM {}",
+                        self.ch_current(table).await
                     ))
                     .fetch_one::<u64>()
                     .await

@@ -122,7 +122,7 @@ impl QueryOptions {
             _ => {
                 return Err(wrong(
                     "destination_table_name",
-                    "'table' or 'database.table'",
+                    "'table', or 'namespace.table' (a ClickHouse database, a PostgreSQL schema)",
                     options,
                 ))
             }

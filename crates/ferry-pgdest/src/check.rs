@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 
-use ferry_core::destination::TableSpec;
+use ferry_core::destination::{TableSpec, TargetName};
 use ferry_core::ident::{pg_ident, pg_literal};
 use ferry_core::pgtype::{PgType, PgTypeDef};
 use ferry_core::{Error, ErrorKind};
@@ -33,89 +33,189 @@ pub(crate) async fn check(
     tables: &[TableSpec],
     loads: bool,
 ) -> Result<(), Error> {
-    let mut missing: BTreeSet<String> = BTreeSet::new();
-    let row = client
-        .query_one(
-            "SELECT current_user::text, current_database()::text,
-                    has_database_privilege(current_database(), 'TEMPORARY'),
-                    has_database_privilege(current_database(), 'CREATE'),
-                    (SELECT has_schema_privilege(n.oid, 'USAGE') AND has_schema_privilege(n.oid, 'CREATE')
-                       FROM pg_catalog.pg_namespace n WHERE n.nspname = '_ferry'),
-                    (SELECT count(*) FROM pg_catalog.pg_class c
-                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                      WHERE n.nspname = '_ferry' AND c.relname IN ('positions', 'loaded_ranges')
-                        AND NOT has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE'))",
-            &[],
-        )
-        .await
-        .map_err(db.err())?;
-    let role: String = row.get(0);
-    let database: String = row.get(1);
-    let (temp, create_db): (bool, bool) = (row.get(2), row.get(3));
-    let ferry_schema: Option<bool> = row.get(4);
-    let ferry_tables_denied: i64 = row.get(5);
-    let q_db = pg_ident(&database);
-    if !temp {
-        missing.insert(format!(
-            "GRANT TEMPORARY ON DATABASE {q_db} TO {}",
-            pg_ident(&role)
-        ));
+    let mut checker = Checker::start(db, client).await?;
+    for t in tables {
+        checker.columns(db, client, t).await?;
+        if let Some(oid) = table_oid(db, client, &t.target).await? {
+            if let Some(why) = check_existing(db, client, t, oid).await? {
+                return Err(incompatible(t, why));
+            }
+            if checker.table_access(db, client, oid, &t.target).await? && loads {
+                check_empty(db, client, &t.target).await?;
+            }
+        }
     }
-    match ferry_schema {
-        None if !create_db => {
+    checker.finish()
+}
+
+/// The checks of one destination: the privileges missing so far (all reported at once, by
+/// [`Checker::finish`]), and the types and schemas already checked.
+pub(crate) struct Checker {
+    role: String,
+    database: String,
+    missing: BTreeSet<String>,
+    checked_types: BTreeSet<(String, String)>,
+    checked_schemas: BTreeSet<String>,
+}
+
+impl Checker {
+    /// Notes the privileges on the database and on Ferry's own schema the role lacks.
+    pub(crate) async fn start(db: &Db, client: &Client) -> Result<Checker, Error> {
+        let mut missing: BTreeSet<String> = BTreeSet::new();
+        let row = client
+            .query_one(
+                "SELECT current_user::text, current_database()::text,
+                        has_database_privilege(current_database(), 'TEMPORARY'),
+                        has_database_privilege(current_database(), 'CREATE'),
+                        (SELECT has_schema_privilege(n.oid, 'USAGE') AND has_schema_privilege(n.oid, 'CREATE')
+                           FROM pg_catalog.pg_namespace n WHERE n.nspname = '_ferry'),
+                        (SELECT count(*) FROM pg_catalog.pg_class c
+                           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                          WHERE n.nspname = '_ferry'
+                            AND c.relname IN ('positions', 'loaded_ranges', 'loaded_partitions')
+                            AND NOT has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE'))",
+                &[],
+            )
+            .await
+            .map_err(db.err())?;
+        let role: String = row.get(0);
+        let database: String = row.get(1);
+        let (temp, create_db): (bool, bool) = (row.get(2), row.get(3));
+        let ferry_schema: Option<bool> = row.get(4);
+        let ferry_tables_denied: i64 = row.get(5);
+        let q_db = pg_ident(&database);
+        if !temp {
             missing.insert(format!(
-                "GRANT CREATE ON DATABASE {q_db} TO {}",
+                "GRANT TEMPORARY ON DATABASE {q_db} TO {}",
                 pg_ident(&role)
             ));
         }
-        Some(false) => {
+        match ferry_schema {
+            None if !create_db => {
+                missing.insert(format!(
+                    "GRANT CREATE ON DATABASE {q_db} TO {}",
+                    pg_ident(&role)
+                ));
+            }
+            Some(false) => {
+                missing.insert(format!(
+                    "GRANT USAGE, CREATE ON SCHEMA _ferry TO {}",
+                    pg_ident(&role)
+                ));
+            }
+            _ => {}
+        }
+        if ferry_tables_denied > 0 {
             missing.insert(format!(
-                "GRANT USAGE, CREATE ON SCHEMA _ferry TO {}",
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA _ferry TO {}",
                 pg_ident(&role)
             ));
         }
-        _ => {}
-    }
-    if ferry_tables_denied > 0 {
-        missing.insert(format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA _ferry TO {}",
-            pg_ident(&role)
-        ));
+        Ok(Checker {
+            role,
+            database,
+            missing,
+            checked_types: BTreeSet::new(),
+            checked_schemas: BTreeSet::new(),
+        })
     }
 
-    let mut checked_types: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut checked_schemas: BTreeSet<String> = BTreeSet::new();
-    for t in tables {
-        schema_usable(db, client, &t.target.namespace, &role, &mut missing).await?;
-        checked_schemas.insert(t.target.namespace.clone());
+    /// The table's schema is usable, and every type its columns use is there or can be made.
+    pub(crate) async fn columns(
+        &mut self,
+        db: &Db,
+        client: &Client,
+        t: &TableSpec,
+    ) -> Result<(), Error> {
+        schema_usable(
+            db,
+            client,
+            &t.target.namespace,
+            &self.role,
+            &mut self.missing,
+        )
+        .await?;
+        self.checked_schemas.insert(t.target.namespace.clone());
         for c in &t.columns {
             let ty = column_type(t, c)?;
             check_collations(db, client, ty, &c.name, t).await?;
             for dep in ty.dependencies() {
-                if !checked_types.insert((dep.schema.clone(), dep.name.clone())) {
+                if !self
+                    .checked_types
+                    .insert((dep.schema.clone(), dep.name.clone()))
+                {
                     continue;
                 }
-                check_type(db, client, dep, &role, &mut checked_schemas, &mut missing)
-                    .await
-                    .map_err(|e| {
-                        e.context(format!("column \"{}\" of table {}", c.name, t.source))
-                    })?;
+                check_type(
+                    db,
+                    client,
+                    dep,
+                    &self.role,
+                    &mut self.checked_schemas,
+                    &mut self.missing,
+                )
+                .await
+                .map_err(|e| e.context(format!("column \"{}\" of table {}", c.name, t.source)))?;
             }
         }
-        if let Some(oid) = table_oid(db, client, &t.target).await? {
-            check_existing(db, client, t, oid, loads, &role, &mut missing).await?;
-        }
+        Ok(())
     }
-    if !missing.is_empty() {
-        let list: Vec<String> = missing.into_iter().collect();
-        return Err(Error::new(
+
+    /// Notes what the role lacks to write (and alter) table `oid`; `true` when it lacks
+    /// nothing.
+    pub(crate) async fn table_access(
+        &mut self,
+        db: &Db,
+        client: &Client,
+        oid: u32,
+        name: &TargetName,
+    ) -> Result<bool, Error> {
+        let row = client
+            .query_one(
+                "SELECT pg_has_role(c.relowner, 'USAGE'),
+                        has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')
+                 FROM pg_catalog.pg_class c WHERE c.oid = $1",
+                &[&oid],
+            )
+            .await
+            .map_err(db.err())?;
+        let table_sql = ferry_core::ident::pg_qualified(&name.namespace, &name.table);
+        if !row.get::<_, bool>(0) {
+            self.missing.insert(format!(
+                "ALTER TABLE {table_sql} OWNER TO {}",
+                pg_ident(&self.role)
+            ));
+            return Ok(false);
+        }
+        if !row.get::<_, bool>(1) {
+            self.missing.insert(format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON {table_sql} TO {}",
+                pg_ident(&self.role)
+            ));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Every privilege missing, reported at once with the GRANTs that give them.
+    pub(crate) fn finish(self) -> Result<(), Error> {
+        if self.missing.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = self.missing.into_iter().collect();
+        Err(Error::new(
             ErrorKind::Permission,
             "42501",
-            format!("role \"{role}\" lacks privileges Ferry needs on the destination database \"{database}\""),
+            format!(
+                "role \"{}\" lacks privileges Ferry needs on the destination database \"{}\"",
+                self.role, self.database
+            ),
         )
-        .with_hint(format!("As an owner or superuser there, run: {}.", list.join("; "))));
+        .with_hint(format!(
+            "As an owner or superuser there, run: {}.",
+            list.join("; ")
+        )))
     }
-    Ok(())
 }
 
 /// The schema exists; notes the privileges the role lacks on it.
@@ -370,29 +470,41 @@ fn differences(src: &PgType, dst: &PgType) -> Option<String> {
     }
 }
 
-/// A destination table that exists already: usable as it is, or why not.
-async fn check_existing(
+/// How a table that exists differs from the columns it must take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Mismatch {
+    /// It lacks the column.
+    Missing(String),
+    /// The column's type (with its collation) is `have`, and must be `want`.
+    Type {
+        column: String,
+        have: String,
+        want: String,
+    },
+    /// The column is generated.
+    Generated(String),
+    /// The column is NOT NULL, and its values may be NULL.
+    NotNull(String),
+    /// A column of its own is NOT NULL without a default.
+    ExtraNotNull(String),
+}
+
+fn type_text(ty: &PgType) -> String {
+    match &ty.collation {
+        Some(c) => format!("{} COLLATE {c}", ty.sql),
+        None => ty.sql.clone(),
+    }
+}
+
+/// How table `oid` fails to take `t`'s columns, if it does (the first difference found). With
+/// `nulls`, a NOT NULL column where `t`'s may hold NULL is one.
+pub(crate) async fn compare_columns(
     db: &Db,
     client: &Client,
     t: &TableSpec,
     oid: u32,
-    loads: bool,
-    role: &str,
-    missing: &mut BTreeSet<String>,
-) -> Result<(), Error> {
-    let incompatible = |why: String| {
-        Error::new(
-            ErrorKind::AlreadyExists,
-            "42P07",
-            format!(
-                "destination table {} exists and cannot take table {}: {why}",
-                t.target, t.source
-            ),
-        )
-        .with_hint(
-            "Drop it or make it match the source's definition, or map the table to another name.",
-        )
-    };
+    nulls: bool,
+) -> Result<Option<Mismatch>, Error> {
     let types = exact_types(client, &db.cfg, oid).await?;
     let rows = client
         .query(
@@ -405,50 +517,72 @@ async fn check_existing(
         .await
         .map_err(db.err())?;
     for c in &t.columns {
-        let src = column_type(t, c)?;
+        let want = column_type(t, c)?;
         let Some(r) = rows.iter().find(|r| r.get::<_, String>(0) == c.name) else {
-            return Err(incompatible(format!("it has no column \"{}\"", c.name)));
+            return Ok(Some(Mismatch::Missing(c.name.clone())));
         };
-        let dst = types
+        let have = types
             .get(&c.name)
             .ok_or_else(|| Error::internal("a column without a type"))?;
-        if src.sql != dst.sql || src.collation != dst.collation {
-            return Err(incompatible(format!(
-                "its column \"{}\" is of type {}{}, at the source {}{}",
-                c.name,
-                dst.sql,
-                dst.collation
-                    .as_deref()
-                    .map(|c| format!(" COLLATE {c}"))
-                    .unwrap_or_default(),
-                src.sql,
-                src.collation
-                    .as_deref()
-                    .map(|c| format!(" COLLATE {c}"))
-                    .unwrap_or_default(),
-            )));
+        if want.sql != have.sql || want.collation != have.collation {
+            return Ok(Some(Mismatch::Type {
+                column: c.name.clone(),
+                have: type_text(have),
+                want: type_text(want),
+            }));
         }
         if r.get::<_, bool>(3) {
-            return Err(incompatible(format!(
-                "its column \"{}\" is generated",
-                c.name
-            )));
+            return Ok(Some(Mismatch::Generated(c.name.clone())));
         }
-        if c.nullable && r.get::<_, bool>(1) {
-            return Err(incompatible(format!(
-                "its column \"{}\" is NOT NULL, and the source allows NULL there",
-                c.name
-            )));
+        if nulls && c.nullable && r.get::<_, bool>(1) {
+            return Ok(Some(Mismatch::NotNull(c.name.clone())));
         }
     }
     for r in &rows {
         let name: String = r.get(0);
         let (not_null, has_default): (bool, bool) = (r.get(1), r.get(2));
         if not_null && !has_default && !t.columns.iter().any(|c| c.name == name) {
-            return Err(incompatible(format!(
-                "its column \"{name}\" is NOT NULL without a default, and the source has no such column"
-            )));
+            return Ok(Some(Mismatch::ExtraNotNull(name)));
         }
+    }
+    Ok(None)
+}
+
+fn incompatible(t: &TableSpec, why: String) -> Error {
+    Error::new(
+        ErrorKind::AlreadyExists,
+        "42P07",
+        format!(
+            "destination table {} exists and cannot take table {}: {why}",
+            t.target, t.source
+        ),
+    )
+    .with_hint(
+        "Drop it or make it match the source's definition, or map the table to another name.",
+    )
+}
+
+/// A destination table that exists already: usable as it is, or why not.
+async fn check_existing(
+    db: &Db,
+    client: &Client,
+    t: &TableSpec,
+    oid: u32,
+) -> Result<Option<String>, Error> {
+    if let Some(m) = compare_columns(db, client, t, oid, true).await? {
+        return Ok(Some(match m {
+            Mismatch::Missing(c) => format!("it has no column \"{c}\""),
+            Mismatch::Type { column, have, want } => {
+                format!("its column \"{column}\" is of type {have}, at the source {want}")
+            }
+            Mismatch::Generated(c) => format!("its column \"{c}\" is generated"),
+            Mismatch::NotNull(c) => {
+                format!("its column \"{c}\" is NOT NULL, and the source allows NULL there")
+            }
+            Mismatch::ExtraNotNull(c) => format!(
+                "its column \"{c}\" is NOT NULL without a default, and the source has no such column"
+            ),
+        }));
     }
     let key: Option<Vec<String>> = client
         .query_one(
@@ -465,61 +599,41 @@ async fn check_existing(
         let mut want = crate::ddl::key_names(t);
         want.sort();
         if want.is_empty() {
-            return Err(incompatible(
+            return Ok(Some(
                 "it has a primary key, and the source table has none (its identical rows could not be stored)".into(),
             ));
         }
         if key != want {
-            return Err(incompatible(format!(
+            return Ok(Some(format!(
                 "its primary key is ({}), the source's ({})",
                 key.join(", "),
                 want.join(", ")
             )));
         }
     }
-    let row = client
+    Ok(None)
+}
+
+/// A table the mirror loads must be empty.
+async fn check_empty(db: &Db, client: &Client, name: &TargetName) -> Result<(), Error> {
+    let table_sql = ferry_core::ident::pg_qualified(&name.namespace, &name.table);
+    let empty: bool = client
         .query_one(
-            "SELECT pg_has_role(c.relowner, 'USAGE'),
-                    has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')
-             FROM pg_catalog.pg_class c WHERE c.oid = $1",
-            &[&oid],
+            &format!("SELECT NOT EXISTS (SELECT 1 FROM {table_sql})"),
+            &[],
         )
         .await
-        .map_err(db.err())?;
-    let table_sql = ferry_core::ident::pg_qualified(&t.target.namespace, &t.target.table);
-    if !row.get::<_, bool>(0) {
-        missing.insert(format!(
-            "ALTER TABLE {table_sql} OWNER TO {}",
-            pg_ident(role)
-        ));
-        return Ok(());
-    }
-    if !row.get::<_, bool>(1) {
-        missing.insert(format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON {table_sql} TO {}",
-            pg_ident(role)
-        ));
-        return Ok(());
-    }
-    if loads {
-        let empty: bool = client
-            .query_one(
-                &format!("SELECT NOT EXISTS (SELECT 1 FROM {table_sql})"),
-                &[],
-            )
-            .await
-            .map_err(db.err())?
-            .get(0);
-        if !empty {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                "55000",
-                format!("destination table {} already holds rows, and the mirror's initial load would add the source's to them", t.target),
-            )
-            .with_hint(format!(
-                "Empty it (TRUNCATE {table_sql}), map the table to another name, or create the mirror with do_initial_copy = false if it already holds the source's rows."
-            )));
-        }
+        .map_err(db.err())?
+        .get(0);
+    if !empty {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            "55000",
+            format!("destination table {name} already holds rows, and the mirror's initial load would add the source's to them"),
+        )
+        .with_hint(format!(
+            "Empty it (TRUNCATE {table_sql}), map the table to another name, or create the mirror with do_initial_copy = false if it already holds the source's rows."
+        )));
     }
     Ok(())
 }

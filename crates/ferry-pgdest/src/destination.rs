@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ferry_core::destination::{
-    Apply, Capabilities, Destination, Load, TableSpec, TableToken, TargetName, Wire,
+    Apply, Capabilities, Destination, Load, QueryDestination, TableSpec, TableToken, TargetName,
+    Wire,
 };
 use ferry_core::ident::{pg_ident, pg_qualified};
 use ferry_core::peer::PostgresConfig;
@@ -21,7 +22,10 @@ use crate::ddl::{
 };
 use crate::load::{RangeSink, RangeTarget};
 use crate::recode::Recode;
-use crate::state;
+use crate::state::{self, Loaded};
+
+/// The longest name PostgreSQL keeps whole (`NAMEDATALEN - 1`).
+const MAX_NAME_BYTES: usize = 63;
 
 /// How a mirror wants its PostgreSQL destination to behave.
 #[derive(Debug, Clone, Default)]
@@ -34,8 +38,8 @@ pub struct PgOptions {
 
 /// A PostgreSQL peer as the destination of one mirror.
 pub struct PgDestination {
-    db: Db,
-    mirror: MirrorId,
+    pub(crate) db: Db,
+    pub(crate) mirror: MirrorId,
     options: PgOptions,
     /// Ferry's own tables exist.
     state_ready: OnceCell<()>,
@@ -54,7 +58,7 @@ impl PgDestination {
         }
     }
 
-    async fn ensure_state(&self, client: &tokio_postgres::Client) -> Result<(), Error> {
+    pub(crate) async fn ensure_state(&self, client: &tokio_postgres::Client) -> Result<(), Error> {
         self.state_ready
             .get_or_try_init(|| state::ensure(&self.db, client))
             .await
@@ -62,7 +66,7 @@ impl PgDestination {
     }
 
     /// The rewriting of table `oid`'s columns (in `columns`' order); `None` when none needs it.
-    async fn recode_for(
+    pub(crate) async fn recode_for(
         &self,
         client: &tokio_postgres::Client,
         oid: u32,
@@ -91,11 +95,51 @@ impl PgDestination {
         Ok(plan)
     }
 
+    /// Creates `into` with the table's columns (and its key, if `with_key`), and the types
+    /// they use, in one transaction, unless a table of that name exists; `true` if it did.
+    pub(crate) async fn create_unless_there(
+        &self,
+        client: &tokio_postgres::Client,
+        table: &TableSpec,
+        into: &TargetName,
+        with_key: bool,
+    ) -> Result<bool, Error> {
+        if table_oid(&self.db, client, into).await?.is_some() {
+            return Ok(false);
+        }
+        // PostgreSQL would cut a longer name and create a table of another name.
+        if into.table.len() > MAX_NAME_BYTES {
+            return Err(Error::invalid(
+                "42622",
+                format!(
+                    "table name \"{}\" is longer than PostgreSQL's {MAX_NAME_BYTES} bytes",
+                    into.table
+                ),
+            )
+            .with_hint("Give the destination table a shorter name."));
+        }
+        client.batch_execute("BEGIN").await.map_err(self.db.err())?;
+        let result = async {
+            for c in &table.columns {
+                create_types(&self.db, client, column_type(table, c)?).await?;
+            }
+            let sql = create_table_sql(table, into, with_key)?;
+            client.batch_execute(&sql).await.map_err(self.db.err())?;
+            client.batch_execute("COMMIT").await.map_err(self.db.err())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+        Ok(true)
+    }
+
     fn lock_recode(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Option<Arc<Vec<Recode>>>>> {
         self.recode.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn table_missing(name: &TargetName) -> Error {
+    pub(crate) fn table_missing(name: &TargetName) -> Error {
         Error::new(
             ErrorKind::NotFound,
             "42P01",
@@ -139,21 +183,10 @@ impl Destination for PgDestination {
     ) -> Result<TableToken, Error> {
         let client = self.db.connect("ferry setup").await?;
         self.ensure_state(&client).await?;
-        if table_oid(&self.db, &client, into).await?.is_none() {
-            client.batch_execute("BEGIN").await.map_err(self.db.err())?;
-            let result = async {
-                for c in &table.columns {
-                    create_types(&self.db, &client, column_type(table, c)?).await?;
-                }
-                let sql = create_table_sql(table, into, self.options.key_during_load)?;
-                client.batch_execute(&sql).await.map_err(self.db.err())?;
-                client.batch_execute("COMMIT").await.map_err(self.db.err())
-            }
-            .await;
-            if let Err(e) = result {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
+        if self
+            .create_unless_there(&client, table, into, self.options.key_during_load)
+            .await?
+        {
             info!(table = %table.source, destination = %into, "destination table created");
         }
         table_oid(&self.db, &client, into)
@@ -251,7 +284,8 @@ impl Destination for PgDestination {
         let oid = table_oid(&self.db, &client, into)
             .await?
             .ok_or_else(|| Self::table_missing(into))?;
-        if let Some(rows) = state::loaded_range(&self.db, &client, &self.mirror, oid, range).await?
+        if let Some(rows) =
+            state::loaded(&self.db, &client, &self.mirror, oid, Loaded::Range(range)).await?
         {
             return Ok(Load::Done { rows });
         }
@@ -261,12 +295,14 @@ impl Destination for PgDestination {
         let target = RangeTarget {
             mirror: self.mirror.clone(),
             table_oid: oid,
-            range,
+            record: Loaded::Range(range),
+            before: None,
             copy_sql: format!(
                 "COPY {} ({}) FROM STDIN (FORMAT binary)",
                 pg_qualified(&into.namespace, &into.table),
                 names.join(", ")
             ),
+            after: None,
             recode,
         };
         let sink = RangeSink::open(self.db.clone(), target, table.columns.len()).await?;
@@ -365,5 +401,10 @@ impl Destination for PgDestination {
             warn!(mirror = %self.mirror.name, error = %e, "could not remove the mirror's position from the destination");
         }
         Ok(())
+    }
+
+    /// Query mirrors: see [`crate::qrep`].
+    fn query(&self) -> Option<&dyn QueryDestination> {
+        Some(self)
     }
 }

@@ -19,8 +19,13 @@
 //!   reduced to their net effect ([`net`]), staged with binary COPY into a temporary table and
 //!   applied as a set ([`stage`]).
 //!
+//! - **Query mirrors** (`CREATE MIRROR … FOR $$query$$`) land in a table of the query's result
+//!   columns with their exact types; each partition of a run commits with its record in
+//!   `_ferry.loaded_partitions`, appended, upserted by key, or loaded into a fresh table swapped
+//!   in at the end ([`qrep`]).
+//!
 //! Crate layout: [`destination`] (the contract), [`check`], [`ddl`], [`load`], [`apply`],
-//! [`net`], [`stage`], [`recode`], [`state`], [`db`] (connections and look-ups).
+//! [`net`], [`stage`], [`recode`], [`state`], [`qrep`], [`db`] (connections and look-ups).
 
 pub mod apply;
 pub mod check;
@@ -29,6 +34,7 @@ pub mod ddl;
 pub mod destination;
 pub mod load;
 pub mod net;
+pub mod qrep;
 pub mod recode;
 pub mod stage;
 pub mod state;

@@ -1,5 +1,6 @@
-//! One range of the initial load: the source's binary COPY stream into the destination's
-//! `COPY … FROM STDIN (FORMAT binary)`, in one transaction with the range's record.
+//! One range of the initial load (or one partition of a query mirror's run): the source's
+//! binary COPY stream into the destination's `COPY … FROM STDIN (FORMAT binary)`, in one
+//! transaction with the range's record.
 //!
 //! The source reads the columns as they are (the destination asks for [`Wire::Native`]), so
 //! the stream is already what the destination's COPY takes: where no column needs its values
@@ -7,9 +8,11 @@
 //! rows; otherwise each row is framed and its fields rewritten as needed. Bytes are sent in
 //! pieces of about 256 KiB, so memory stays bounded whatever the range's size.
 //!
-//! The range's rows and its line in `_ferry.loaded_ranges` commit together: after a crash, a
-//! range is either wholly in the table and recorded (and [`crate::PgDestination`] answers
-//! `Load::Done` for it), or absent.
+//! The range's rows and its line in `_ferry.loaded_ranges` (a partition's in
+//! `_ferry.loaded_partitions`) commit together: after a crash, a range is either wholly in the
+//! table and recorded (and [`crate::PgDestination`] answers `Load::Done` for it), or absent. A
+//! target may run a statement before the `COPY` and one after it in the same transaction (a
+//! query mirror's upsert stages its rows and applies them so, [`crate::qrep`]).
 //!
 //! [`Wire::Native`]: ferry_core::destination::Wire::Native
 
@@ -26,7 +29,7 @@ use tokio_postgres::{Client, CopyInSink};
 
 use crate::db::{Db, MirrorId};
 use crate::recode::Recode;
-use crate::state;
+use crate::state::{self, Loaded};
 
 /// Bytes gathered before they are sent.
 const SEND_BYTES: usize = 256 * 1024;
@@ -36,9 +39,14 @@ pub(crate) struct RangeTarget {
     pub mirror: MirrorId,
     /// The destination table's OID (the range's record names it).
     pub table_oid: u32,
-    pub range: i32,
+    /// What the line committed with the rows records.
+    pub record: Loaded,
+    /// Run in the transaction before the `COPY`.
+    pub before: Option<String>,
     /// `COPY "s"."t" ("a", …) FROM STDIN (FORMAT binary)`.
     pub copy_sql: String,
+    /// Run in the transaction after the `COPY`, before the record.
+    pub after: Option<String>,
     /// Per column, how its values are rewritten; `None` when every column passes as it is.
     pub recode: Option<Arc<Vec<Recode>>>,
 }
@@ -67,6 +75,9 @@ impl RangeSink {
     ) -> Result<RangeSink, Error> {
         let client = db.connect("ferry load").await?;
         client.batch_execute("BEGIN").await.map_err(db.err())?;
+        if let Some(sql) = &target.before {
+            client.batch_execute(sql).await.map_err(db.err())?;
+        }
         let sink = client
             .copy_in::<_, Bytes>(target.copy_sql.as_str())
             .await
@@ -161,12 +172,18 @@ impl LoadSink for RangeSink {
         self.send().await?;
         let copied = self.sink.as_mut().finish().await.map_err(self.db.err())?;
         let t = &self.target;
-        state::record_range(
+        if let Some(sql) = &t.after {
+            self.client
+                .batch_execute(sql)
+                .await
+                .map_err(self.db.err())?;
+        }
+        state::record(
             &self.db,
             &self.client,
             &t.mirror,
             t.table_oid,
-            t.range,
+            t.record,
             copied,
         )
         .await?;

@@ -33,6 +33,16 @@ CREATE TABLE IF NOT EXISTS _ferry.loaded_ranges (
     rows       int8 NOT NULL,
     loaded_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (mirror, mirror_id, table_oid, range_no)
+);
+CREATE TABLE IF NOT EXISTS _ferry.loaded_partitions (
+    mirror       text NOT NULL,
+    mirror_id    int8 NOT NULL,
+    table_oid    oid NOT NULL,
+    run          int8 NOT NULL,
+    partition_no int4 NOT NULL,
+    rows         int8 NOT NULL,
+    loaded_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (mirror, mirror_id, table_oid, run, partition_no)
 );";
 
 /// Creates Ferry's tables unless they exist.
@@ -40,7 +50,8 @@ pub(crate) async fn ensure(db: &Db, client: &Client) -> Result<(), Error> {
     let exists: bool = client
         .query_one(
             "SELECT pg_catalog.to_regclass('_ferry.positions') IS NOT NULL
-                AND pg_catalog.to_regclass('_ferry.loaded_ranges') IS NOT NULL",
+                AND pg_catalog.to_regclass('_ferry.loaded_ranges') IS NOT NULL
+                AND pg_catalog.to_regclass('_ferry.loaded_partitions') IS NOT NULL",
             &[],
         )
         .await
@@ -68,45 +79,80 @@ fn mirror(m: &MirrorId) -> Result<(&str, i64), Error> {
     }
 }
 
-/// The rows range `range` of table `table_oid` loaded, when it is loaded.
-pub(crate) async fn loaded_range(
+/// What a line of `_ferry.loaded_ranges` or `_ferry.loaded_partitions` records as loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Loaded {
+    /// A range of the initial load.
+    Range(i32),
+    /// A partition of a query mirror's run.
+    Partition { run: i64, partition: i32 },
+}
+
+/// The rows `what` loaded into table `table_oid`, when it is loaded.
+pub(crate) async fn loaded(
     db: &Db,
     client: &Client,
     m: &MirrorId,
     table_oid: u32,
-    range: i32,
+    what: Loaded,
 ) -> Result<Option<u64>, Error> {
     let (name, id) = mirror(m)?;
-    let row = client
-        .query_opt(
-            "SELECT rows FROM _ferry.loaded_ranges
-             WHERE mirror = $1 AND mirror_id = $2 AND table_oid = $3 AND range_no = $4",
-            &[&name, &id, &table_oid, &range],
-        )
-        .await
-        .map_err(db.err())?;
+    let row = match what {
+        Loaded::Range(range) => {
+            client
+                .query_opt(
+                    "SELECT rows FROM _ferry.loaded_ranges
+                     WHERE mirror = $1 AND mirror_id = $2 AND table_oid = $3 AND range_no = $4",
+                    &[&name, &id, &table_oid, &range],
+                )
+                .await
+        }
+        Loaded::Partition { run, partition } => {
+            client
+                .query_opt(
+                    "SELECT rows FROM _ferry.loaded_partitions
+                     WHERE mirror = $1 AND mirror_id = $2 AND table_oid = $3 AND run = $4
+                       AND partition_no = $5",
+                    &[&name, &id, &table_oid, &run, &partition],
+                )
+                .await
+        }
+    }
+    .map_err(db.err())?;
     Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
 }
 
-/// Records a range as loaded (inside the transaction that loaded it).
-pub(crate) async fn record_range(
+/// Records `what` as loaded into table `table_oid` (inside the transaction that loaded it).
+pub(crate) async fn record(
     db: &Db,
     client: &Client,
     m: &MirrorId,
     table_oid: u32,
-    range: i32,
+    what: Loaded,
     rows: u64,
 ) -> Result<(), Error> {
     let (name, id) = mirror(m)?;
     let rows = i64::try_from(rows).unwrap_or(i64::MAX);
-    client
-        .execute(
-            "INSERT INTO _ferry.loaded_ranges (mirror, mirror_id, table_oid, range_no, rows)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[&name, &id, &table_oid, &range, &rows],
-        )
-        .await
-        .map_err(db.err())?;
+    match what {
+        Loaded::Range(range) => client
+            .execute(
+                "INSERT INTO _ferry.loaded_ranges (mirror, mirror_id, table_oid, range_no, rows)
+                     VALUES ($1, $2, $3, $4, $5)",
+                &[&name, &id, &table_oid, &range, &rows],
+            )
+            .await,
+        Loaded::Partition { run, partition } => {
+            client
+                .execute(
+                    "INSERT INTO _ferry.loaded_partitions
+                         (mirror, mirror_id, table_oid, run, partition_no, rows)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[&name, &id, &table_oid, &run, &partition, &rows],
+                )
+                .await
+        }
+    }
+    .map_err(db.err())?;
     Ok(())
 }
 
@@ -122,6 +168,25 @@ pub(crate) async fn forget_ranges(
         .execute(
             "DELETE FROM _ferry.loaded_ranges WHERE mirror = $1 AND mirror_id = $2 AND table_oid = $3",
             &[&name, &id, &table_oid],
+        )
+        .await
+        .map_err(db.err())?;
+    Ok(())
+}
+
+/// Forgets the partitions of the mirror's runs before `run` (they are done: the engine ends a
+/// run before it starts the next).
+pub(crate) async fn forget_partitions_before(
+    db: &Db,
+    client: &Client,
+    m: &MirrorId,
+    run: i64,
+) -> Result<(), Error> {
+    let (name, id) = mirror(m)?;
+    client
+        .execute(
+            "DELETE FROM _ferry.loaded_partitions WHERE mirror = $1 AND mirror_id = $2 AND run < $3",
+            &[&name, &id, &run],
         )
         .await
         .map_err(db.err())?;
@@ -169,28 +234,29 @@ pub(crate) async fn save_position(
     Ok(())
 }
 
-/// Removes everything kept for the mirror.
+/// Removes everything kept for the mirror (in the tables there are: a destination set up by
+/// an older version may lack the later ones).
 pub(crate) async fn forget(db: &Db, client: &Client, m: &MirrorId) -> Result<(), Error> {
     let (name, id) = mirror(m)?;
-    let exists: bool = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('_ferry.positions') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(db.err())?
-        .get(0);
-    if !exists {
-        return Ok(());
-    }
-    for table in ["_ferry.positions", "_ferry.loaded_ranges"] {
-        client
-            .execute(
-                &format!("DELETE FROM {table} WHERE mirror = $1 AND mirror_id = $2"),
-                &[&name, &id],
-            )
+    for table in [
+        "_ferry.positions",
+        "_ferry.loaded_ranges",
+        "_ferry.loaded_partitions",
+    ] {
+        let exists: bool = client
+            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&table])
             .await
-            .map_err(db.err())?;
+            .map_err(db.err())?
+            .get(0);
+        if exists {
+            client
+                .execute(
+                    &format!("DELETE FROM {table} WHERE mirror = $1 AND mirror_id = $2"),
+                    &[&name, &id],
+                )
+                .await
+                .map_err(db.err())?;
+        }
     }
     Ok(())
 }

@@ -50,7 +50,7 @@ use tokio_postgres::Client;
 
 use crate::connect::SourceError;
 use crate::snapshot::RangeReader;
-use crate::types::{value_kind, Mapping, PgColumn, RESULT_COLUMNS_QUERY};
+use crate::types::{result_types, value_kind, Mapping, PgColumn, RESULT_COLUMNS_QUERY};
 
 const START: &str = "ferry.qrep_start";
 const END: &str = "ferry.qrep_end";
@@ -188,8 +188,10 @@ impl SourceQuery {
             )
             .await
             .map_err(|e| SourceError::from_pg(cfg, e))?;
+        // The exact type a PostgreSQL destination creates each column with.
+        let exact = result_types(client, cfg, &types, &typmods, &tables, &attnums).await?;
         let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
+        for (r, pg_type) in rows.iter().zip(exact) {
             let c = PgColumn::from_row(r).map_err(|e| SourceError::from_pg(cfg, e))?;
             let mapping = value_kind(&c.type_info, money_scale);
             out.push(QueryColumn {
@@ -200,7 +202,7 @@ impl SourceQuery {
                     kind: mapping.kind.clone(),
                     nullable: !c.not_null,
                     key_position: None,
-                    pg_type: None,
+                    pg_type: Some(pg_type),
                 },
                 mapping,
             });

@@ -138,6 +138,53 @@ pub async fn exact_types(
     Ok(names.into_iter().zip(types).collect())
 }
 
+/// A statement's result columns as they are used: a column read straight from a table is
+/// that column, with its own type (the server describes a domain column by its base type),
+/// modifier, array dimensions and collation; a computed column is its described type and
+/// modifier.
+const RESULT_USES: &str = "
+SELECT coalesce(a.atttypid, u.typ), coalesce(a.atttypmod, u.typmod),
+       coalesce(a.attndims, 0)::int4,
+       CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
+            THEN pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(c.collname) END
+FROM unnest($1::oid[], $2::int4[], $3::oid[], $4::int2[])
+         WITH ORDINALITY AS u(typ, typmod, relid, attnum, ord)
+LEFT JOIN pg_catalog.pg_attribute a
+    ON a.attrelid = u.relid AND a.attnum = u.attnum AND u.attnum > 0 AND NOT a.attisdropped
+       AND (a.atttypid = u.typ OR EXISTS (SELECT 1 FROM pg_catalog.pg_type d
+                                          WHERE d.oid = a.atttypid AND d.typtype = 'd'))
+LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_catalog.pg_collation c ON c.oid = a.attcollation
+LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = c.collnamespace
+ORDER BY u.ord";
+
+/// The exact types of a statement's result columns, given as the server describes them: type,
+/// modifier, and the table and column each is read from (0 when computed); see
+/// [`RESULT_USES`].
+pub async fn result_types(
+    client: &Client,
+    cfg: &PostgresConfig,
+    types: &[u32],
+    typmods: &[i32],
+    tables: &[u32],
+    attnums: &[i16],
+) -> Result<Vec<PgType>, SourceError> {
+    let rows = client
+        .query(RESULT_USES, &[&types, &typmods, &tables, &attnums])
+        .await
+        .map_err(|e| SourceError::from_pg(cfg, e))?;
+    let uses: Vec<Use> = rows
+        .iter()
+        .map(|r| Use {
+            oid: r.get(0),
+            typmod: r.get(1),
+            dims: r.get(2),
+            collation: r.get(3),
+        })
+        .collect();
+    describe_types(client, cfg, &uses).await
+}
+
 /// The exact types of these uses, in their order.
 pub async fn describe_types(
     client: &Client,

@@ -61,7 +61,7 @@ mod text;
 
 use ferry_core::ValueKind;
 
-pub use exact::{describe_types, exact_types, TypeUse};
+pub use exact::{describe_types, exact_types, result_types, TypeUse};
 pub use ferry_core::canonical::{decode as decode_binary, DecodeError};
 pub use text::decode_text;
 
