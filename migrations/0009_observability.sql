@@ -128,7 +128,7 @@ SELECT m.name AS mirror,
        coalesce(agg.rows_estimated, 0) AS rows_estimated,
        CASE WHEN coalesce(agg.rows_estimated, 0) = 0 THEN NULL
             ELSE round(least(100.0, 100.0 * agg.rows_copied / agg.rows_estimated), 1) END AS percent,
-       CASE WHEN m.started_at IS NULL OR NOT (m.spec -> 'options' ->> 'do_initial_copy')::boolean THEN NULL
+       CASE WHEN m.started_at IS NULL OR m.kind = 'query' OR NOT (m.spec -> 'options' ->> 'do_initial_copy')::boolean THEN NULL
             ELSE round(coalesce(agg.rows_copied, 0) / greatest(extract(epoch FROM
                  coalesce(m.snapshot_done_at, now()) - m.started_at), 0.001)) END AS rows_per_second,
        CASE WHEN m.state = 'completed' THEN NULL ELSE m.slot_name END AS slot_name,

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{setup, sqlstate, wait_for_state, Kind};
+use ferry_e2e::{scalar, setup, sqlstate, wait_for_state, Kind};
 use ferry_testkit::random_name;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -146,11 +146,7 @@ async fn the_pass_through_reads_views_and_nothing_more() {
         .await
         .unwrap();
     assert_eq!(stats_reset(&catalog).await, before_reset);
-    let peers: i64 = catalog
-        .query_one("SELECT count(*) FROM ferry.peers", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let peers: i64 = scalar(&catalog, "SELECT count(*) FROM ferry.peers").await;
     assert_eq!(peers, 2);
 
     // What a login may do still works: the views, psql's \d, the system catalogs.

@@ -3,13 +3,11 @@
 //! slot lost behind Ferry's back and Ferry's own column names are each handled on their own.
 #![allow(clippy::print_stdout)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{
-    clickhouse_row_bytes, expected_rows, setup, sqlstate, table_states, wait_for_state,
-    wait_table_state, Kind, Setup,
+    clickhouse_row_bytes, expected_rows, scalar, setup, sqlstate, table_states, wait_for_state,
+    wait_table_state, Kind, Setup, Workload,
 };
 use tokio_postgres::Client;
 
@@ -68,41 +66,21 @@ async fn wait_converged(s: &Setup, tables: &[(&str, &str)], step: &str) {
 
 /// Writes to the source until stopped: inserts, updates and deletes on `a` and `b`, one
 /// transaction per round. Counts the rounds done.
-fn workload(
-    client: Client,
-    stop: Arc<AtomicBool>,
-    rounds: Arc<AtomicU64>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut i: i64 = 0;
-        while !stop.load(Ordering::Relaxed) {
-            i += 1;
-            let sql = format!(
-                "BEGIN;
-                 INSERT INTO a VALUES ({id}, {i}, 'w{i}');
-                 UPDATE a SET note = note || 'u' WHERE id = {u};
-                 DELETE FROM a WHERE id = {d};
-                 INSERT INTO b VALUES ({id}, {i});
-                 UPDATE b SET v = v + 1 WHERE id = {u};
-                 COMMIT;",
-                id = 100_000 + i,
-                u = (i * 7) % 3000 + 1,
-                d = (i * 13) % 3000 + 1,
-            );
-            client.batch_execute(&sql).await.unwrap();
-            rounds.fetch_add(1, Ordering::Relaxed);
-        }
+fn workload(client: Client) -> Workload {
+    Workload::start(client, false, |i| {
+        format!(
+            "BEGIN;
+             INSERT INTO a VALUES ({id}, {i}, 'w{i}');
+             UPDATE a SET note = note || 'u' WHERE id = {u};
+             DELETE FROM a WHERE id = {d};
+             INSERT INTO b VALUES ({id}, {i});
+             UPDATE b SET v = v + 1 WHERE id = {u};
+             COMMIT;",
+            id = 100_000 + i,
+            u = (i * 7) % 3000 + 1,
+            d = (i * 13) % 3000 + 1,
+        )
     })
-}
-
-/// Waits until the workload has done `more` rounds past where it is now.
-async fn wait_rounds(rounds: &AtomicU64, more: u64) {
-    let target = rounds.load(Ordering::Relaxed) + more;
-    let started = Instant::now();
-    while rounds.load(Ordering::Relaxed) < target {
-        assert!(started.elapsed() < TIMEOUT, "the workload stalled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -127,10 +105,8 @@ async fn a_failed_table_is_loaded_again_while_written_and_joins_exactly() {
         .unwrap();
     wait_for_state(&s.client, "iso", "running", TIMEOUT).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let rounds = Arc::new(AtomicU64::new(0));
-    let writer = workload(s.source.connect().await, stop.clone(), rounds.clone());
-    wait_rounds(&rounds, 20).await;
+    let writer = workload(s.source.connect().await);
+    writer.wait_rounds(20).await;
 
     // A value ClickHouse cannot hold, under the strict policy: table a fails alone.
     s.src
@@ -157,16 +133,15 @@ async fn a_failed_table_is_loaded_again_while_written_and_joins_exactly() {
         .batch_execute("UPDATE a SET amount = 0 WHERE id = 5")
         .await
         .unwrap();
-    wait_rounds(&rounds, 10).await;
+    writer.wait_rounds(10).await;
     s.client
         .batch_execute("RESYNC MIRROR iso TABLE public.a")
         .await
         .unwrap();
     wait_table_state(&s.client, "public.a", "done").await;
     // Changes after it joined arrive too.
-    wait_rounds(&rounds, 30).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
+    writer.wait_rounds(30).await;
+    writer.stop().await;
     wait_converged(
         &s,
         &[("a", "id"), ("b", "id")],
@@ -193,15 +168,11 @@ async fn a_failed_table_is_loaded_again_while_written_and_joins_exactly() {
         .unwrap()
         .get(0);
     assert_eq!(hold, None);
-    let slots: i64 = s
-        .src
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let slots: i64 = scalar(
+        &s.src,
+        "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+    )
+    .await;
     assert_eq!(slots, 1);
     s.ferry.stop().await;
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{
-    converge, on_every_destination, setup, source_digests, sqlstate, vals, wait_for_state, Col,
-    Kind, TestFerry, View,
+    converge, on_every_destination, scalar, setup, source_digests, sqlstate, vals, wait_for_state,
+    Col, Kind, TestFerry, View,
 };
 use ferry_testkit::random_name;
 use tokio_postgres::Client;
@@ -214,12 +214,7 @@ async fn partitioned_table_loads_through_its_leaves(kind: Kind) {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(leaves.len(), 4);
-    let filled: i64 = s
-        .src
-        .query_one("SELECT count(DISTINCT tableoid) FROM readings", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let filled: i64 = scalar(&s.src, "SELECT count(DISTINCT tableoid) FROM readings").await;
     assert_eq!(filled, 4, "every leaf holds rows");
 
     s.client
@@ -481,15 +476,11 @@ async fn pause_and_resume_finish_the_load(kind: Kind) {
             .all(|p| p.2.is_none()),
         "{after:?}"
     );
-    let copied: i64 = s
-        .client
-        .query_one(
-            "SELECT rows_copied FROM mirror_tables WHERE mirror = 'ledger'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let copied: i64 = scalar(
+        &s.client,
+        "SELECT rows_copied FROM mirror_tables WHERE mirror = 'ledger'",
+    )
+    .await;
     assert_eq!(copied, ROWS);
 
     // The destination's current state equals the source.

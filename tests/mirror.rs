@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use ferry_e2e::{
-    converge, converge_exactly, on_every_destination, setup, sqlstate, vals, wait_for_state, Dest,
-    Kind, View, ALL_TYPES_EXTENSIONS, ALL_TYPES_ROWS, ALL_TYPES_TABLE,
+    converge, converge_exactly, on_every_destination, scalar, setup, sqlstate, vals,
+    wait_for_state, Dest, Kind, View, ALL_TYPES_EXTENSIONS, ALL_TYPES_ROWS, ALL_TYPES_TABLE,
 };
 
 const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
@@ -75,15 +75,11 @@ async fn every_type_loads_value_for_value(kind: Kind) {
     }
 
     // The slot and publication of an initial_copy_only mirror are gone once it completes.
-    let slots: i64 = s
-        .src
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let slots: i64 = scalar(
+        &s.src,
+        "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+    )
+    .await;
     assert_eq!(slots, 0);
     s.ferry.stop().await;
 }
@@ -137,21 +133,12 @@ async fn bad_mirrors_are_refused_and_create_nothing(kind: Kind) {
         .unwrap()
         .get(0);
     assert_eq!(mirrors, 0);
-    let pubs: i64 = s
-        .src
-        .query_one("SELECT count(*) FROM pg_publication", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let slots: i64 = s
-        .src
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let pubs: i64 = scalar(&s.src, "SELECT count(*) FROM pg_publication").await;
+    let slots: i64 = scalar(
+        &s.src,
+        "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+    )
+    .await;
     assert_eq!((pubs, slots), (0, 0));
     assert!(s.dest.tables(s.dest.namespace()).await.is_empty());
 
@@ -256,21 +243,12 @@ async fn a_failing_table_does_not_stop_the_others_and_drop_cleans_up(kind: Kind)
 
     // DROP MIRROR removes the slot and publication, keeps the destination tables.
     s.client.batch_execute("DROP MIRROR two").await.unwrap();
-    let slots: i64 = s
-        .src
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let pubs: i64 = s
-        .src
-        .query_one("SELECT count(*) FROM pg_publication", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let slots: i64 = scalar(
+        &s.src,
+        "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+    )
+    .await;
+    let pubs: i64 = scalar(&s.src, "SELECT count(*) FROM pg_publication").await;
     assert_eq!((slots, pubs), (0, 0));
     assert_eq!(s.dest.count("good").await, 5000);
     let e = s.client.batch_execute("DROP MIRROR two").await.unwrap_err();
@@ -318,15 +296,11 @@ async fn resync_reloads_into_fresh_tables_and_swaps_them_in(kind: Kind) {
         .filter(|t| t.contains("ferry_resync"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    let slots: i64 = s
-        .src
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let slots: i64 = scalar(
+        &s.src,
+        "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+    )
+    .await;
     assert_eq!(
         slots, 0,
         "the resync's slot is dropped when an initial_copy_only mirror completes"

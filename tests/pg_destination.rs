@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ferry_e2e::{setup, sqlstate, wait_for_state, Dest, Kind};
+use ferry_e2e::{scalar, setup, sqlstate, wait_for_state, Dest, Kind};
 use ferry_testkit::{random_name, PgServer, TempPgDatabase};
 use futures::StreamExt;
 use tokio_postgres::Client;
@@ -152,21 +152,14 @@ async fn pg_to_pg_tables_are_identical_in_a_full_ordered_dump() {
     identical(&s.client, &s.src, &dst, "changes").await;
 
     // The position is kept with the data, per mirror, and goes with the mirror.
-    let kept: i64 = dst
-        .query_one(
-            "SELECT count(*) FROM _ferry.positions WHERE mirror = 'same'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let kept: i64 = scalar(
+        &dst,
+        "SELECT count(*) FROM _ferry.positions WHERE mirror = 'same'",
+    )
+    .await;
     assert_eq!(kept, 1);
     s.client.batch_execute("DROP MIRROR same").await.unwrap();
-    let kept: i64 = dst
-        .query_one("SELECT count(*) FROM _ferry.positions", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let kept: i64 = scalar(&dst, "SELECT count(*) FROM _ferry.positions").await;
     assert_eq!(kept, 0);
     s.ferry.stop().await;
 }
@@ -305,21 +298,13 @@ async fn create_mirror_says_what_the_destination_lacks() {
         "{e:?}"
     );
     // Nothing was created by the refusals.
-    let mirrors: i64 = s
-        .client
-        .query_one("SELECT count(*) FROM mirror_status", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let mirrors: i64 = scalar(&s.client, "SELECT count(*) FROM mirror_status").await;
     assert_eq!(mirrors, 0);
-    let ferry_schema: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_namespace WHERE nspname = '_ferry'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let ferry_schema: i64 = scalar(
+        &admin,
+        "SELECT count(*) FROM pg_namespace WHERE nspname = '_ferry'",
+    )
+    .await;
     assert_eq!(ferry_schema, 0);
 
     // Emptied, the table is used as it is: its extra column keeps its default.
@@ -365,14 +350,11 @@ async fn the_key_can_be_kept_during_the_load() {
         .unwrap();
     let dst = s.dest.pg().connect().await;
     // The table has its key as soon as it exists.
-    let keyed: i64 = dst
-        .query_one(
-            "SELECT count(*) FROM pg_index WHERE indrelid = 'public.t'::regclass AND indisprimary",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let keyed: i64 = scalar(
+        &dst,
+        "SELECT count(*) FROM pg_index WHERE indrelid = 'public.t'::regclass AND indisprimary",
+    )
+    .await;
     assert_eq!(keyed, 1);
     wait_for_state(&s.client, "k", "completed", TIMEOUT).await;
     let view = ferry_e2e::View::new("t", &ferry_e2e::vals(&["id", "v"]), "id");

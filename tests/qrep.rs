@@ -10,8 +10,9 @@
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{
-    converge, converge_exactly, on_every_destination, setup, sqlstate, vals, wait_for_state, Col,
-    Dest, Kind, TestFerry, View, ALL_TYPES_EXTENSIONS, ALL_TYPES_ROWS, ALL_TYPES_TABLE,
+    converge, converge_exactly, on_every_destination, scalar, setup, sqlstate, vals,
+    wait_for_state, Col, Dest, Kind, TestFerry, View, ALL_TYPES_EXTENSIONS, ALL_TYPES_ROWS,
+    ALL_TYPES_TABLE,
 };
 use tokio_postgres::Client;
 
@@ -120,15 +121,11 @@ async fn append_of_a_keyless_table_by_an_integer_watermark(kind: Kind) {
     let view = View::new("seen", &cols, order).into_table("events");
     converge(&s.client, &s.src, &s.dest, &view, "second run").await;
     assert_eq!(s.dest.stored_rows("events").await, 1256);
-    let runs: i64 = s
-        .client
-        .query_one(
-            "SELECT count(*) FROM qrep_runs WHERE mirror = 'ev' AND state = 'done'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let runs: i64 = scalar(
+        &s.client,
+        "SELECT count(*) FROM qrep_runs WHERE mirror = 'ev' AND state = 'done'",
+    )
+    .await;
     assert!(runs >= 2, "{runs} runs");
     if kind == Kind::Postgres {
         // Only the last run's partitions are kept, and nothing once the mirror is dropped.
@@ -249,12 +246,11 @@ async fn every_type_arrives_exactly_through_a_query(kind: Kind) {
         assert_eq!(got, want);
     }
     // Four partitions of one row each.
-    let p: i64 = s
-        .client
-        .query_one("SELECT partitions FROM qrep_runs WHERE mirror = 'ty'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let p: i64 = scalar(
+        &s.client,
+        "SELECT partitions FROM qrep_runs WHERE mirror = 'ty'",
+    )
+    .await;
     assert_eq!(p, 4);
     s.ferry.stop().await;
 }

@@ -1,7 +1,7 @@
 //! Every way a query mirror can be wrong is named at `CREATE MIRROR`, with its SQLSTATE, and
 //! creates nothing.
 
-use ferry_e2e::{setup, sqlstate, Kind};
+use ferry_e2e::{scalar, setup, sqlstate, Kind};
 
 /// `WITH (…)` of a valid mirror over `t`, with `extra` options appended.
 fn mirror(name: &str, query: &str, options: &str) -> String {
@@ -97,12 +97,7 @@ async fn every_wrong_query_mirror_is_refused_by_name() {
         assert!(message.contains(says), "{sql}: {message}");
     }
     // Nothing was created.
-    let mirrors: i64 = s
-        .client
-        .query_one("SELECT count(*) FROM mirror_status", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let mirrors: i64 = scalar(&s.client, "SELECT count(*) FROM mirror_status").await;
     assert_eq!(mirrors, 0);
     let tables = s
         .dest

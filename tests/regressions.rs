@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{
-    converge, on_every_destination, setup, vals, wait_for_state, Dest, Kind, Setup, View,
+    converge, on_every_destination, scalar, setup, vals, wait_for_state, Dest, Kind, Setup, View,
 };
 
 on_every_destination!(initial_copy_only_resumed_load_matches_the_source);
@@ -43,11 +43,11 @@ async fn initial_copy_only_resumed_load_matches_the_source(kind: Kind) {
     let catalog = ferry.catalog().await;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let done: i64 = catalog
-            .query_one("SELECT count(*) FROM ferry.mirror_partition WHERE state = 'done' AND partition_no = 0", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let done: i64 = scalar(
+            &catalog,
+            "SELECT count(*) FROM ferry.mirror_partition WHERE state = 'done' AND partition_no = 0",
+        )
+        .await;
         if done == 1 {
             break;
         }
@@ -77,14 +77,11 @@ async fn initial_copy_only_resumed_load_matches_the_source(kind: Kind) {
     src.batch_execute("UPDATE t SET note = 'moved ' || repeat('x', 1000) WHERE id > 999000")
         .await
         .unwrap();
-    let first_end: i64 = catalog
-        .query_one(
-            "SELECT end_block FROM ferry.mirror_partition WHERE partition_no = 0",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let first_end: i64 = scalar(
+        &catalog,
+        "SELECT end_block FROM ferry.mirror_partition WHERE partition_no = 0",
+    )
+    .await;
     let moved: i64 = src
         .query_one(
             &format!(
@@ -96,14 +93,11 @@ async fn initial_copy_only_resumed_load_matches_the_source(kind: Kind) {
         .unwrap()
         .get(0);
     println!("{moved} updated rows now live in blocks < {first_end} (partition 0, done before the pause)");
-    let last_start: i64 = catalog
-        .query_one(
-            "SELECT start_block FROM ferry.mirror_partition WHERE end_block IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let last_start: i64 = scalar(
+        &catalog,
+        "SELECT start_block FROM ferry.mirror_partition WHERE end_block IS NULL",
+    )
+    .await;
     let twice: i64 = src
         .query_one(
             &format!(

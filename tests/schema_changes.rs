@@ -5,13 +5,11 @@
 //! kill -9 in the middle.
 #![allow(clippy::print_stdout)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_e2e::{
-    converge, on_every_destination, setup, sqlstate, vals, wait_for_state, wait_table_state, Kind,
-    Setup, TestFerry, View,
+    converge, on_every_destination, scalar, setup, sqlstate, vals, wait_for_state,
+    wait_table_state, Kind, Setup, TestFerry, View, Workload,
 };
 use tokio_postgres::Client;
 
@@ -194,12 +192,7 @@ async fn a_publication_that_misses_a_table_is_refused(kind: Kind) {
         message.contains("public.b") && !message.contains("public.a"),
         "{message}"
     );
-    let mirrors: i64 = s
-        .client
-        .query_one("SELECT count(*) FROM mirror_status", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let mirrors: i64 = scalar(&s.client, "SELECT count(*) FROM mirror_status").await;
     assert_eq!(mirrors, 0);
 
     // Covered, it runs; a table taken out of the publication later fails with a hint.
@@ -225,41 +218,20 @@ async fn a_publication_that_misses_a_table_is_refused(kind: Kind) {
 }
 
 /// Writes to `a`, `b` and `c` until stopped, one transaction per round.
-fn workload(
-    client: Client,
-    stop: Arc<AtomicBool>,
-    rounds: Arc<AtomicU64>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut i: i64 = 0;
-        while !stop.load(Ordering::Relaxed) {
-            i += 1;
-            let sql = format!(
-                "BEGIN;
-                 INSERT INTO a VALUES ({id}, 'w{i}');
-                 INSERT INTO b VALUES ({id}, 'w{i}');
-                 INSERT INTO c VALUES ({id}, 'w{i}');
-                 UPDATE c SET v = v || 'u' WHERE id = {u};
-                 DELETE FROM b WHERE id = {u};
-                 COMMIT;",
-                id = 10_000 + i,
-                u = i % 500 + 1,
-            );
-            if client.batch_execute(&sql).await.is_err() {
-                return;
-            }
-            rounds.fetch_add(1, Ordering::Relaxed);
-        }
+fn workload(client: Client) -> Workload {
+    Workload::start(client, true, |i| {
+        format!(
+            "BEGIN;
+             INSERT INTO a VALUES ({id}, 'w{i}');
+             INSERT INTO b VALUES ({id}, 'w{i}');
+             INSERT INTO c VALUES ({id}, 'w{i}');
+             UPDATE c SET v = v || 'u' WHERE id = {u};
+             DELETE FROM b WHERE id = {u};
+             COMMIT;",
+            id = 10_000 + i,
+            u = i % 500 + 1,
+        )
     })
-}
-
-async fn wait_rounds(rounds: &AtomicU64, more: u64) {
-    let target = rounds.load(Ordering::Relaxed) + more;
-    let started = Instant::now();
-    while rounds.load(Ordering::Relaxed) < target {
-        assert!(started.elapsed() < TIMEOUT, "the workload stalled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn alter_mirror_adds_drops_and_sets_while_rows_are_written(kind: Kind) {
@@ -287,10 +259,8 @@ async fn alter_mirror_adds_drops_and_sets_while_rows_are_written(kind: Kind) {
         .await
         .unwrap();
     wait_for_state(&client, "alt", "running", TIMEOUT).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let rounds = Arc::new(AtomicU64::new(0));
-    let writer = workload(source.connect().await, stop.clone(), rounds.clone());
-    wait_rounds(&rounds, 20).await;
+    let writer = workload(source.connect().await);
+    writer.wait_rounds(20).await;
 
     // SET: the change shows in the mirror's options and its history.
     client
@@ -323,12 +293,12 @@ async fn alter_mirror_adds_drops_and_sets_while_rows_are_written(kind: Kind) {
         .batch_execute("ALTER MIRROR alt ADD TABLE MAPPING (c:c)")
         .await
         .unwrap();
-    wait_rounds(&rounds, 5).await;
+    writer.wait_rounds(5).await;
     let catalog = ferry.kill();
     let ferry = TestFerry::restart(catalog).await;
     let client = ferry.connect().await;
     wait_table_state(&client, "public.c", "done").await;
-    wait_rounds(&rounds, 20).await;
+    writer.wait_rounds(20).await;
 
     // DROP: b stops being replicated; its destination table keeps what it had.
     client
@@ -336,9 +306,8 @@ async fn alter_mirror_adds_drops_and_sets_while_rows_are_written(kind: Kind) {
         .await
         .unwrap();
     let kept = dest.count("b").await;
-    wait_rounds(&rounds, 20).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
+    writer.wait_rounds(20).await;
+    writer.stop().await;
     for table in ["a", "c"] {
         let view = View::new(table, &vals(&["id", "v"]), "id");
         converge(&client, &src, &dest, &view, table).await;

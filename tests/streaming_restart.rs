@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{
-    assert_not_failed, converge, on_every_destination, pg_peer_sql, setup, wait_for_state, Col,
-    Dest, Kind, Setup, TestFerry, View,
+    assert_not_failed, converge, on_every_destination, pg_peer_sql, scalar, setup, wait_for_state,
+    Col, Dest, Kind, Setup, TestFerry, View,
 };
 use ferry_testkit::private::{PrivateClickHouse, PrivatePostgres, StopMode};
 use ferry_testkit::rand::rngs::StdRng;
@@ -432,19 +432,11 @@ async fn daemon_killed_during_streaming_resumes_exactly(kind: Kind) {
     let mut client = client;
     for round in 0..2 {
         let catalog = ferry.catalog().await;
-        let before: i64 = catalog
-            .query_one("SELECT count(*) FROM ferry.cdc_batch", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let before: i64 = scalar(&catalog, "SELECT count(*) FROM ferry.cdc_batch").await;
         // Batches are being written when the daemon dies.
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            let now: i64 = catalog
-                .query_one("SELECT count(*) FROM ferry.cdc_batch", &[])
-                .await
-                .unwrap()
-                .get(0);
+            let now: i64 = scalar(&catalog, "SELECT count(*) FROM ferry.cdc_batch").await;
             if now >= before + 3 {
                 break;
             }
@@ -527,10 +519,6 @@ async fn private_servers_keep_their_data_across_restarts() {
     );
     postgres.start_again().await;
     let client = pg.connect("postgres").await;
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM kept", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(&client, "SELECT count(*) FROM kept").await;
     assert_eq!(n, 2);
 }

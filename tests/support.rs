@@ -12,6 +12,8 @@ mod compare;
 mod daemon;
 #[path = "support/dest.rs"]
 mod dest;
+#[path = "support/workload.rs"]
+mod workload;
 
 use ferry_core::ident::{ch_ident, ch_qualified, pg_ident};
 use ferry_core::{ColumnSchema, Value};
@@ -22,12 +24,13 @@ use ferry_testkit::{PgServer, TempChDatabase, TempPgDatabase};
 use tokio_postgres::Client;
 
 pub use compare::{
-    assert_not_failed, converge, converge_exactly, mirror_state, output_rows, table_states,
+    assert_not_failed, converge, converge_exactly, mirror_state, output_rows, scalar, table_states,
     wait_table_state, View, CONVERGE_TIMEOUT,
 };
 pub use daemon::{metrics_text, TestFerry, KEY, PASSWORD, USER};
 pub use dest::{source_digests, source_rows, vals, Col, Dest, Kind};
 pub use ferry_testkit::{ChServer, PgServer as Pg};
+pub use workload::Workload;
 
 /// Runs a scenario `async fn name(kind: Kind)` against every destination, as the tests
 /// `name::clickhouse` and `name::postgres`. An optional `(flavor = …)` goes to `tokio::test`.

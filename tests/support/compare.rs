@@ -289,3 +289,12 @@ pub async fn wait_table_state(client: &Client, table: &str, state: &str) -> Stri
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The one `bigint` that `sql` (with no parameters) returns.
+pub async fn scalar(client: &Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
