@@ -17,6 +17,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 on_every_destination!(tables_entering_a_mapped_schema_bring_their_rows);
 on_every_destination!(attached_and_detached_partitions_are_followed);
+on_every_destination!(a_mirrored_table_attached_as_a_partition_joins_its_parent);
 on_every_destination!(added_columns_show_their_defaults);
 on_every_destination!(a_publication_that_misses_a_table_is_refused);
 on_every_destination!(alter_mirror_adds_drops_and_sets_while_rows_are_written);
@@ -116,6 +117,47 @@ async fn attached_and_detached_partitions_are_followed(kind: Kind) {
         .await
         .unwrap();
     converge(&s.client, &s.src, &s.dest, &view, "detached").await;
+    s.ferry.stop().await;
+}
+
+/// A table the mirror copies on its own, attached as a partition of another table it copies:
+/// its rows arrive through the partitioned table, and it is `dropped`, not failed.
+async fn a_mirrored_table_attached_as_a_partition_joins_its_parent(kind: Kind) {
+    let s = setup(kind).await;
+    s.src
+        .batch_execute(
+            "CREATE TABLE parent (id int, part int, v text, PRIMARY KEY (id, part)) PARTITION BY LIST (part);
+             CREATE TABLE p1 PARTITION OF parent FOR VALUES IN (1);
+             INSERT INTO parent SELECT g, 1, 'one' FROM generate_series(1, 20) g;
+             CREATE TABLE p2 (id int, part int, v text, PRIMARY KEY (id, part));
+             INSERT INTO p2 SELECT g, 2, 'two' FROM generate_series(1, 10) g;",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute(
+            "CREATE MIRROR parts FROM src TO dst WITH TABLE MAPPING (parent:parent, p2:p2)
+             WITH (do_initial_copy = true)",
+        )
+        .await
+        .unwrap();
+    wait_for_state(&s.client, "parts", "running", TIMEOUT).await;
+    s.src
+        .batch_execute(
+            "ALTER TABLE parent ATTACH PARTITION p2 FOR VALUES IN (2);
+             UPDATE parent SET v = 'changed' WHERE part = 2 AND id <= 3;",
+        )
+        .await
+        .unwrap();
+    let reason = wait_table_state(&s.client, "public.p2", "dropped").await;
+    assert!(
+        reason.contains("now a partition of public.parent"),
+        "{reason}"
+    );
+    let view = View::new("parent", &vals(&["id", "part", "v"]), "part, id");
+    converge(&s.client, &s.src, &s.dest, &view, "attached").await;
+    let (state, _) = ferry_e2e::mirror_state(&s.client, "parts").await;
+    assert_eq!(state, "running");
     s.ferry.stop().await;
 }
 

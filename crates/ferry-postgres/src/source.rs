@@ -334,6 +334,34 @@ pub async fn tables_by_oid(
         .collect())
 }
 
+/// The partitioned table at the top of the tree `oid` is a partition of; `None` for a table that
+/// is not a partition (or is gone).
+pub async fn partition_root(
+    client: &Client,
+    cfg: &PostgresConfig,
+    oid: u32,
+) -> Result<Option<TableName>, SourceError> {
+    let row = client
+        .query_opt(
+            // pg_inherits upwards (pg_partition_root is PostgreSQL 12+).
+            "WITH RECURSIVE up (oid, depth) AS (
+                 SELECT c.oid, 0 FROM pg_class c WHERE c.oid = $1 AND c.relispartition
+                 UNION ALL
+                 SELECT i.inhparent, up.depth + 1
+                 FROM up JOIN pg_inherits i ON i.inhrelid = up.oid
+                 JOIN pg_class p ON p.oid = i.inhparent AND p.relkind = 'p'
+                 WHERE up.depth < 64)
+             SELECT n.nspname::text, r.relname::text
+             FROM up JOIN pg_class r ON r.oid = up.oid
+             JOIN pg_namespace n ON n.oid = r.relnamespace
+             WHERE up.depth > 0 ORDER BY up.depth DESC LIMIT 1",
+            &[&oid],
+        )
+        .await
+        .map_err(query_err(cfg))?;
+    Ok(row.map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1))))
+}
+
 /// The leaf partitions of a partitioned table (`schema.name`, sorted); `None` for a table that
 /// is not partitioned.
 pub async fn leaves(

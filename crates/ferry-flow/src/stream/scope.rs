@@ -13,7 +13,8 @@
 //!   `SET SCHEMA` or renamed into the schema) joins it and is loaded on its own, with the rows
 //!   it already had.
 //! - A table the mirror's publication no longer publishes (someone changed it) fails, with a
-//!   hint: its changes no longer come.
+//!   hint: its changes no longer come. One that was attached as a partition of a partitioned
+//!   table the mirror has is marked `dropped` instead: its rows come through that table now.
 //!
 //! A Relation message reveals most of these at once when the table changes; the check catches
 //! the rest within [`SCOPE_EVERY`].
@@ -123,10 +124,33 @@ impl Streamer {
         let missing = publication::unpublished(&self.ctx.source, &self.ctx.publication, &names)
             .await?
             .unwrap_or(names);
+        let mut client = None;
         for name in missing {
             let Some(t) = self.targets.iter().position(|x| x.row.source == name) else {
                 continue;
             };
+            // Attached as a partition of a table the mirror has: its rows now come through
+            // that table (loaded again with its new partition), not on their own.
+            if client.is_none() {
+                client = Some(connect(&self.ctx.source, "ferry table check").await?);
+            }
+            let conn = client.as_ref().expect("connected above");
+            let oid = self.targets[t].row.source_oid;
+            if let Some(root) = source::partition_root(conn, &self.ctx.source, oid).await? {
+                if self
+                    .targets
+                    .iter()
+                    .any(|x| x.row.source == root && x.row.state != TableState::Dropped)
+                {
+                    self.mark_dropped(
+                        t,
+                        &format!("{name} is now a partition of {root}, whose rows include its rows"),
+                        "its destination table stays as it was; the rows are in the destination table of the partitioned one",
+                    )
+                    .await?;
+                    continue;
+                }
+            }
             let e = FlowError::new(
                 ErrorKind::Misconfigured,
                 "55000",
