@@ -34,17 +34,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use ferry_catalog::{Catalog, PartitionRow, TableRow};
 use ferry_core::destination::{Destination, Load, LoadSink, TableSpec, TargetName};
 use ferry_core::error::Backoff;
 use ferry_core::mirror::{PartitionState, TableState};
 use ferry_core::peer::PostgresConfig;
-use ferry_postgres::connect::{connect, SourceError};
+use ferry_postgres::connect::connect;
 use ferry_postgres::ctid;
 use ferry_postgres::snapshot::{select_list, RangeReader};
 use ferry_postgres::source::{self, SourceTable};
-use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
@@ -431,25 +429,6 @@ async fn copy_partition_with_retries(
     }
 }
 
-/// Most rows of the source's COPY stream handed to a sink at once.
-const ROWS_PER_WRITE: usize = 256;
-
-/// Rows received one after the other, as one chunk.
-fn joined(rows: Vec<Result<Bytes, SourceError>>) -> Result<Bytes, SourceError> {
-    if rows.len() == 1 {
-        return rows.into_iter().next().expect("one row");
-    }
-    let mut total = 0;
-    for r in &rows {
-        total += r.as_ref().map_or(0, Bytes::len);
-    }
-    let mut out = BytesMut::with_capacity(total);
-    for r in rows {
-        out.extend_from_slice(&r?);
-    }
-    Ok(out.freeze())
-}
-
 /// Reads one range with binary COPY and streams it into the destination. Counts the rows it
 /// sends in `sent` and in the table's `inflight`.
 async fn copy_partition(
@@ -473,18 +452,12 @@ async fn copy_partition(
             return Ok(rows);
         }
     };
-    let reader = RangeReader::open(&ctx.source, ctx.snapshot.as_deref()).await?;
-    // The source sends one message per row. The rows already received are handed to the sink
-    // together (a sink frames rows across chunk boundaries), which saves a call, a boxed future
-    // and the progress counters' updates per row.
-    let stream = reader
-        .copy(&table.select, &p.relation, range)
-        .await?
-        .ready_chunks(ROWS_PER_WRITE);
-    futures::pin_mut!(stream);
+    let mut reader = RangeReader::open(&ctx.source, ctx.snapshot.as_deref()).await?;
+    // Each chunk holds many rows, cut anywhere: a sink frames rows across chunk boundaries.
+    let mut rows = reader.copy(&table.select, &p.relation, range).await?;
     let mut counted = 0u64;
-    while let Some(rows) = stream.next().await {
-        sink.write(joined(rows)?).await?;
+    while let Some(chunk) = rows.next().await? {
+        sink.write(chunk).await?;
         let now = sink.rows();
         let delta = now.saturating_sub(counted);
         counted = now;
