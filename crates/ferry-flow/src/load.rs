@@ -30,6 +30,7 @@
 //! tried again on its own, with backoff, up to [`MAX_ATTEMPTS`] times; any other error fails
 //! its table, which is recorded with the error while the other tables go on.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -297,25 +298,38 @@ async fn copy_table(
     );
 
     let workers = Arc::new(Semaphore::new(ctx.workers_per_table.max(1)));
+    // Ranges are read in the table's order, whichever task gets a worker first (tasks start
+    // in no particular order): the source reads its heap front to back, and a load stopped
+    // half-way leaves the end of the table to do, not scattered ranges.
+    let ranges = pending.len();
+    let queue = Arc::new(std::sync::Mutex::new(VecDeque::from(pending)));
     let mut tasks = tokio::task::JoinSet::new();
-    for p in pending {
+    for _ in 0..ranges {
         let ctx = ctx.clone();
         let workers = workers.clone();
         let job = job.clone();
+        let queue = queue.clone();
         tasks.spawn(async move {
             let _permit = workers.acquire_owned().await;
+            let p = queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop_front()?;
             if *ctx.stop.borrow() {
-                return (p, Ok(None));
+                return Some((p, Ok(None)));
             }
             let r = copy_partition_with_retries(&ctx, &p, &job.0).await;
-            (p, r)
+            Some((p, r))
         });
     }
     let mut stopped = false;
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
-        let (p, result) =
-            joined.map_err(|e| FlowError::internal(format!("copy task failed: {e}")))?;
+        let Some((p, result)) =
+            joined.map_err(|e| FlowError::internal(format!("copy task failed: {e}")))?
+        else {
+            continue;
+        };
         match result {
             Ok(Some(rows)) => {
                 // The count, with the range's rows, is recorded first, so that it never
