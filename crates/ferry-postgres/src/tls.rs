@@ -1,7 +1,7 @@
 //! Opening the TCP stream to a source, with TLS negotiated as `sslmode` asks.
 //!
-//! Both kinds of source connection (ordinary ones through tokio-postgres, and the replication
-//! connection Ferry speaks itself) start here, so TLS is negotiated, checked and reported in
+//! Every source connection (ordinary ones through tokio-postgres, and the replication
+//! connection and COPY sessions Ferry speaks the protocol on itself) starts here, so TLS is negotiated, checked and reported in
 //! one place. The protocol: after connecting, the client sends SSLRequest; the server answers
 //! one byte, `S` (go ahead with the TLS handshake) or `N` (no TLS here). Only then does the
 //! startup message follow, inside TLS or not. What each `sslmode` accepts:
@@ -98,7 +98,8 @@ impl AsyncWrite for Stream {
 }
 
 /// Connects to `cfg.host:cfg.port` (every address the name resolves to, in turn) and
-/// negotiates TLS as `cfg.ssl_mode` asks.
+/// negotiates TLS as `cfg.ssl_mode` asks; a socket directory as `host` (`/…`) connects to
+/// its Unix socket `.s.PGSQL.<port>`, in plain.
 pub async fn open(cfg: &PostgresConfig) -> Result<Stream, SourceError> {
     let peer = format!("{}:{}", cfg.host, cfg.port);
     // Settle the TLS settings first: a missing root file is the user's to fix, not the network's.
