@@ -256,13 +256,21 @@ impl Column {
         }
     }
 
-    /// The lengths of its buffers (and running totals), in a fixed order.
-    fn mark(&self, marks: &mut Vec<usize>) {
+    /// The lengths of its buffers (and running totals) that [`Column::rollback`] cannot work
+    /// out, in a fixed order. With `per_row` (a column of the block, or the values under its
+    /// null map) the column holds exactly one value per row, so a fixed-width buffer's length
+    /// and a null map's follow from the block's row count and need no mark: that keeps
+    /// marking a row (for every row) down to a string column's length.
+    #[inline]
+    fn mark(&self, marks: &mut Vec<usize>, per_row: bool) {
         match self {
+            Column::Fixed { .. } if per_row => {}
             Column::Fixed { data, .. } | Column::String { data } => marks.push(data.len()),
             Column::Nullable { nulls, inner } => {
-                marks.push(nulls.len());
-                inner.mark(marks);
+                if !per_row {
+                    marks.push(nulls.len());
+                }
+                inner.mark(marks, per_row);
             }
             Column::Array {
                 offsets,
@@ -271,28 +279,36 @@ impl Column {
             } => {
                 marks.extend(offsets.iter().map(Vec::len));
                 marks.extend(totals.iter().map(|&t| t as usize));
-                element.mark(marks);
+                element.mark(marks, false);
             }
             Column::Variant {
                 discriminators,
                 inner,
             } => {
                 marks.push(discriminators.len());
-                inner.mark(marks);
+                inner.mark(marks, false);
             }
         }
     }
 
-    /// Goes back to what [`Column::mark`] saw.
-    fn rollback(&mut self, marks: &mut impl Iterator<Item = usize>) {
+    /// Goes back to what [`Column::mark`] saw; `rows`: the block's rows before the row, for
+    /// a column marked `per_row`.
+    fn rollback(&mut self, marks: &mut impl Iterator<Item = usize>, rows: Option<usize>) {
         let back = |v: &mut Vec<u8>, marks: &mut dyn Iterator<Item = usize>| {
             v.truncate(marks.next().unwrap_or(0));
         };
         match self {
-            Column::Fixed { data, .. } | Column::String { data } => back(data, marks),
+            Column::Fixed { width, data } => match rows {
+                Some(rows) => data.truncate(rows * *width),
+                None => back(data, marks),
+            },
+            Column::String { data } => back(data, marks),
             Column::Nullable { nulls, inner } => {
-                back(nulls, marks);
-                inner.rollback(marks);
+                match rows {
+                    Some(rows) => nulls.truncate(rows),
+                    None => back(nulls, marks),
+                }
+                inner.rollback(marks, rows);
             }
             Column::Array {
                 offsets,
@@ -303,14 +319,14 @@ impl Column {
                 for t in totals.iter_mut() {
                     *t = marks.next().unwrap_or(0) as u64;
                 }
-                element.rollback(marks);
+                element.rollback(marks, None);
             }
             Column::Variant {
                 discriminators,
                 inner,
             } => {
                 back(discriminators, marks);
-                inner.rollback(marks);
+                inner.rollback(marks, None);
             }
         }
     }
@@ -405,6 +421,9 @@ pub struct NativeBlock {
     max_bytes: usize,
     /// The buffers' lengths before the current row (reused).
     marks: Vec<usize>,
+    /// The columns that have lengths to mark ([`Column::mark`]): only these are visited
+    /// for every row.
+    marked: Vec<usize>,
     /// An array cell in RowBinary on its way into its columns (reused).
     scratch: Vec<u8>,
 }
@@ -450,12 +469,24 @@ impl NativeBlock {
         }
         header(meta[0], "UInt64", Layout::Fixed(8));
         header(meta[1], "UInt8", Layout::Fixed(1));
+        let columns: Vec<Column> = layouts.iter().map(Column::new).collect();
+        let marked = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                let mut marks = Vec::new();
+                c.mark(&mut marks, true);
+                !marks.is_empty()
+            })
+            .map(|(i, _)| i)
+            .collect();
         NativeBlock {
             headers,
-            columns: layouts.iter().map(Column::new).collect(),
+            columns,
             rows: 0,
             counted: 0,
             marks: Vec::new(),
+            marked,
             scratch: Vec::new(),
             max_rows: max_rows.max(1),
             max_bytes,
@@ -559,8 +590,9 @@ impl NativeBlock {
 impl RowTarget for NativeBlock {
     fn begin_row(&mut self) {
         self.marks.clear();
-        for c in &self.columns {
-            c.mark(&mut self.marks);
+        // The others mark nothing, and take no marks back in `abort_row`.
+        for &i in &self.marked {
+            self.columns[i].mark(&mut self.marks, true);
         }
     }
 
@@ -623,7 +655,7 @@ impl RowTarget for NativeBlock {
     fn abort_row(&mut self) {
         let mut marks = self.marks.iter().copied();
         for c in &mut self.columns {
-            c.rollback(&mut marks);
+            c.rollback(&mut marks, Some(self.rows));
         }
     }
 }

@@ -30,21 +30,20 @@
 //! tried again on its own, with backoff, up to [`MAX_ATTEMPTS`] times; any other error fails
 //! its table, which is recorded with the error while the other tables go on.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use ferry_catalog::{Catalog, PartitionRow, TableRow};
 use ferry_core::destination::{Destination, Load, LoadSink, TableSpec, TargetName};
 use ferry_core::error::Backoff;
 use ferry_core::mirror::{PartitionState, TableState};
 use ferry_core::peer::PostgresConfig;
-use ferry_postgres::connect::{connect, SourceError};
+use ferry_postgres::connect::connect;
 use ferry_postgres::ctid;
 use ferry_postgres::snapshot::{select_list, RangeReader};
 use ferry_postgres::source::{self, SourceTable};
-use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
@@ -299,25 +298,38 @@ async fn copy_table(
     );
 
     let workers = Arc::new(Semaphore::new(ctx.workers_per_table.max(1)));
+    // Ranges are read in the table's order, whichever task gets a worker first (tasks start
+    // in no particular order): the source reads its heap front to back, and a load stopped
+    // half-way leaves the end of the table to do, not scattered ranges.
+    let ranges = pending.len();
+    let queue = Arc::new(std::sync::Mutex::new(VecDeque::from(pending)));
     let mut tasks = tokio::task::JoinSet::new();
-    for p in pending {
+    for _ in 0..ranges {
         let ctx = ctx.clone();
         let workers = workers.clone();
         let job = job.clone();
+        let queue = queue.clone();
         tasks.spawn(async move {
             let _permit = workers.acquire_owned().await;
+            let p = queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop_front()?;
             if *ctx.stop.borrow() {
-                return (p, Ok(None));
+                return Some((p, Ok(None)));
             }
             let r = copy_partition_with_retries(&ctx, &p, &job.0).await;
-            (p, r)
+            Some((p, r))
         });
     }
     let mut stopped = false;
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
-        let (p, result) =
-            joined.map_err(|e| FlowError::internal(format!("copy task failed: {e}")))?;
+        let Some((p, result)) =
+            joined.map_err(|e| FlowError::internal(format!("copy task failed: {e}")))?
+        else {
+            continue;
+        };
         match result {
             Ok(Some(rows)) => {
                 // The count, with the range's rows, is recorded first, so that it never
@@ -431,25 +443,6 @@ async fn copy_partition_with_retries(
     }
 }
 
-/// Most rows of the source's COPY stream handed to a sink at once.
-const ROWS_PER_WRITE: usize = 256;
-
-/// Rows received one after the other, as one chunk.
-fn joined(rows: Vec<Result<Bytes, SourceError>>) -> Result<Bytes, SourceError> {
-    if rows.len() == 1 {
-        return rows.into_iter().next().expect("one row");
-    }
-    let mut total = 0;
-    for r in &rows {
-        total += r.as_ref().map_or(0, Bytes::len);
-    }
-    let mut out = BytesMut::with_capacity(total);
-    for r in rows {
-        out.extend_from_slice(&r?);
-    }
-    Ok(out.freeze())
-}
-
 /// Reads one range with binary COPY and streams it into the destination. Counts the rows it
 /// sends in `sent` and in the table's `inflight`.
 async fn copy_partition(
@@ -473,18 +466,12 @@ async fn copy_partition(
             return Ok(rows);
         }
     };
-    let reader = RangeReader::open(&ctx.source, ctx.snapshot.as_deref()).await?;
-    // The source sends one message per row. The rows already received are handed to the sink
-    // together (a sink frames rows across chunk boundaries), which saves a call, a boxed future
-    // and the progress counters' updates per row.
-    let stream = reader
-        .copy(&table.select, &p.relation, range)
-        .await?
-        .ready_chunks(ROWS_PER_WRITE);
-    futures::pin_mut!(stream);
+    let mut reader = RangeReader::open(&ctx.source, ctx.snapshot.as_deref()).await?;
+    // Each chunk holds many rows, cut anywhere: a sink frames rows across chunk boundaries.
+    let mut rows = reader.copy(&table.select, &p.relation, range).await?;
     let mut counted = 0u64;
-    while let Some(rows) = stream.next().await {
-        sink.write(joined(rows)?).await?;
+    while let Some(chunk) = rows.next().await? {
+        sink.write(chunk).await?;
         let now = sink.rows();
         let delta = now.saturating_sub(counted);
         counted = now;

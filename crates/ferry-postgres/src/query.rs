@@ -37,18 +37,17 @@
 //! 2 (invalid, bootstrap, frozen before PostgreSQL 9.4) count as older than any run: only the
 //! first run reads them.
 
-use bytes::Bytes;
 use ferry_core::destination::Wire;
 use ferry_core::ident::{pg_ident, pg_qualified};
 use ferry_core::peer::PostgresConfig;
 use ferry_core::qrep::{Bounds, Watermark, WatermarkKind};
 use ferry_core::{ColumnSchema, ErrorKind, TableName};
 use ferry_sql::query::Query;
-use futures::{Stream, StreamExt};
 use postgres_types::{FromSql, IsNull, ToSql, Type};
 use tokio_postgres::Client;
 
 use crate::connect::SourceError;
+use crate::session::{CopyOut, Param};
 use crate::snapshot::RangeReader;
 use crate::types::{result_types, value_kind, Mapping, PgColumn, RESULT_COLUMNS_QUERY};
 
@@ -455,17 +454,15 @@ impl RunSnapshot {
     }
 }
 
-/// Reads one partition: sets its bounds in `reader`'s transaction, then streams
-/// `copy_sql` (from [`SourceQuery::copy_sql`]).
-pub async fn copy_partition(
-    reader: &RangeReader,
-    cfg: &PostgresConfig,
+/// Reads one partition: sets its bounds in `reader`'s transaction (as bound parameters, never
+/// spliced into the text), then starts `copy_sql` (from [`SourceQuery::copy_sql`]).
+pub async fn copy_partition<'r>(
+    reader: &'r mut RangeReader,
     copy_sql: &str,
     kind: Option<WatermarkKind>,
     bounds: &Bounds,
-) -> Result<impl Stream<Item = Result<Bytes, SourceError>> + Send + 'static, SourceError> {
-    let client = reader.client();
-    let pg = |e| SourceError::from_pg(cfg, e);
+) -> Result<CopyOut<'r>, SourceError> {
+    let session = reader.session();
     match (bounds, kind) {
         (Bounds::Values { first, last }, Some(k)) if k != WatermarkKind::Xid => {
             let ty = k.pg_type();
@@ -473,13 +470,13 @@ pub async fn copy_partition(
                 "SELECT pg_catalog.set_config('{START}', $1::{ty}::pg_catalog.text, true),
                         pg_catalog.set_config('{END}', $2::{ty}::pg_catalog.text, true)"
             );
-            client
-                .execute(
-                    &sql,
-                    &[&WatermarkParam(first.value), &WatermarkParam(last.value)],
-                )
-                .await
-                .map_err(pg)?;
+            let (first, last) = (
+                send_watermark(k, first.value)?,
+                send_watermark(k, last.value)?,
+            );
+            session
+                .execute(&sql, &[Param::Binary(&first), Param::Binary(&last)])
+                .await?;
         }
         (Bounds::Blocks { start, end, xids }, Some(WatermarkKind::Xid)) => {
             let (at_least, below) = xids.distances();
@@ -495,10 +492,12 @@ pub async fn copy_partition(
                 (XID_SPECIAL, xids.after.is_none().to_string()),
             ];
             for (name, value) in &settings {
-                client
-                    .execute("SELECT pg_catalog.set_config($1, $2, true)", &[name, value])
-                    .await
-                    .map_err(pg)?;
+                session
+                    .execute(
+                        "SELECT pg_catalog.set_config($1::pg_catalog.text, $2::pg_catalog.text, true)",
+                        &[Param::Text(name), Param::Text(value)],
+                    )
+                    .await?;
             }
         }
         (Bounds::Whole, None) => {}
@@ -512,12 +511,31 @@ pub async fn copy_partition(
             })
         }
     }
-    let cfg = cfg.clone();
-    let stream = client
-        .copy_out(copy_sql)
-        .await
-        .map_err(|e| SourceError::from_pg(&cfg, e))?;
-    Ok(stream.map(move |r| r.map_err(|e| SourceError::from_pg(&cfg, e))))
+    reader.session().copy_out(copy_sql).await
+}
+
+/// A watermark value in the binary send format of its kind's type.
+fn send_watermark(kind: WatermarkKind, value: i64) -> Result<Vec<u8>, SourceError> {
+    let ty = match kind {
+        WatermarkKind::Int16 => Type::INT2,
+        WatermarkKind::Int32 => Type::INT4,
+        WatermarkKind::Int64 => Type::INT8,
+        WatermarkKind::Date => Type::DATE,
+        WatermarkKind::Timestamp => Type::TIMESTAMP,
+        WatermarkKind::TimestampTz => Type::TIMESTAMPTZ,
+        WatermarkKind::Xid => Type::XID8,
+    };
+    let mut out = bytes::BytesMut::new();
+    WatermarkParam(value)
+        .to_sql(&ty, &mut out)
+        .map_err(|e| SourceError {
+            kind: ErrorKind::Internal,
+            sqlstate: "22003".into(),
+            message: format!("watermark {value} does not fit {}: {e}", kind.pg_type()),
+            hint: None,
+            source: None,
+        })?;
+    Ok(out.to_vec())
 }
 
 /// A watermark as PostgreSQL prints it (for the catalog's text).

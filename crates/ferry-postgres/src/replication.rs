@@ -46,20 +46,23 @@
 //! signal.
 
 mod stream;
-mod wire;
 
 use ferry_core::ident::{pg_ident, pg_literal};
 use ferry_core::peer::PostgresConfig;
-use ferry_core::{ErrorKind, Lsn};
+use ferry_core::Lsn;
 use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
 use tokio_postgres::fallible_iterator::FallibleIterator;
 
-use crate::connect::{SourceError, CONNECT_TIMEOUT};
+use crate::connect::SourceError;
+use crate::wire::{self, invalid_input, Backend, ServerError, Wire};
 pub use stream::{ReplicationMessage, ReplicationStream};
-use wire::{invalid_input, Backend, ServerError, Wire};
 
 pub use crate::connect::STARTUP_OPTIONS;
+
+/// The longest message accepted from a walsender: an XLogData carries one pgoutput message,
+/// which holds a whole row (a value may be up to 1 GiB).
+const MAX_MESSAGE: usize = 1 << 31;
 
 /// The longest slot name PostgreSQL accepts (`NAMEDATALEN - 1`).
 const MAX_SLOT_NAME_LEN: usize = 63;
@@ -132,54 +135,21 @@ impl std::fmt::Debug for ReplicationConnection {
 }
 
 impl ReplicationConnection {
-    /// Connects and authenticates, within [`CONNECT_TIMEOUT`].
+    /// Connects and authenticates, within [`crate::connect::CONNECT_TIMEOUT`].
     pub async fn connect(cfg: &PostgresConfig) -> Result<Self, SourceError> {
-        let peer = format!("{}:{}", cfg.host, cfg.port);
         if cfg.host.starts_with('/') {
             return Err(invalid_input(format!(
                 "replication connections need a TCP host, not the socket directory {}",
                 cfg.host
             )));
         }
-        let timed_out = || SourceError {
-            kind: ErrorKind::Transient,
-            sqlstate: "08001".into(),
-            message: format!(
-                "could not connect to PostgreSQL at {peer}: timed out after {}s",
-                CONNECT_TIMEOUT.as_secs()
-            ),
-            hint: Some("Check that the host is reachable from Ferry.".into()),
-            source: None,
-        };
-        let attempt = async {
-            match Self::connect_inner(cfg, peer.clone()).await {
-                Err(e) if crate::tls::refused_in_plain(&e.sqlstate) => {
-                    match crate::tls::allow_fallback(cfg) {
-                        Some(with_tls) => Self::connect_inner(&with_tls, peer.clone()).await,
-                        None => Err(e),
-                    }
-                }
-                other => other,
-            }
-        };
-        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(timed_out()),
-        }
-    }
-
-    async fn connect_inner(cfg: &PostgresConfig, peer: String) -> Result<Self, SourceError> {
-        let stream = crate::tls::open(cfg).await?;
-        let mut wire = Wire::new(stream, peer);
-        let params = [
-            ("user", cfg.user.as_str()),
-            ("database", cfg.database.as_str()),
-            ("replication", "database"),
-            ("application_name", "ferry"),
-            ("client_encoding", "UTF8"),
-            ("options", STARTUP_OPTIONS),
-        ];
-        wire::startup(&mut wire, cfg, &params).await?;
+        let wire = wire::connect(
+            cfg,
+            "replication connection",
+            MAX_MESSAGE,
+            &[("replication", "database"), ("application_name", "ferry")],
+        )
+        .await?;
         let server_version_num = wire
             .parameters
             .get("server_version")

@@ -6,24 +6,22 @@
 //! which must be the transaction's first statement); otherwise the transaction takes a fresh
 //! snapshot of its own (see the engine's load module for why that stays correct). The range is
 //! read with `COPY (SELECT … FROM ONLY relation WHERE ctid …) TO STDOUT (FORMAT binary)`: the
-//! rows come as the server sends them, unparsed, for the destination to take as they are.
+//! rows come as the server sends them, unparsed, for the destination to take as they are, many
+//! rows to a chunk ([`crate::session`] reads the stream on the raw protocol).
 
-use bytes::Bytes;
 use ferry_core::destination::Wire;
 use ferry_core::ident::{pg_ident, pg_literal};
 use ferry_core::peer::PostgresConfig;
 use ferry_core::ErrorKind;
-use futures::{Stream, StreamExt};
-use tokio_postgres::Client;
 
-use crate::connect::{connect, SourceError};
+use crate::connect::SourceError;
 use crate::ctid::BlockRange;
+use crate::session::{CopyOut, Session};
 use crate::source::SourceTable;
 
 /// One transaction reading ranges of the initial load.
 pub struct RangeReader {
-    client: Client,
-    cfg: PostgresConfig,
+    session: Session,
 }
 
 impl RangeReader {
@@ -32,57 +30,43 @@ impl RangeReader {
         cfg: &PostgresConfig,
         snapshot: Option<&str>,
     ) -> Result<RangeReader, SourceError> {
-        let client = connect(cfg, "ferry snapshot").await?;
-        let pg = |e| SourceError::from_pg(cfg, e);
-        client
+        let mut session = Session::connect(cfg, "ferry snapshot").await?;
+        session
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(pg)?;
+            .await?;
         if let Some(s) = snapshot {
-            client
+            session
                 .batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", pg_literal(s)))
-                .await
-                .map_err(pg)?;
+                .await?;
         }
-        Ok(RangeReader {
-            client,
-            cfg: cfg.clone(),
-        })
+        Ok(RangeReader { session })
     }
 
-    /// The rows of `relation` (quoted) in `range`, as a binary COPY stream of `select` (a
-    /// SELECT list from [`select_list`]).
+    /// The rows of `relation` (quoted) in `range`, as the binary COPY stream of `select` (a
+    /// SELECT list from [`select_list`]), in chunks of many rows each.
     pub async fn copy(
-        &self,
+        &mut self,
         select: &str,
         relation: &str,
         range: &BlockRange,
-    ) -> Result<impl Stream<Item = Result<Bytes, SourceError>> + Send + 'static, SourceError> {
+    ) -> Result<CopyOut<'_>, SourceError> {
         let sql = format!(
             "COPY (SELECT {select} FROM ONLY {relation} WHERE {}) TO STDOUT (FORMAT binary)",
             range.predicate()
         );
-        let cfg = self.cfg.clone();
-        let stream = self
-            .client
-            .copy_out(sql.as_str())
-            .await
-            .map_err(|e| SourceError::from_pg(&self.cfg, e))?;
-        Ok(stream.map(move |r| r.map_err(|e| SourceError::from_pg(&cfg, e))))
+        self.session.copy_out(&sql).await
     }
 
-    /// The reading transaction's connection (a query mirror's partition sets its bounds on it
+    /// The reading transaction's session (a query mirror's partition sets its bounds in it
     /// before it copies).
-    pub fn client(&self) -> &Client {
-        &self.client
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.session
     }
 
-    /// Ends the transaction.
-    pub async fn close(self) -> Result<(), SourceError> {
-        self.client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| SourceError::from_pg(&self.cfg, e))
+    /// Ends the transaction and the session.
+    pub async fn close(mut self) -> Result<(), SourceError> {
+        self.session.batch_execute("COMMIT").await?;
+        self.session.close().await
     }
 }
 

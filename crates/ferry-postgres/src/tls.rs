@@ -1,7 +1,7 @@
 //! Opening the TCP stream to a source, with TLS negotiated as `sslmode` asks.
 //!
-//! Both kinds of source connection (ordinary ones through tokio-postgres, and the replication
-//! connection Ferry speaks itself) start here, so TLS is negotiated, checked and reported in
+//! Every source connection (ordinary ones through tokio-postgres, and the replication
+//! connection and COPY sessions Ferry speaks the protocol on itself) starts here, so TLS is negotiated, checked and reported in
 //! one place. The protocol: after connecting, the client sends SSLRequest; the server answers
 //! one byte, `S` (go ahead with the TLS handshake) or `N` (no TLS here). Only then does the
 //! startup message follow, inside TLS or not. What each `sslmode` accepts:
@@ -34,7 +34,7 @@ use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::connect::SourceError;
 
@@ -42,6 +42,8 @@ use crate::connect::SourceError;
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A Unix-domain socket in a socket directory (never TLS, as with libpq).
+    Unix(UnixStream),
 }
 
 impl Stream {
@@ -60,6 +62,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -73,6 +76,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -80,6 +84,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -87,12 +92,14 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
 
 /// Connects to `cfg.host:cfg.port` (every address the name resolves to, in turn) and
-/// negotiates TLS as `cfg.ssl_mode` asks.
+/// negotiates TLS as `cfg.ssl_mode` asks; a socket directory as `host` (`/…`) connects to
+/// its Unix socket `.s.PGSQL.<port>`, in plain.
 pub async fn open(cfg: &PostgresConfig) -> Result<Stream, SourceError> {
     let peer = format!("{}:{}", cfg.host, cfg.port);
     // Settle the TLS settings first: a missing root file is the user's to fix, not the network's.
@@ -102,6 +109,17 @@ pub async fn open(cfg: &PostgresConfig) -> Result<Stream, SourceError> {
         if root != ferry_core::peer::SYSTEM_ROOT_CERTS {
             ferry_core::tls::root_store(Some(root)).map_err(|e| config_error(cfg, e))?;
         }
+    }
+    if cfg.host.starts_with('/') {
+        let path = format!("{}/.s.PGSQL.{}", cfg.host.trim_end_matches('/'), cfg.port);
+        let socket = UnixStream::connect(&path).await.map_err(|e| SourceError {
+            kind: ErrorKind::Transient,
+            sqlstate: "08001".into(),
+            message: format!("could not connect to PostgreSQL at {path}: {e}"),
+            hint: Some("Check that the server is running and that host and port are right.".into()),
+            source: None,
+        })?;
+        return Ok(Stream::Unix(socket));
     }
     let tls = match cfg.ssl_mode {
         SslMode::Disable | SslMode::Allow => None,

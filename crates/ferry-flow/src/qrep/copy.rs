@@ -12,7 +12,6 @@ use ferry_core::peer::PostgresConfig;
 use ferry_core::qrep::{Bounds, WatermarkKind};
 use ferry_core::{ErrorKind, TableName};
 use ferry_postgres::snapshot::RangeReader;
-use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
@@ -157,7 +156,7 @@ async fn copy_one(
         Load::Sink(sink) => sink,
         Load::Done { rows } => return Ok(rows),
     };
-    let reader = match RangeReader::open(&run.source, run.snapshot.as_deref()).await {
+    let mut reader = match RangeReader::open(&run.source, run.snapshot.as_deref()).await {
         // The run snapshot's transaction ended (a source's idle_in_transaction_session_timeout):
         // a fresh snapshot reads the same range (see the module doc).
         Err(e) if run.snapshot.is_some() && e.sqlstate == "22023" => {
@@ -166,17 +165,10 @@ async fn copy_one(
         }
         r => r?,
     };
-    let stream = ferry_postgres::query::copy_partition(
-        &reader,
-        &run.source,
-        &run.copy_sql,
-        run.kind,
-        bounds,
-    )
-    .await?;
-    futures::pin_mut!(stream);
-    while let Some(chunk) = stream.next().await {
-        sink.write(chunk?).await?;
+    let mut rows =
+        ferry_postgres::query::copy_partition(&mut reader, &run.copy_sql, run.kind, bounds).await?;
+    while let Some(chunk) = rows.next().await? {
+        sink.write(chunk).await?;
     }
     let summary = sink.finish().await?;
     reader.close().await?;

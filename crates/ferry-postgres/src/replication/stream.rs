@@ -8,9 +8,9 @@ use ferry_core::{ErrorKind, Lsn};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use super::wire::Backend;
 use super::ReplicationConnection;
 use crate::connect::SourceError;
+use crate::wire::Backend;
 
 /// How long [`ReplicationStream::stop`] waits for the server to acknowledge CopyDone.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,9 +1,17 @@
-//! Framing of the frontend/backend protocol over one TCP stream, and the startup handshake.
+//! Framing of the frontend/backend protocol over one stream, and the startup handshake.
+//!
+//! The connections Ferry speaks the protocol on itself (the replication connection, and the
+//! sessions that read the initial load with COPY, [`crate::session`]) share this: [`connect`]
+//! opens the stream ([`crate::tls::open`]), authenticates and reads the server's parameters.
 //!
 //! Reads go into a buffer owned by [`Wire`] and a message is taken out of it only once it is
 //! complete, so a read future dropped half-way (a `tokio::select!` branch that lost) loses
 //! nothing. Writes are staged in a second buffer and flushed with `write_buf`, which advances
 //! it only by what the socket took, so an interrupted flush resumes where it stopped.
+//!
+//! The server is untrusted input: a message longer than the connection's limit
+//! ([`Wire::new`]'s `max_message`) is an error as soon as its length word is read, before
+//! anything is allocated for it.
 
 use std::collections::HashMap;
 use std::io;
@@ -19,40 +27,51 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::fallible_iterator::FallibleIterator;
 use tracing::debug;
 
-use crate::connect::SourceError;
+use crate::connect::{SourceError, CONNECT_TIMEOUT, STARTUP_OPTIONS};
 use crate::tls::Stream;
 
 /// The tag of CopyBothResponse, which `Message::parse` does not know.
 const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
 
 /// How much to make room for before each socket read.
-const READ_CHUNK: usize = 64 * 1024;
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
 
 /// One message from the server.
-pub(super) enum Backend {
+pub(crate) enum Backend {
     /// `W`: the server entered COPY BOTH mode (START_REPLICATION succeeded).
     CopyBothResponse,
     Message(Message),
 }
 
 /// The socket, its buffers, and what the server told us about itself.
-pub(super) struct Wire {
-    stream: Stream,
-    read_buf: BytesMut,
+pub(crate) struct Wire {
+    pub(crate) stream: Stream,
+    pub(crate) read_buf: BytesMut,
     write_buf: BytesMut,
+    /// What kind of connection this is ("replication connection"), for messages.
+    role: &'static str,
+    /// The longest message accepted, its tag and length word included.
+    max_message: usize,
     /// `host:port`, for messages.
-    pub(super) peer: String,
+    pub(crate) peer: String,
     /// The latest ParameterStatus values.
-    pub(super) parameters: HashMap<String, String>,
-    pub(super) backend_pid: Option<i32>,
+    pub(crate) parameters: HashMap<String, String>,
+    pub(crate) backend_pid: Option<i32>,
 }
 
 impl Wire {
-    pub(super) fn new(stream: Stream, peer: String) -> Wire {
+    pub(crate) fn new(
+        stream: Stream,
+        peer: String,
+        role: &'static str,
+        max_message: usize,
+    ) -> Wire {
         Wire {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: BytesMut::new(),
+            role,
+            max_message,
             peer,
             parameters: HashMap::new(),
             backend_pid: None,
@@ -61,17 +80,17 @@ impl Wire {
 
     /// Bytes received but not yet taken out as a message (for tests of cancel safety).
     #[cfg(test)]
-    pub(super) fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.read_buf.len()
     }
 
     /// The buffer that [`Wire::flush`] sends.
-    pub(super) fn out(&mut self) -> &mut BytesMut {
+    pub(crate) fn out(&mut self) -> &mut BytesMut {
         &mut self.write_buf
     }
 
     /// Sends everything staged in the write buffer.
-    pub(super) async fn flush(&mut self) -> Result<(), SourceError> {
+    pub(crate) async fn flush(&mut self) -> Result<(), SourceError> {
         while self.write_buf.has_remaining() {
             let n = self
                 .stream
@@ -86,23 +105,31 @@ impl Wire {
     }
 
     /// The next complete message, reading from the socket as needed. Cancel-safe.
-    pub(super) async fn read(&mut self) -> Result<Backend, SourceError> {
+    pub(crate) async fn read(&mut self) -> Result<Backend, SourceError> {
         loop {
             if let Some(m) = self.take_message()? {
                 return Ok(m);
             }
-            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
-                self.read_buf.reserve(READ_CHUNK);
-            }
-            let n = self
-                .stream
-                .read_buf(&mut self.read_buf)
-                .await
-                .map_err(|e| self.io_error(e))?;
-            if n == 0 {
-                return Err(self.io_error(io::ErrorKind::UnexpectedEof.into()));
-            }
+            self.fill().await?;
         }
+    }
+
+    /// Reads what the socket has (at least one byte) into the read buffer. Cancel-safe. The
+    /// buffer grows only by [`READ_CHUNK`] at a time beyond what [`Wire::take_message`]
+    /// reserved for a message it knows the length of.
+    pub(crate) async fn fill(&mut self) -> Result<(), SourceError> {
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        let n = self
+            .stream
+            .read_buf(&mut self.read_buf)
+            .await
+            .map_err(|e| self.io_error(e))?;
+        if n == 0 {
+            return Err(self.io_error(io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(())
     }
 
     /// Takes one complete message out of the read buffer, if there is one.
@@ -116,6 +143,12 @@ impl Wire {
             return Err(self.protocol_error(format!("invalid message length {len}")));
         }
         let total = len as usize + 1;
+        if total > self.max_message {
+            return Err(self.protocol_error(format!(
+                "a message of {total} bytes is longer than the limit of {} bytes",
+                self.max_message
+            )));
+        }
         if buf.len() < total {
             self.read_buf.reserve(total - buf.len());
             return Ok(None);
@@ -134,7 +167,7 @@ impl Wire {
 
     /// Records ParameterStatus, BackendKeyData and notices; returns the messages it did not
     /// absorb. These may arrive at any time, so every reader passes messages through here.
-    pub(super) fn absorb(&mut self, m: Backend) -> Result<Option<Backend>, SourceError> {
+    pub(crate) fn absorb(&mut self, m: Backend) -> Result<Option<Backend>, SourceError> {
         match m {
             Backend::Message(Message::ParameterStatus(p)) => {
                 let (name, value) = match (p.name(), p.value()) {
@@ -150,8 +183,8 @@ impl Wire {
             }
             Backend::Message(Message::NoticeResponse(n)) => {
                 let f = ServerError::parse(n.fields());
-                debug!(peer = %self.peer, severity = %f.severity, code = %f.code,
-                       message = %f.message, "notice from replication connection");
+                debug!(peer = %self.peer, connection = self.role, severity = %f.severity,
+                       code = %f.code, message = %f.message, "notice from the source");
                 Ok(None)
             }
             other => Ok(Some(other)),
@@ -159,7 +192,7 @@ impl Wire {
     }
 
     /// Reads the next message that is not a notice or parameter report.
-    pub(super) async fn read_significant(&mut self) -> Result<Backend, SourceError> {
+    pub(crate) async fn read_significant(&mut self) -> Result<Backend, SourceError> {
         loop {
             let m = self.read().await?;
             if let Some(m) = self.absorb(m)? {
@@ -168,7 +201,7 @@ impl Wire {
         }
     }
 
-    pub(super) fn io_error(&self, e: io::Error) -> SourceError {
+    pub(crate) fn io_error(&self, e: io::Error) -> SourceError {
         let detail = if e.kind() == io::ErrorKind::UnexpectedEof {
             "the server closed the connection".to_owned()
         } else {
@@ -178,21 +211,21 @@ impl Wire {
             kind: ErrorKind::Transient,
             sqlstate: "08006".into(),
             message: format!(
-                "replication connection to PostgreSQL at {} failed: {detail}",
-                self.peer
+                "{} to PostgreSQL at {} failed: {detail}",
+                self.role, self.peer
             ),
             hint: None,
             source: None,
         }
     }
 
-    pub(super) fn protocol_error(&self, what: String) -> SourceError {
+    pub(crate) fn protocol_error(&self, what: String) -> SourceError {
         SourceError {
             kind: ErrorKind::Internal,
             sqlstate: "08P01".into(),
             message: format!(
-                "protocol violation on the replication connection to PostgreSQL at {}: {what}",
-                self.peer
+                "protocol violation on the {} to PostgreSQL at {}: {what}",
+                self.role, self.peer
             ),
             hint: None,
             source: None,
@@ -200,12 +233,12 @@ impl Wire {
     }
 
     /// The error for an ErrorResponse.
-    pub(super) fn server_error(&self, fields: ErrorFields<'_>) -> SourceError {
+    pub(crate) fn server_error(&self, fields: ErrorFields<'_>) -> SourceError {
         ServerError::parse(fields).into_source_error(&self.peer)
     }
 
     /// An error for a message that has no business arriving now.
-    pub(super) fn unexpected(&self, m: &Backend, during: &str) -> SourceError {
+    pub(crate) fn unexpected(&self, m: &Backend, during: &str) -> SourceError {
         let what = match m {
             Backend::CopyBothResponse => "CopyBothResponse".to_owned(),
             Backend::Message(m) => message_name(m).to_owned(),
@@ -216,17 +249,17 @@ impl Wire {
 
 /// The fields of an ErrorResponse or NoticeResponse that Ferry uses.
 #[derive(Debug, Default, PartialEq)]
-pub(super) struct ServerError {
+pub(crate) struct ServerError {
     /// The non-localized severity (`V`), falling back to the localized one (`S`).
-    pub(super) severity: String,
-    pub(super) code: String,
-    pub(super) message: String,
-    pub(super) detail: Option<String>,
-    pub(super) hint: Option<String>,
+    pub(crate) severity: String,
+    pub(crate) code: String,
+    pub(crate) message: String,
+    pub(crate) detail: Option<String>,
+    pub(crate) hint: Option<String>,
 }
 
 impl ServerError {
-    pub(super) fn parse(mut fields: ErrorFields<'_>) -> ServerError {
+    pub(crate) fn parse(mut fields: ErrorFields<'_>) -> ServerError {
         let mut e = ServerError::default();
         // A malformed field list ends the loop; what was read so far is still worth reporting.
         while let Ok(Some(f)) = fields.next() {
@@ -248,11 +281,11 @@ impl ServerError {
     }
 
     /// Whether the server ends the session after this error.
-    pub(super) fn is_fatal(&self) -> bool {
+    pub(crate) fn is_fatal(&self) -> bool {
         matches!(self.severity.as_str(), "FATAL" | "PANIC")
     }
 
-    pub(super) fn into_source_error(self, peer: &str) -> SourceError {
+    pub(crate) fn into_source_error(self, peer: &str) -> SourceError {
         let message = match &self.detail {
             Some(d) => format!("PostgreSQL at {peer}: {} ({d})", self.message),
             None => format!("PostgreSQL at {peer}: {}", self.message),
@@ -286,9 +319,71 @@ fn message_name(m: &Message) -> &'static str {
     }
 }
 
+/// Opens a connection and authenticates, within [`CONNECT_TIMEOUT`]: the stream from
+/// [`crate::tls::open`], a StartupMessage with the session settings of every source connection
+/// ([`STARTUP_OPTIONS`]) and `extra` parameters, then the server's parameters up to the first
+/// ReadyForQuery. With `sslmode = allow`, a server that refuses the plain connection is tried
+/// again over TLS ([`crate::tls::allow_fallback`]).
+pub(crate) async fn connect(
+    cfg: &PostgresConfig,
+    role: &'static str,
+    max_message: usize,
+    extra: &[(&str, &str)],
+) -> Result<Wire, SourceError> {
+    let peer = format!("{}:{}", cfg.host, cfg.port);
+    let attempt = async {
+        match connect_once(cfg, role, max_message, extra).await {
+            Err(e) if crate::tls::refused_in_plain(&e.sqlstate) => {
+                match crate::tls::allow_fallback(cfg) {
+                    Some(with_tls) => connect_once(&with_tls, role, max_message, extra).await,
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(SourceError {
+            kind: ErrorKind::Transient,
+            sqlstate: "08001".into(),
+            message: format!(
+                "could not connect to PostgreSQL at {peer}: timed out after {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+            hint: Some("Check that the host is reachable from Ferry.".into()),
+            source: None,
+        }),
+    }
+}
+
+async fn connect_once(
+    cfg: &PostgresConfig,
+    role: &'static str,
+    max_message: usize,
+    extra: &[(&str, &str)],
+) -> Result<Wire, SourceError> {
+    let stream = crate::tls::open(cfg).await?;
+    let mut wire = Wire::new(
+        stream,
+        format!("{}:{}", cfg.host, cfg.port),
+        role,
+        max_message,
+    );
+    let mut params = vec![
+        ("user", cfg.user.as_str()),
+        ("database", cfg.database.as_str()),
+        ("client_encoding", "UTF8"),
+        ("options", STARTUP_OPTIONS),
+    ];
+    params.extend_from_slice(extra);
+    startup(&mut wire, cfg, &params).await?;
+    Ok(wire)
+}
+
 /// Runs the startup handshake: StartupMessage, authentication, then parameters up to the
 /// first ReadyForQuery.
-pub(super) async fn startup(
+pub(crate) async fn startup(
     wire: &mut Wire,
     cfg: &PostgresConfig,
     params: &[(&str, &str)],
@@ -429,7 +524,7 @@ fn unsupported_auth(wire: &Wire, method: &str) -> SourceError {
     }
 }
 
-pub(super) fn invalid_input(message: String) -> SourceError {
+pub(crate) fn invalid_input(message: String) -> SourceError {
     SourceError {
         kind: ErrorKind::InvalidInput,
         sqlstate: "22023".into(),
