@@ -76,18 +76,18 @@ async fn tables_entering_a_mapped_schema_bring_their_rows(kind: Kind) {
     s.ferry.stop().await;
 }
 
+/// A table partitioned by list with one partition of 20 rows, and a table of 10 rows that
+/// fits as its second partition.
+const PARTITIONS: &str =
+    "CREATE TABLE parent (id int, part int, v text, PRIMARY KEY (id, part)) PARTITION BY LIST (part);
+     CREATE TABLE p1 PARTITION OF parent FOR VALUES IN (1);
+     INSERT INTO parent SELECT g, 1, 'one' FROM generate_series(1, 20) g;
+     CREATE TABLE p2 (id int, part int, v text, PRIMARY KEY (id, part));
+     INSERT INTO p2 SELECT g, 2, 'two' FROM generate_series(1, 10) g;";
+
 async fn attached_and_detached_partitions_are_followed(kind: Kind) {
     let s = setup(kind).await;
-    s.src
-        .batch_execute(
-            "CREATE TABLE parent (id int, part int, v text, PRIMARY KEY (id, part)) PARTITION BY LIST (part);
-             CREATE TABLE p1 PARTITION OF parent FOR VALUES IN (1);
-             INSERT INTO parent SELECT g, 1, 'one' FROM generate_series(1, 20) g;
-             CREATE TABLE p2 (id int, part int, v text, PRIMARY KEY (id, part));
-             INSERT INTO p2 SELECT g, 2, 'two' FROM generate_series(1, 10) g;",
-        )
-        .await
-        .unwrap();
+    s.src.batch_execute(PARTITIONS).await.unwrap();
     s.client
         .batch_execute(
             "CREATE MIRROR parts FROM src TO dst WITH TABLE MAPPING (parent:parent)
@@ -124,16 +124,7 @@ async fn attached_and_detached_partitions_are_followed(kind: Kind) {
 /// its rows arrive through the partitioned table, and it is `dropped`, not failed.
 async fn a_mirrored_table_attached_as_a_partition_joins_its_parent(kind: Kind) {
     let s = setup(kind).await;
-    s.src
-        .batch_execute(
-            "CREATE TABLE parent (id int, part int, v text, PRIMARY KEY (id, part)) PARTITION BY LIST (part);
-             CREATE TABLE p1 PARTITION OF parent FOR VALUES IN (1);
-             INSERT INTO parent SELECT g, 1, 'one' FROM generate_series(1, 20) g;
-             CREATE TABLE p2 (id int, part int, v text, PRIMARY KEY (id, part));
-             INSERT INTO p2 SELECT g, 2, 'two' FROM generate_series(1, 10) g;",
-        )
-        .await
-        .unwrap();
+    s.src.batch_execute(PARTITIONS).await.unwrap();
     s.client
         .batch_execute(
             "CREATE MIRROR parts FROM src TO dst WITH TABLE MAPPING (parent:parent, p2:p2)
