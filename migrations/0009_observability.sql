@@ -83,11 +83,12 @@ SELECT m.id AS mirror_id,
        mon.slot_active,
        mon.streaming,
        mon.stream_rows_per_second,
-       CASE WHEN m.state = 'completed' THEN NULL
+       -- (greatest() skips NULLs: an unknown position must not read as 0 bytes)
+       CASE WHEN m.state = 'completed' OR mon.source_lsn IS NULL OR mon.slot_restart_lsn IS NULL THEN NULL
             ELSE greatest(mon.source_lsn - mon.slot_restart_lsn, 0)::int8 END AS wal_held_bytes,
-       CASE WHEN m.state = 'completed' THEN NULL
+       CASE WHEN m.state = 'completed' OR mon.source_lsn IS NULL OR mon.slot_confirmed_lsn IS NULL THEN NULL
             ELSE greatest(mon.source_lsn - mon.slot_confirmed_lsn, 0)::int8 END AS slot_lag_bytes,
-       CASE WHEN m.state IN ('setting_up', 'completed') OR m.kind = 'query' THEN NULL
+       CASE WHEN m.state IN ('setting_up', 'completed') OR m.kind = 'query' OR mon.source_lsn IS NULL THEN NULL
             ELSE greatest(mon.source_lsn - greatest(mon.applied_lsn, m.confirmed_lsn, m.snapshot_lsn), 0)::int8
        END AS lag_bytes,
        CASE WHEN m.state IN ('setting_up', 'completed') OR m.kind = 'query' OR mon.mirror_id IS NULL THEN NULL
