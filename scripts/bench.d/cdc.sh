@@ -75,21 +75,13 @@ changes=1000000
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--runs | --changes | --seconds | --runs=* | --changes=* | --seconds=*)
-		if [[ $1 == *=* ]]; then
-			opt=${1%%=*} v=${1#*=}
-			shift
-		else
-			opt=$1 v=${2:-}
-			shift $(($# >= 2 ? 2 : 1))
-		fi
-		positive "$v" || {
-			say "$opt needs a positive number"
-			usage
-		}
+		option_arg "$@"
+		shift "$optshift"
+		positive_arg
 		case $opt in
-		--runs) runs=$v ;;
-		--changes) changes=$v ;;
-		--seconds) seconds=$v ;;
+		--runs) runs=$optarg ;;
+		--changes) changes=$optarg ;;
+		--seconds) seconds=$optarg ;;
 		esac
 		;;
 	-h | --help | help) usage ;;

@@ -35,6 +35,25 @@ usage_from() {
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 positive() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 
+# An option with a value, `--name value` or `--name=value`, at "$@": sets opt (its name), optarg
+# (its value, empty when missing) and optshift (how many arguments it took, for the caller's
+# `shift "$optshift"`).
+option_arg() {
+	if [[ $1 == *=* ]]; then
+		opt=${1%%=*} optarg=${1#*=} optshift=1
+	else
+		opt=$1 optarg=${2:-} optshift=$(($# >= 2 ? 2 : 1))
+	fi
+}
+
+# The value option_arg read must be a positive number; otherwise the script's usage.
+positive_arg() {
+	positive "$optarg" || {
+		say "$opt needs a positive number"
+		usage
+	}
+}
+
 # True while process $1 runs (a zombie counts as gone).
 alive() {
 	local stat

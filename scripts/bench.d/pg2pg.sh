@@ -73,33 +73,20 @@ methods=("${all_methods[@]}")
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--runs | --changes | --runs=* | --changes=*)
-		if [[ $1 == *=* ]]; then
-			opt=${1%%=*} v=${1#*=}
-			shift
-		else
-			opt=$1 v=${2:-}
-			shift $(($# >= 2 ? 2 : 1))
-		fi
-		positive "$v" || {
-			say "$opt needs a positive number"
-			usage
-		}
-		if [[ $opt == --runs ]]; then runs=$v; else changes=$v; fi
+		option_arg "$@"
+		shift "$optshift"
+		positive_arg
+		if [[ $opt == --runs ]]; then runs=$optarg; else changes=$optarg; fi
 		;;
 	--rebuild)
 		rebuild=1
 		shift
 		;;
 	--methods | --methods=*)
-		if [[ $1 == *=* ]]; then
-			list=${1#*=}
-			shift
-		else
-			list=${2:-}
-			shift $(($# >= 2 ? 2 : 1))
-		fi
+		option_arg "$@"
+		shift "$optshift"
 		methods=()
-		IFS=, read -r -a wanted <<<"$list"
+		IFS=, read -r -a wanted <<<"$optarg"
 		for m in "${wanted[@]}"; do
 			[[ " ${all_methods[*]} " == *" $m "* ]] || {
 				say "unknown method: $m"

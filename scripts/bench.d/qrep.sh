@@ -57,18 +57,10 @@ rebuild=0
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--runs | --runs=*)
-		if [[ $1 == --runs ]]; then
-			v=${2:-}
-			shift $(($# >= 2 ? 2 : 1))
-		else
-			v=${1#--runs=}
-			shift
-		fi
-		positive "$v" || {
-			say "--runs needs a positive number"
-			usage
-		}
-		runs=$v
+		option_arg "$@"
+		shift "$optshift"
+		positive_arg
+		runs=$optarg
 		;;
 	--rebuild)
 		rebuild=1

@@ -58,34 +58,20 @@ methods=("${all_methods[@]}")
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--runs | --runs=*)
-		if [[ $1 == --runs ]]; then
-			v=${2:-}
-			shift $(($# >= 2 ? 2 : 1))
-		else
-			v=${1#--runs=}
-			shift
-		fi
-		positive "$v" || {
-			say "--runs needs a positive number"
-			usage
-		}
-		runs=$v
+		option_arg "$@"
+		shift "$optshift"
+		positive_arg
+		runs=$optarg
 		;;
 	--rebuild)
 		rebuild=1
 		shift
 		;;
 	--methods | --methods=*)
-		if [[ $1 == --methods ]]; then
-			[[ $# -ge 2 ]] || usage
-			list=$2
-			shift 2
-		else
-			list=${1#--methods=}
-			shift
-		fi
+		option_arg "$@"
+		shift "$optshift"
 		methods=()
-		IFS=, read -r -a wanted <<<"$list"
+		IFS=, read -r -a wanted <<<"$optarg"
 		for m in "${wanted[@]}"; do
 			case $m in
 			ferry | pull | csv) [[ " ${methods[*]} " == *" $m "* ]] || methods+=("$m") ;;
