@@ -410,18 +410,15 @@ async fn copy_partition_with_retries(
             r = copy_partition(ctx, p, &range, table, &sent) => Some(r),
             _ = stop.wait_for(|s| *s) => None,
         };
-        let Some(result) = result else {
-            table
-                .inflight
-                .fetch_sub(sent.load(Ordering::Relaxed), Ordering::Relaxed);
-            return Ok(None);
-        };
         // What this attempt counted as in flight leaves it whatever the outcome: on success
         // the caller counts the range's rows as done (a range the destination held already
         // was never in flight, and a sink's final count may differ from its running one).
         table
             .inflight
             .fetch_sub(sent.load(Ordering::Relaxed), Ordering::Relaxed);
+        let Some(result) = result else {
+            return Ok(None);
+        };
         match result {
             Ok(rows) => {
                 debug!(partition = p.partition_no, %range, rows, secs = started.elapsed().as_secs_f64(), "partition copied");
