@@ -142,7 +142,8 @@ pub async fn check_published(
     publication: &str,
     tables: &[TableName],
 ) -> Result<(), FlowError> {
-    if let Some(missing) = publication::unpublished(cfg, publication, tables).await? {
+    let client = connect(cfg, "ferry publication check").await?;
+    if let Some(missing) = publication::unpublished(&client, cfg, publication, tables).await? {
         if !missing.is_empty() {
             let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
             return Err(FlowError::new(

@@ -265,11 +265,11 @@ pub async fn add_table(
 /// The tables among `tables` that publication `name` does not publish; `None` when there is
 /// no publication of that name.
 pub async fn unpublished(
+    client: &Client,
     cfg: &PostgresConfig,
     name: &str,
     tables: &[TableName],
 ) -> Result<Option<Vec<TableName>>, SourceError> {
-    let client = connect(cfg, "ferry publication check").await?;
     let exists = client
         .query_one(
             "SELECT count(*) FROM pg_publication WHERE pubname = $1",

@@ -27,6 +27,7 @@ use ferry_core::{ErrorKind, TableName};
 use ferry_postgres::connect::connect;
 use ferry_postgres::publication;
 use ferry_postgres::source;
+use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use super::Streamer;
@@ -59,7 +60,6 @@ impl Streamer {
                 .await?
                 .into_iter()
                 .collect();
-        drop(client);
         for t in watched {
             let row = &self.targets[t].row;
             let name = row.source.clone();
@@ -80,20 +80,19 @@ impl Streamer {
             };
             self.mark_dropped(t, &reason, &hint).await?;
         }
-        self.check_leaves().await?;
-        self.check_published().await?;
-        self.check_new_tables().await
+        self.check_leaves(&client).await?;
+        self.check_published(&client).await?;
+        self.check_new_tables(&client).await
     }
 
     /// Partitioned tables whose leaves changed load again.
-    async fn check_leaves(&mut self) -> Result<(), FlowError> {
-        let client = connect(&self.ctx.source, "ferry table check").await?;
+    async fn check_leaves(&mut self, client: &Client) -> Result<(), FlowError> {
         for t in 0..self.targets.len() {
             if !self.targets[t].row.state.streams() {
                 continue;
             }
             let oid = self.targets[t].row.source_oid;
-            let Some(now) = source::leaves(&client, &self.ctx.source, oid).await? else {
+            let Some(now) = source::leaves(client, &self.ctx.source, oid).await? else {
                 continue;
             };
             let then = self
@@ -111,7 +110,7 @@ impl Streamer {
     }
 
     /// Tables the publication stopped publishing fail.
-    async fn check_published(&mut self) -> Result<(), FlowError> {
+    async fn check_published(&mut self, client: &Client) -> Result<(), FlowError> {
         let names: Vec<TableName> = self
             .targets
             .iter()
@@ -121,22 +120,18 @@ impl Streamer {
         if names.is_empty() {
             return Ok(());
         }
-        let missing = publication::unpublished(&self.ctx.source, &self.ctx.publication, &names)
-            .await?
-            .unwrap_or(names);
-        let mut client = None;
+        let missing =
+            publication::unpublished(client, &self.ctx.source, &self.ctx.publication, &names)
+                .await?
+                .unwrap_or(names);
         for name in missing {
             let Some(t) = self.targets.iter().position(|x| x.row.source == name) else {
                 continue;
             };
             // Attached as a partition of a table the mirror has: its rows now come through
             // that table (loaded again with its new partition), not on their own.
-            if client.is_none() {
-                client = Some(connect(&self.ctx.source, "ferry table check").await?);
-            }
-            let conn = client.as_ref().expect("connected above");
             let oid = self.targets[t].row.source_oid;
-            if let Some(root) = source::partition_root(conn, &self.ctx.source, oid).await? {
+            if let Some(root) = source::partition_root(client, &self.ctx.source, oid).await? {
                 if self
                     .targets
                     .iter()
@@ -173,20 +168,18 @@ impl Streamer {
     }
 
     /// Tables in a mapped schema the mirror does not have yet join it.
-    async fn check_new_tables(&mut self) -> Result<(), FlowError> {
+    async fn check_new_tables(&mut self, client: &Client) -> Result<(), FlowError> {
         if self.ctx.schemas.is_empty() {
             return Ok(());
         }
-        let client = connect(&self.ctx.source, "ferry table check").await?;
         let mut found = Vec::new();
         for (schema, _) in &self.ctx.schemas {
-            for name in source::tables_in_schema(&client, &self.ctx.source, schema).await? {
+            for name in source::tables_in_schema(client, &self.ctx.source, schema).await? {
                 if !self.targets.iter().any(|x| x.row.source == name) {
                     found.push(name);
                 }
             }
         }
-        drop(client);
         for name in found {
             self.adopt(&name).await?;
         }
