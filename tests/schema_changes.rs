@@ -16,6 +16,7 @@ use tokio_postgres::Client;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 on_every_destination!(tables_entering_a_mapped_schema_bring_their_rows);
+on_every_destination!(a_mapped_schema_left_without_tables_still_takes_new_ones);
 on_every_destination!(attached_and_detached_partitions_are_followed);
 on_every_destination!(a_mirrored_table_attached_as_a_partition_joins_its_parent);
 on_every_destination!(added_columns_show_their_defaults);
@@ -73,6 +74,40 @@ async fn tables_entering_a_mapped_schema_bring_their_rows(kind: Kind) {
     wait_table_state(&s.client, "mapped.nokey", "done").await;
     let view = View::new("mapped.nokey", &vals(&["v"]), "v").into_table("nokey");
     converge(&s.client, &s.src, &s.dest, &view, "fixed and loaded").await;
+    s.ferry.stop().await;
+}
+
+/// Every table of a mapped schema dropped: a table moved in afterwards (without a change to
+/// announce it) still joins.
+async fn a_mapped_schema_left_without_tables_still_takes_new_ones(kind: Kind) {
+    let s = setup(kind).await;
+    s.src
+        .batch_execute(
+            "CREATE SCHEMA mapped; CREATE SCHEMA other;
+             CREATE TABLE mapped.a (id int PRIMARY KEY, v text);
+             CREATE TABLE other.t (id int PRIMARY KEY, v text);
+             INSERT INTO other.t SELECT g, 't' || g FROM generate_series(1, 30) g;",
+        )
+        .await
+        .unwrap();
+    s.client
+        .batch_execute(&format!(
+            "CREATE MIRROR emptied FROM src TO dst WITH SCHEMA MAPPING (mapped:{})
+             WITH (do_initial_copy = true)",
+            s.dest.namespace()
+        ))
+        .await
+        .unwrap();
+    wait_for_state(&s.client, "emptied", "running", TIMEOUT).await;
+    s.src.batch_execute("DROP TABLE mapped.a").await.unwrap();
+    wait_table_state(&s.client, "mapped.a", "dropped").await;
+    s.src
+        .batch_execute("ALTER TABLE other.t SET SCHEMA mapped")
+        .await
+        .unwrap();
+    wait_table_state(&s.client, "mapped.t", "done").await;
+    let view = View::new("mapped.t", &vals(&["id", "v"]), "id").into_table("t");
+    converge(&s.client, &s.src, &s.dest, &view, "moved in").await;
     s.ferry.stop().await;
 }
 

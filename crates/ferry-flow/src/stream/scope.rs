@@ -37,8 +37,17 @@ use crate::FlowError;
 pub(super) const SCOPE_EVERY: Duration = Duration::from_secs(10);
 
 impl Streamer {
-    /// Marks the tables dropped, renamed or moved away at the source.
+    /// Checks the mirror's tables against the source's catalog (see the module doc).
     pub(super) async fn check_scope(&mut self) -> Result<(), FlowError> {
+        let client = connect(&self.ctx.source, "ferry table check").await?;
+        self.check_gone(&client).await?;
+        self.check_leaves(&client).await?;
+        self.check_published(&client).await?;
+        self.check_new_tables(&client).await
+    }
+
+    /// Marks the tables dropped, renamed or moved away at the source.
+    async fn check_gone(&mut self, client: &Client) -> Result<(), FlowError> {
         let watched: Vec<usize> = (0..self.targets.len())
             .filter(|&t| {
                 !matches!(
@@ -54,9 +63,8 @@ impl Streamer {
             .iter()
             .map(|&t| self.targets[t].row.source_oid)
             .collect();
-        let client = connect(&self.ctx.source, "ferry table check").await?;
         let found: HashMap<u32, ferry_core::TableName> =
-            source::tables_by_oid(&client, &self.ctx.source, &oids)
+            source::tables_by_oid(client, &self.ctx.source, &oids)
                 .await?
                 .into_iter()
                 .collect();
@@ -80,9 +88,7 @@ impl Streamer {
             };
             self.mark_dropped(t, &reason, &hint).await?;
         }
-        self.check_leaves(&client).await?;
-        self.check_published(&client).await?;
-        self.check_new_tables(&client).await
+        Ok(())
     }
 
     /// Partitioned tables whose leaves changed load again.
